@@ -1,0 +1,66 @@
+// Sampler: turns one row of logits into a token id, reproducibly.
+//
+// Order of operations (the vLLM / HF order): repetition penalty (on tokens in `history`:
+// logit > 0 ? logit / p : logit * p), then presence penalty (logit -= presence_penalty for each
+// distinct token in history), then temperature (temperature == 0 means greedy argmax, ties ->
+// lowest id), then top-k, top-p (smallest set whose probability reaches top_p), min-p (drop
+// tokens with p < min_p * p_max), renormalize, draw one token with the RNG.
+//
+// The RNG is xoshiro256** seeded from `seed` with splitmix64; its 4x64-bit state is exported
+// and imported with the sequence state so a sequence continues identically on another worker.
+// One draw (one 53-bit uniform double) is consumed per sampled token, greedy or not.
+//
+// Ownership: value type. Thread-safety: none; one Sampler per sequence.
+#ifndef SAMBAY_ENGINE_SAMPLER_H_
+#define SAMBAY_ENGINE_SAMPLER_H_
+
+#include <array>
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+
+namespace sambay {
+
+struct SamplingParams {
+  float temperature = 0.0f;         // 0 = greedy; must be finite and >= 0
+  int32_t top_k = 0;                // 0 = off; must be >= 0
+  float top_p = 1.0f;               // in (0, 1]
+  float min_p = 0.0f;               // in [0, 1]
+  float repetition_penalty = 1.0f;  // > 0; 1 = off
+  float presence_penalty = 0.0f;    // finite; 0 = off
+  uint64_t seed = 0;
+};
+
+// InvalidArgument naming the field (e.g. "top_p must be in (0, 1], got 1.5").
+absl::Status ValidateSamplingParams(const SamplingParams& p);
+
+using RngState = std::array<uint64_t, 4>;
+
+class Sampler {
+ public:
+  // REQUIRES: ValidateSamplingParams(params).ok().
+  explicit Sampler(const SamplingParams& params);
+
+  const SamplingParams& params() const { return params_; }
+
+  // Samples from `logits` (one row, size = vocab). `history` = token ids seen so far
+  // (prompt + generated), used by the penalties. `logits` is not modified.
+  int32_t Sample(absl::Span<const float> logits, absl::Span<const int32_t> history);
+
+  const RngState& rng_state() const { return rng_; }
+  void set_rng_state(const RngState& s) { rng_ = s; }
+
+ private:
+  uint64_t NextU64();
+  double NextUniform();  // [0, 1)
+
+  SamplingParams params_;
+  RngState rng_;
+  std::vector<float> scratch_;
+};
+
+}  // namespace sambay
+
+#endif  // SAMBAY_ENGINE_SAMPLER_H_
