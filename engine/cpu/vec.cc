@@ -1,0 +1,230 @@
+// Highway dynamic dispatch: this file is compiled once per SIMD target.
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "engine/cpu/vec.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+// Must come after foreach_target.h.
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+
+#ifndef SAMBAY_ENGINE_CPU_VEC_CC_ONCE_
+#define SAMBAY_ENGINE_CPU_VEC_CC_ONCE_
+#include <cmath>
+#include "engine/cpu/vec.h"
+#endif
+
+HWY_BEFORE_NAMESPACE();
+namespace sambay::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+using DF = hn::ScalableTag<float>;
+
+// Loads Lanes(DF) weights starting at p, widened to f32.
+template <DType kT>
+HWY_INLINE hn::Vec<DF> LoadW(DF df, const void* base, int64_t i) {
+  if constexpr (kT == DType::kF32) {
+    return hn::LoadU(df, static_cast<const float*>(base) + i);
+  } else if constexpr (kT == DType::kBF16) {
+    const hn::Rebind<uint16_t, DF> du16;
+    const hn::Rebind<uint32_t, DF> du32;
+    const auto raw = hn::LoadU(du16, static_cast<const uint16_t*>(base) + i);
+    return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du32, raw)));
+  } else {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    return hn::PromoteTo(df, hn::LoadU(dh, static_cast<const hwy::float16_t*>(base) + i));
+  }
+}
+
+template <DType kT>
+HWY_INLINE float ScalarW(const void* base, int64_t i) {
+  if constexpr (kT == DType::kF32) {
+    return static_cast<const float*>(base)[i];
+  } else if constexpr (kT == DType::kBF16) {
+    return Bf16ToF32(static_cast<const uint16_t*>(base)[i]);
+  } else {
+    return F16ToF32(static_cast<const uint16_t*>(base)[i]);
+  }
+}
+
+float DotImpl(const float* a, const float* b, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  auto s0 = hn::Zero(df);
+  auto s1 = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + 2 * N <= n; i += 2 * N) {
+    s0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), s0);
+    s1 = hn::MulAdd(hn::LoadU(df, a + i + N), hn::LoadU(df, b + i + N), s1);
+  }
+  for (; i + N <= n; i += N) s0 = hn::MulAdd(hn::LoadU(df, a + i), hn::LoadU(df, b + i), s0);
+  float s = hn::GetLane(hn::SumOfLanes(df, hn::Add(s0, s1)));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+void AxpyImpl(float alpha, const float* x, float* y, int64_t n) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const auto va = hn::Set(df, alpha);
+  int64_t i = 0;
+  for (; i + N <= n; i += N) {
+    hn::StoreU(hn::MulAdd(va, hn::LoadU(df, x + i), hn::LoadU(df, y + i)), df, y + i);
+  }
+  for (; i < n; ++i) y[i] += alpha * x[i];
+}
+
+// Two weight rows (o, o + 1) against R input rows: 2 * R independent accumulator chains.
+template <DType kT, int R>
+HWY_INLINE void Gemv2xR(const void* w, int64_t in, int64_t o, bool two, const float* x,
+                        float* y, int64_t ldy) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t wi0 = o * in;
+  const int64_t wi1 = two ? (o + 1) * in : o * in;
+  hn::Vec<DF> a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + N <= in; i += N) {
+    const auto w0 = LoadW<kT>(df, w, wi0 + i);
+    const auto w1 = LoadW<kT>(df, w, wi1 + i);
+    for (int r = 0; r < R; ++r) {
+      const auto xv = hn::LoadU(df, x + r * in + i);
+      a0[r] = hn::MulAdd(w0, xv, a0[r]);
+      a1[r] = hn::MulAdd(w1, xv, a1[r]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s0 = hn::GetLane(hn::SumOfLanes(df, a0[r]));
+    float s1 = hn::GetLane(hn::SumOfLanes(df, a1[r]));
+    for (int64_t j = i; j < in; ++j) {
+      s0 += ScalarW<kT>(w, wi0 + j) * x[r * in + j];
+      s1 += ScalarW<kT>(w, wi1 + j) * x[r * in + j];
+    }
+    y[r * ldy + o] = s0;
+    if (two) y[r * ldy + o + 1] = s1;
+  }
+}
+
+template <DType kT>
+void GemvT(const void* w, int64_t in, int64_t o0, int64_t o1, const float* x, int64_t rows,
+           float* y, int64_t ldy) {
+  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+    const int64_t nr = rows - r0 < 4 ? rows - r0 : 4;
+    const float* xr = x + r0 * in;
+    float* yr = y + r0 * ldy;
+    for (int64_t o = o0; o < o1; o += 2) {
+      const bool two = o + 1 < o1;
+      switch (nr) {
+        case 1:
+          Gemv2xR<kT, 1>(w, in, o, two, xr, yr, ldy);
+          break;
+        case 2:
+          Gemv2xR<kT, 2>(w, in, o, two, xr, yr, ldy);
+          break;
+        case 3:
+          Gemv2xR<kT, 3>(w, in, o, two, xr, yr, ldy);
+          break;
+        default:
+          Gemv2xR<kT, 4>(w, in, o, two, xr, yr, ldy);
+          break;
+      }
+    }
+  }
+}
+
+void GemvRowsImpl(DType wt, const void* w, int64_t in, int64_t o0, int64_t o1, const float* x,
+                  int64_t rows, float* y, int64_t ldy) {
+  switch (wt) {
+    case DType::kF32:
+      return GemvT<DType::kF32>(w, in, o0, o1, x, rows, y, ldy);
+    case DType::kBF16:
+      return GemvT<DType::kBF16>(w, in, o0, o1, x, rows, y, ldy);
+    case DType::kF16:
+      return GemvT<DType::kF16>(w, in, o0, o1, x, rows, y, ldy);
+  }
+}
+
+template <DType kT>
+void WidenT(const void* w, int64_t in, int64_t o0, int64_t o1, float* dst) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const int64_t n = (o1 - o0) * in;
+  const int64_t base = o0 * in;
+  int64_t i = 0;
+  for (; i + N <= n; i += N) hn::StoreU(LoadW<kT>(df, w, base + i), df, dst + i);
+  for (; i < n; ++i) dst[i] = ScalarW<kT>(w, base + i);
+}
+
+void WidenRowsImpl(DType wt, const void* w, int64_t in, int64_t o0, int64_t o1, float* dst) {
+  switch (wt) {
+    case DType::kF32:
+      return WidenT<DType::kF32>(w, in, o0, o1, dst);
+    case DType::kBF16:
+      return WidenT<DType::kBF16>(w, in, o0, o1, dst);
+    case DType::kF16:
+      return WidenT<DType::kF16>(w, in, o0, o1, dst);
+  }
+}
+
+void ScanStepImpl(int64_t c0, int64_t c1, int64_t S, const float* delta, const float* A,
+                  const float* B, const float* C, const float* D, const float* x, float* h,
+                  float* y) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t c = c0; c < c1; ++c) {
+    const float dt = delta[c];
+    const float dtx = dt * x[c];
+    const float* a = A + c * S;
+    float* hc = h + c * S;
+    const auto vdt = hn::Set(df, dt);
+    const auto vdtx = hn::Set(df, dtx);
+    auto acc = hn::Zero(df);
+    int64_t n = 0;
+    for (; n + N <= S; n += N) {
+      const auto dA = hn::Exp(df, hn::Mul(vdt, hn::LoadU(df, a + n)));
+      const auto hv = hn::MulAdd(dA, hn::LoadU(df, hc + n), hn::Mul(vdtx, hn::LoadU(df, B + n)));
+      hn::StoreU(hv, df, hc + n);
+      acc = hn::MulAdd(hn::LoadU(df, C + n), hv, acc);
+    }
+    float s = hn::GetLane(hn::SumOfLanes(df, acc));
+    for (; n < S; ++n) {
+      const float hv = std::exp(dt * a[n]) * hc[n] + dtx * B[n];
+      hc[n] = hv;
+      s += C[n] * hv;
+    }
+    y[c] = s + D[c] * x[c];
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace sambay::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace sambay::cpu {
+HWY_EXPORT(DotImpl);
+HWY_EXPORT(AxpyImpl);
+HWY_EXPORT(GemvRowsImpl);
+HWY_EXPORT(WidenRowsImpl);
+HWY_EXPORT(ScanStepImpl);
+
+float Dot(const float* a, const float* b, int64_t n) {
+  return HWY_DYNAMIC_DISPATCH(DotImpl)(a, b, n);
+}
+void Axpy(float alpha, const float* x, float* y, int64_t n) {
+  HWY_DYNAMIC_DISPATCH(AxpyImpl)(alpha, x, y, n);
+}
+void GemvRows(DType wt, const void* w, int64_t in, int64_t o0, int64_t o1, const float* x,
+              int64_t rows, float* y, int64_t ldy) {
+  HWY_DYNAMIC_DISPATCH(GemvRowsImpl)(wt, w, in, o0, o1, x, rows, y, ldy);
+}
+void WidenRows(DType wt, const void* w, int64_t in, int64_t o0, int64_t o1, float* dst) {
+  HWY_DYNAMIC_DISPATCH(WidenRowsImpl)(wt, w, in, o0, o1, dst);
+}
+void ScanStep(int64_t c0, int64_t c1, int64_t d_state, const float* delta, const float* A,
+              const float* B, const float* C, const float* D, const float* x, float* h,
+              float* y) {
+  HWY_DYNAMIC_DISPATCH(ScanStepImpl)(c0, c1, d_state, delta, A, B, C, D, x, h, y);
+}
+}  // namespace sambay::cpu
+#endif  // HWY_ONCE

@@ -1,0 +1,89 @@
+// Model: a loaded SambaY model and its CPU forward pass (spec §2-§5).
+//
+// The worker's view of the engine (DESIGN §3): load; create sequence states; run a batched
+// forward over segments (a prefill chunk is one segment of many tokens, a decode step is one
+// token per sequence); read logits. YOCO: layers 0..N/2+1 run on every new token and write the
+// sequence state; the cross-decoder (N/2+2..N-1) runs only on rows whose logits are requested.
+//
+// Ownership: owns the weights (and the mapped checkpoint) and a thread pool.
+// Thread-safety: the model is immutable after Load; Forward serializes callers with a mutex
+// (the pool runs one job at a time). States passed to Forward must not be used elsewhere
+// during the call.
+#ifndef SAMBAY_ENGINE_MODEL_H_
+#define SAMBAY_ENGINE_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/thread_pool.h"
+#include "engine/config.h"
+#include "engine/state.h"
+#include "engine/weights.h"
+
+namespace sambay {
+
+struct ModelOptions {
+  int num_threads = 0;  // 0 = all hardware threads
+};
+
+enum class LogitsMode { kNone, kLast, kAll };
+
+struct ForwardSegment {
+  SequenceState* state = nullptr;
+  absl::Span<const int32_t> tokens;
+  LogitsMode logits = LogitsMode::kLast;
+};
+
+class Model {
+ public:
+  // Loads dir/config.json and the safetensors weights. `report` (optional) receives unknown
+  // tensors and warnings.
+  static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
+                                                     const ModelOptions& options = {},
+                                                     LoadReport* report = nullptr);
+
+  const ModelConfig& config() const { return config_; }
+  const ModelWeights& weights() const { return weights_; }
+  // Hex digest of config + tensor names/shapes/dtypes + a sample of weight bytes: two processes
+  // with the same fingerprint run the same model.
+  const std::string& fingerprint() const { return fingerprint_; }
+  int num_threads() const { return pool_->num_threads(); }
+
+  std::unique_ptr<SequenceState> NewState() const;
+
+  // Runs all segments as one batch. Appends to `logits` (row-major, vocab columns) one row per
+  // requested position, in segment order: kLast -> 1 row, kAll -> len rows, kNone -> 0 rows.
+  // Errors (nothing is modified): empty segment, token id out of range (InvalidArgument naming
+  // the position), a state appearing twice, a null state.
+  absl::Status Forward(absl::Span<const ForwardSegment> segments, std::vector<float>* logits);
+
+  // Prefill of one sequence in chunks of at most `chunk` tokens (0 = one chunk); writes the
+  // last token's logits [vocab].
+  absl::Status Prefill(SequenceState& state, absl::Span<const int32_t> tokens, int64_t chunk,
+                       std::vector<float>* last_logits);
+  // Logits at every position [tokens.size(), vocab] (cross-decoder on all rows).
+  absl::Status Score(SequenceState& state, absl::Span<const int32_t> tokens,
+                     std::vector<float>* logits);
+  // One decode step: token i is consumed by states[i]; logits [states.size(), vocab].
+  absl::Status DecodeStep(absl::Span<SequenceState* const> states,
+                          absl::Span<const int32_t> tokens, std::vector<float>* logits);
+
+ private:
+  Model() = default;
+  absl::Status Validate(absl::Span<const ForwardSegment> segments) const;
+
+  ModelConfig config_;
+  ModelWeights weights_;
+  std::string fingerprint_;
+  std::unique_ptr<ThreadPool> pool_;
+  std::mutex mu_;
+};
+
+}  // namespace sambay
+
+#endif  // SAMBAY_ENGINE_MODEL_H_
