@@ -104,6 +104,7 @@ inline uint16_t F32ToF16(float f) {
 
 // Converts n elements of type t at src to float.
 inline void ConvertToF32(DType t, const void* src, float* dst, int64_t n) {
+  if (n <= 0) return;
   if (t == DType::kF32) {
     std::memcpy(dst, src, static_cast<size_t>(n) * 4);
     return;
