@@ -31,6 +31,16 @@ absl::StatusOr<std::vector<int32_t>> Generate(Model& model, SequenceState& state
                                               const GenerateOptions& options,
                                               const std::function<void(int32_t)>& on_token = {});
 
+// Continues a sequence whose state holds a sampled but not yet consumed `state.last_token`
+// (e.g. a state imported from another worker, or left by Generate): consumes it, then samples
+// up to max_new_tokens more, with the sampler's RNG restored from state.rng_state, so the
+// tokens equal those of an uninterrupted Generate with the same options. `history` = every
+// token so far, prompt and generated, including last_token (used by the penalties).
+// options.prefill_chunk is unused.
+absl::StatusOr<std::vector<int32_t>> ContinueGeneration(
+    Model& model, SequenceState& state, absl::Span<const int32_t> history,
+    const GenerateOptions& options, const std::function<void(int32_t)>& on_token = {});
+
 }  // namespace sambay
 
 #endif  // SAMBAY_ENGINE_GENERATE_H_

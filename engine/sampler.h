@@ -38,6 +38,14 @@ absl::Status ValidateSamplingParams(const SamplingParams& p);
 
 using RngState = std::array<uint64_t, 4>;
 
+namespace sampler_internal {
+// A token under consideration: its logit, later its unnormalized probability.
+struct Candidate {
+  float value;
+  int32_t id;
+};
+}  // namespace sampler_internal
+
 class Sampler {
  public:
   // REQUIRES: ValidateSamplingParams(params).ok().
@@ -58,7 +66,13 @@ class Sampler {
 
   SamplingParams params_;
   RngState rng_;
+  // Reused buffers (no allocation per token once warm): penalized logits, then per-token weights
+  // (vocab-sized); per-block sums and maxima of the weights; top-k candidates; the top-p set.
   std::vector<float> scratch_;
+  std::vector<double> block_sums_;
+  std::vector<float> block_max_;
+  std::vector<sampler_internal::Candidate> candidates_;
+  std::vector<sampler_internal::Candidate> selected_;
 };
 
 }  // namespace sambay
