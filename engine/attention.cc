@@ -126,8 +126,7 @@ void SelfAttentionForward(const ModelConfig& c, int layer, const AttentionWeight
       const int64_t n = p - first + 1;
       const int64_t r = s.row0 + t;
       DiffAttendRow(c, w, qkv.data() + r * ld, ks.k.data() + (first - ks.lo),
-                    ks.v.data() + (first - ks.lo), n, pair, attn.data() + r * qd,
-                    scratch.data());
+                    ks.v.data() + (first - ks.lo), n, pair, attn.data() + r * qd, scratch.data());
     }
   });
 

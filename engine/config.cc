@@ -65,7 +65,8 @@ absl::StatusOr<int64_t> GetSlidingWindow(const json& j, const std::string& sourc
   for (const json& e : *it) {
     if (e.is_null()) continue;
     if (!e.is_number_integer()) {
-      return FieldError(source, "sliding_window", absl::StrCat("has a non-integer entry ", e.dump()));
+      return FieldError(source, "sliding_window",
+                        absl::StrCat("has a non-integer entry ", e.dump()));
     }
     const int64_t v = e.get<int64_t>();
     if (w != 0 && v != w) {
@@ -124,8 +125,9 @@ absl::Status FinalizeModelConfig(ModelConfig& c, const std::string& source) {
     return FieldError(source, "layer_norm_eps", "must be a positive finite number");
   }
   if (c.num_layers % 4 != 0) {
-    return FieldError(source, "num_hidden_layers",
-                      absl::StrCat("must be a multiple of 4 (SambaY schedule), got ", c.num_layers));
+    return FieldError(
+        source, "num_hidden_layers",
+        absl::StrCat("must be a multiple of 4 (SambaY schedule), got ", c.num_layers));
   }
   if (c.num_heads % 2 != 0) {
     return FieldError(source, "num_attention_heads",
@@ -136,9 +138,9 @@ absl::Status FinalizeModelConfig(ModelConfig& c, const std::string& source) {
                       absl::StrCat("must be even (differential attention), got ", c.num_kv_heads));
   }
   if (c.num_heads % c.num_kv_heads != 0) {
-    return FieldError(source, "num_key_value_heads",
-                      absl::StrCat("must divide num_attention_heads (", c.num_heads, "), got ",
-                                   c.num_kv_heads));
+    return FieldError(
+        source, "num_key_value_heads",
+        absl::StrCat("must divide num_attention_heads (", c.num_heads, "), got ", c.num_kv_heads));
   }
   if (c.hidden_size % c.num_heads != 0) {
     return FieldError(source, "hidden_size",
@@ -187,7 +189,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(const std::string& json_text,
   if (auto a = j.find("architectures"); a != j.end() && !a->is_null()) {
     bool found = false;
     if (a->is_array()) {
-      for (const json& e : *a) found |= e.is_string() && e.get<std::string>() == "Phi4FlashForCausalLM";
+      for (const json& e : *a)
+        found |= e.is_string() && e.get<std::string>() == "Phi4FlashForCausalLM";
     }
     if (!found) {
       return FieldError(source, "architectures",

@@ -44,8 +44,8 @@ struct ModelConfig {
   int64_t head_dim = 0;  // hidden_size / num_heads
   int64_t d_inner = 0;   // expand * hidden_size
   std::vector<LayerKind> layers;
-  int memory_layer = 0;  // N/2: the Mamba layer whose pre-gate scan output feeds the GMUs
-  int global_layer = 0;  // N/2 + 1
+  int memory_layer = 0;       // N/2: the Mamba layer whose pre-gate scan output feeds the GMUs
+  int global_layer = 0;       // N/2 + 1
   int first_cross_layer = 0;  // N/2 + 2: layers from here run on the output rows only
 
   int64_t q_dim() const { return num_heads * head_dim; }

@@ -84,10 +84,10 @@ inline uint16_t F32ToF16(float f) {
   std::memcpy(&u, &f, 4);
   const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
   const uint32_t absu = u & 0x7fffffffu;
-  if (absu > 0x7f800000u) return sign | 0x7e00u;  // NaN
+  if (absu > 0x7f800000u) return sign | 0x7e00u;   // NaN
   if (absu >= 0x477ff000u) return sign | 0x7c00u;  // overflow (>= 65520) -> inf
-  if (absu < 0x38800000u) {                         // subnormal or zero in f16
-    if (absu < 0x33000000u) return sign;            // < 2^-25 rounds to 0
+  if (absu < 0x38800000u) {                        // subnormal or zero in f16
+    if (absu < 0x33000000u) return sign;           // < 2^-25 rounds to 0
     const uint32_t e = absu >> 23;
     const uint32_t m = (absu & 0x7fffffu) | 0x800000u;
     const uint32_t shift = 126 - e;  // 14 + (113 - e) ... brings value to units of 2^-24

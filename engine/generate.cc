@@ -53,7 +53,8 @@ absl::StatusOr<std::vector<int32_t>> Generate(Model& model, SequenceState& state
   std::vector<int32_t> history(prompt.begin(), prompt.end());
   std::vector<float> logits;
   SAMBAY_RETURN_IF_ERROR(model.Prefill(state, prompt, options.prefill_chunk, &logits));
-  SAMBAY_RETURN_IF_ERROR(SampleLoop(model, state, sampler, history, logits, options, on_token, out));
+  SAMBAY_RETURN_IF_ERROR(
+      SampleLoop(model, state, sampler, history, logits, options, on_token, out));
   return out;
 }
 

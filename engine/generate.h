@@ -18,8 +18,8 @@ namespace sambay {
 
 struct GenerateOptions {
   int64_t max_new_tokens = 16;
-  int64_t prefill_chunk = 0;           // 0 = whole prompt in one forward
-  SamplingParams sampling;             // temperature 0 = greedy
+  int64_t prefill_chunk = 0;            // 0 = whole prompt in one forward
+  SamplingParams sampling;              // temperature 0 = greedy
   std::vector<int32_t> stop_token_ids;  // generation ends after emitting one of these
 };
 

@@ -129,8 +129,7 @@ absl::Status Model::Validate(absl::Span<const ForwardSegment> segments) const {
   return absl::OkStatus();
 }
 
-absl::Status Model::Forward(absl::Span<const ForwardSegment> segments,
-                            std::vector<float>* logits) {
+absl::Status Model::Forward(absl::Span<const ForwardSegment> segments, std::vector<float>* logits) {
   SAMBAY_RETURN_IF_ERROR(Validate(segments));
   std::lock_guard<std::mutex> lock(mu_);
   const ModelConfig& c = config_;
@@ -206,8 +205,8 @@ absl::Status Model::Forward(absl::Span<const ForwardSegment> segments,
   return absl::OkStatus();
 }
 
-absl::Status Model::Prefill(SequenceState& state, absl::Span<const int32_t> tokens,
-                            int64_t chunk, std::vector<float>* last_logits) {
+absl::Status Model::Prefill(SequenceState& state, absl::Span<const int32_t> tokens, int64_t chunk,
+                            std::vector<float>* last_logits) {
   if (tokens.empty()) return absl::InvalidArgumentError("prefill: no tokens");
   const int64_t n = static_cast<int64_t>(tokens.size());
   if (chunk <= 0) chunk = n;
@@ -234,8 +233,8 @@ absl::Status Model::Score(SequenceState& state, absl::Span<const int32_t> tokens
 absl::Status Model::DecodeStep(absl::Span<SequenceState* const> states,
                                absl::Span<const int32_t> tokens, std::vector<float>* logits) {
   if (states.size() != tokens.size()) {
-    return absl::InvalidArgumentError(absl::StrCat("decode: ", states.size(), " states but ",
-                                                   tokens.size(), " tokens"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode: ", states.size(), " states but ", tokens.size(), " tokens"));
   }
   std::vector<ForwardSegment> segs(states.size());
   for (size_t i = 0; i < states.size(); ++i) {

@@ -70,8 +70,8 @@ class Model {
   absl::Status Score(SequenceState& state, absl::Span<const int32_t> tokens,
                      std::vector<float>* logits);
   // One decode step: token i is consumed by states[i]; logits [states.size(), vocab].
-  absl::Status DecodeStep(absl::Span<SequenceState* const> states,
-                          absl::Span<const int32_t> tokens, std::vector<float>* logits);
+  absl::Status DecodeStep(absl::Span<SequenceState* const> states, absl::Span<const int32_t> tokens,
+                          std::vector<float>* logits);
 
  private:
   Model() = default;

@@ -29,7 +29,8 @@ struct MambaLayerState {
 };
 
 struct RingKv {
-  std::vector<float> k, v;  // [window, kv_dim]; slot s holds the token at position p with p % window == s
+  std::vector<float> k,
+      v;  // [window, kv_dim]; slot s holds the token at position p with p % window == s
 };
 
 class BlockKv {

@@ -235,9 +235,9 @@ absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& c,
   }
   report->weights_dtype = b.DTypeSummary();
   for (const LayerWeights& l : w.layers) {
-    for (const WeightView* v : {&l.fc1, &l.fc2, &l.mamba.in_proj, &l.mamba.x_proj,
-                                &l.mamba.dt_proj, &l.mamba.out_proj, &l.attn.wqkv,
-                                &l.attn.out_proj, &l.gmu.in_proj, &l.gmu.out_proj}) {
+    for (const WeightView* v :
+         {&l.fc1, &l.fc2, &l.mamba.in_proj, &l.mamba.x_proj, &l.mamba.dt_proj, &l.mamba.out_proj,
+          &l.attn.wqkv, &l.attn.out_proj, &l.gmu.in_proj, &l.gmu.out_proj}) {
       w.matrix_bytes += v->bytes();
     }
   }

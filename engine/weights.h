@@ -35,12 +35,12 @@ struct MambaWeights {
 };
 
 struct AttentionWeights {
-  WeightView wqkv;                 // [q_dim + 2 kv_dim, hidden] (cross layers: [q_dim, hidden])
-  std::vector<float> wqkv_bias;    // matching rows
-  WeightView out_proj;             // [hidden, q_dim]
-  std::vector<float> out_bias;     // [hidden]
-  std::vector<float> subln;        // [2 * head_dim]
-  float lambda = 0;                // exp(q1.k1) - exp(q2.k2) + lambda_init
+  WeightView wqkv;               // [q_dim + 2 kv_dim, hidden] (cross layers: [q_dim, hidden])
+  std::vector<float> wqkv_bias;  // matching rows
+  WeightView out_proj;           // [hidden, q_dim]
+  std::vector<float> out_bias;   // [hidden]
+  std::vector<float> subln;      // [2 * head_dim]
+  float lambda = 0;              // exp(q1.k1) - exp(q2.k2) + lambda_init
   float lambda_init = 0;
 };
 
@@ -52,8 +52,8 @@ struct GmuWeights {
 struct LayerWeights {
   LayerKind kind = LayerKind::kMamba;
   std::vector<float> ln1_w, ln1_b, ln2_w, ln2_b;  // [hidden] each
-  WeightView fc1;  // [2 * intermediate, hidden]: gate rows then up rows
-  WeightView fc2;  // [hidden, intermediate]
+  WeightView fc1;         // [2 * intermediate, hidden]: gate rows then up rows
+  WeightView fc2;         // [hidden, intermediate]
   MambaWeights mamba;     // kMamba
   AttentionWeights attn;  // kSwa, kGlobal, kCross
   GmuWeights gmu;         // kGmu

@@ -1,10 +1,12 @@
 #include "tools/cli_util.h"
 
-#include <cstdio>
 #include <algorithm>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
@@ -14,7 +16,8 @@ namespace sambay {
 
 absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text, const std::string& flag) {
   std::vector<int32_t> ids;
-  for (absl::string_view part : absl::StrSplit(text, absl::ByAnyChar(", \t\r\n"), absl::SkipEmpty())) {
+  for (absl::string_view part :
+       absl::StrSplit(text, absl::ByAnyChar(", \t\r\n"), absl::SkipEmpty())) {
     int32_t v;
     if (!absl::SimpleAtoi(part, &v)) {
       return absl::InvalidArgumentError(
@@ -48,6 +51,15 @@ std::vector<std::string> DashesToUnderscores(int argc, char** argv) {
     out.push_back(std::move(a));
   }
   return out;
+}
+
+std::vector<std::string> ParseFlags(int argc, char** argv, const char* usage) {
+  absl::SetProgramUsageMessage(usage);
+  std::vector<std::string> storage = DashesToUnderscores(argc, argv);
+  std::vector<char*> fixed;
+  for (std::string& a : storage) fixed.push_back(a.data());
+  std::vector<char*> args = absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+  return std::vector<std::string>(args.begin(), args.end());
 }
 
 int ReportError(const char* tool, const absl::Status& status) {

@@ -21,6 +21,10 @@ absl::StatusOr<std::vector<int32_t>> ReadIdsFile(const std::string& path);
 // underscores; the documented CLI uses dashes). Stops at a bare "--". Returns new argv storage.
 std::vector<std::string> DashesToUnderscores(int argc, char** argv);
 
+// Parses Abseil flags (dashes accepted, see above) after setting the usage text; returns the
+// positional arguments, argv[0] included.
+std::vector<std::string> ParseFlags(int argc, char** argv, const char* usage);
+
 // Prints "<tool>: error: <message>" on one line to stderr; returns the exit code (1).
 int ReportError(const char* tool, const absl::Status& status);
 

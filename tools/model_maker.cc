@@ -37,12 +37,14 @@ struct InitRule {
   float scale = 0;  // uniform half-width
 };
 
-InitRule RuleFor(const std::string& name, const std::vector<int64_t>& shape,
-                 const ModelConfig& c) {
+InitRule RuleFor(const std::string& name, const std::vector<int64_t>& shape, const ModelConfig& c) {
   const float sqrt3 = std::sqrt(3.0f);
-  auto uniform_std = [&](double std) { return InitRule{Init::kUniform, static_cast<float>(std * sqrt3)}; };
+  auto uniform_std = [&](double std) {
+    return InitRule{Init::kUniform, static_cast<float>(std * sqrt3)};
+  };
   const int64_t fan_in = shape.size() >= 2 ? shape.back() : 1;
-  if (absl::EndsWith(name, "embed_tokens.weight")) return uniform_std(3.0 / std::sqrt(c.hidden_size));
+  if (absl::EndsWith(name, "embed_tokens.weight"))
+    return uniform_std(3.0 / std::sqrt(c.hidden_size));
   if (absl::EndsWith(name, "layernorm.weight") || absl::EndsWith(name, "subln.weight")) {
     return {Init::kOnePlus, 0.1f};
   }

@@ -77,15 +77,17 @@ absl::Status Run() {
   ThreadPool pool(model->num_threads());
   const double bw = CopyBandwidth(pool);
   const double wbytes = static_cast<double>(model->weights().matrix_bytes);
-  std::printf("model: %d layers, hidden %lld, vocab %lld, weights %s, matrix bytes per step "
-              "%.3f GB; threads %d; copy bandwidth %.2f GB/s; floor per decode step %.1f ms\n\n",
-              c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size,
-              "checkpoint dtype", wbytes / 1e9, model->num_threads(), bw / 1e9,
-              1e3 * wbytes / bw);
-  std::printf("| phase | batch / prompt | tokens/s | time per step or prompt | floor | %% of floor |\n");
+  std::printf(
+      "model: %d layers, hidden %lld, vocab %lld, weights %s, matrix bytes per step "
+      "%.3f GB; threads %d; copy bandwidth %.2f GB/s; floor per decode step %.1f ms\n\n",
+      c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size, "checkpoint dtype",
+      wbytes / 1e9, model->num_threads(), bw / 1e9, 1e3 * wbytes / bw);
+  std::printf(
+      "| phase | batch / prompt | tokens/s | time per step or prompt | floor | %% of floor |\n");
   std::printf("|---|---|---|---|---|---|\n");
   std::vector<int32_t> batches;
-  SAMBAY_ASSIGN_OR_RETURN(batches, ParseIds(absl::GetFlag(FLAGS_decode_batches), "--decode-batches"));
+  SAMBAY_ASSIGN_OR_RETURN(batches,
+                          ParseIds(absl::GetFlag(FLAGS_decode_batches), "--decode-batches"));
   const int steps = absl::GetFlag(FLAGS_decode_steps);
   const int64_t ctx = absl::GetFlag(FLAGS_context);
   for (int32_t b : batches) {
@@ -106,13 +108,14 @@ absl::Status Run() {
     double state_bytes = 0;
     for (auto* st : ptrs) state_bytes += static_cast<double>(st->memory_bytes());
     const double floor = (wbytes + state_bytes) / bw;
-    std::printf("| decode | batch %d (context %lld) | %.2f | %.1f ms/step | %.1f ms | %.0f%% |\n", b,
-                (long long)(ctx + 1), b / per_step, 1e3 * per_step, 1e3 * floor,
+    std::printf("| decode | batch %d (context %lld) | %.2f | %.1f ms/step | %.1f ms | %.0f%% |\n",
+                b, (long long)(ctx + 1), b / per_step, 1e3 * per_step, 1e3 * floor,
                 100.0 * floor / per_step);
     std::fflush(stdout);
   }
   std::vector<int32_t> lens;
-  SAMBAY_ASSIGN_OR_RETURN(lens, ParseIds(absl::GetFlag(FLAGS_prefill_lengths), "--prefill-lengths"));
+  SAMBAY_ASSIGN_OR_RETURN(lens,
+                          ParseIds(absl::GetFlag(FLAGS_prefill_lengths), "--prefill-lengths"));
   const int64_t chunk = absl::GetFlag(FLAGS_prefill_chunk);
   {
     auto warm = model->NewState();
@@ -139,10 +142,7 @@ absl::Status Run() {
 }  // namespace sambay
 
 int main(int argc, char** argv) {
-  std::vector<std::string> storage = sambay::DashesToUnderscores(argc, argv);
-  std::vector<char*> fixed;
-  for (std::string& a : storage) fixed.push_back(a.data());
-  absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+  sambay::ParseFlags(argc, argv, "sambay-bench --model DIR [flags]");
   absl::Status st = sambay::Run();
   if (!st.ok()) return sambay::ReportError("sambay-bench", st);
   return 0;

@@ -59,10 +59,12 @@ absl::Status Run() {
   } else if (dt == "f16") {
     o.dtype = DType::kF16;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("--dtype: must be f32, bf16 or f16, got \"", dt, "\""));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--dtype: must be f32, bf16 or f16, got \"", dt, "\""));
   }
   SAMBAY_RETURN_IF_ERROR(MakeModel(out, c, o));
-  std::fprintf(stderr, "sambay-mkmodel: wrote %s (%d layers, hidden %lld, vocab %lld, %s, %d file(s))\n",
+  std::fprintf(stderr,
+               "sambay-mkmodel: wrote %s (%d layers, hidden %lld, vocab %lld, %s, %d file(s))\n",
                out.c_str(), c.num_layers, static_cast<long long>(c.hidden_size),
                static_cast<long long>(c.vocab_size), dt.c_str(), o.shards);
   return absl::OkStatus();
@@ -72,12 +74,9 @@ absl::Status Run() {
 }  // namespace sambay
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  const std::vector<std::string> args = sambay::ParseFlags(
+      argc, argv,
       "sambay-mkmodel --out DIR --preset tiny|phi4-mini-flash --seed S --dtype f32|bf16");
-  std::vector<std::string> storage = sambay::DashesToUnderscores(argc, argv);
-  std::vector<char*> fixed;
-  for (std::string& a : storage) fixed.push_back(a.data());
-  std::vector<char*> args = absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
   if (args.size() != 1) {
     return sambay::ReportError("sambay-mkmodel",
                                absl::InvalidArgumentError("unexpected positional arguments"));

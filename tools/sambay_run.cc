@@ -89,9 +89,8 @@ absl::Status RunScore() {
   SAMBAY_RETURN_IF_ERROR(model->Score(*state, ids, &logits));
   const int64_t t = static_cast<int64_t>(ids.size());
   SAMBAY_RETURN_IF_ERROR(WriteNpyF32(out, {t, model->config().vocab_size}, logits.data()));
-  std::fprintf(stderr, "sambay-run: wrote logits [%lld, %lld] to %s\n",
-               static_cast<long long>(t), static_cast<long long>(model->config().vocab_size),
-               out.c_str());
+  std::fprintf(stderr, "sambay-run: wrote logits [%lld, %lld] to %s\n", static_cast<long long>(t),
+               static_cast<long long>(model->config().vocab_size), out.c_str());
   return absl::OkStatus();
 }
 
@@ -119,8 +118,7 @@ absl::Status RunGenerate() {
   const auto t0 = std::chrono::steady_clock::now();
   std::vector<int32_t> out;
   SAMBAY_ASSIGN_OR_RETURN(out, Generate(*model, *state, ids, g));
-  const double secs =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::printf("%s\n", absl::StrJoin(out, " ").c_str());
   std::fflush(stdout);
   std::fprintf(stderr, "sambay-run: %zu prompt + %zu new tokens in %.3f s (%d threads)\n",
@@ -136,13 +134,14 @@ absl::Status RunInfo() {
   for (int i = 0; i < c.num_layers; ++i) {
     absl::StrAppend(&schedule, i ? " " : "", i, ":", LayerKindName(c.layers[i]));
   }
-  std::printf("fingerprint %s\nlayers %d hidden %lld heads %d kv_heads %d head_dim %lld "
-              "vocab %lld window %lld d_inner %lld d_state %lld dt_rank %lld\n"
-              "schedule %s\nmatrix_bytes %lld\n",
-              model->fingerprint().c_str(), c.num_layers, (long long)c.hidden_size, c.num_heads,
-              c.num_kv_heads, (long long)c.head_dim, (long long)c.vocab_size,
-              (long long)c.sliding_window, (long long)c.d_inner, (long long)c.d_state,
-              (long long)c.dt_rank, schedule.c_str(), (long long)model->weights().matrix_bytes);
+  std::printf(
+      "fingerprint %s\nlayers %d hidden %lld heads %d kv_heads %d head_dim %lld "
+      "vocab %lld window %lld d_inner %lld d_state %lld dt_rank %lld\n"
+      "schedule %s\nmatrix_bytes %lld\n",
+      model->fingerprint().c_str(), c.num_layers, (long long)c.hidden_size, c.num_heads,
+      c.num_kv_heads, (long long)c.head_dim, (long long)c.vocab_size, (long long)c.sliding_window,
+      (long long)c.d_inner, (long long)c.d_state, (long long)c.dt_rank, schedule.c_str(),
+      (long long)model->weights().matrix_bytes);
   return absl::OkStatus();
 }
 
@@ -150,16 +149,12 @@ absl::Status RunInfo() {
 }  // namespace sambay
 
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
-      "sambay-run score|generate|info --model DIR [--ids 3,14,15] [flags]");
-  std::vector<std::string> storage = sambay::DashesToUnderscores(argc, argv);
-  std::vector<char*> fixed;
-  for (std::string& a : storage) fixed.push_back(a.data());
-  std::vector<char*> args = absl::ParseCommandLine(static_cast<int>(fixed.size()), fixed.data());
+  const std::vector<std::string> args = sambay::ParseFlags(
+      argc, argv, "sambay-run score|generate|info --model DIR [--ids 3,14,15] [flags]");
   if (args.size() != 2) {
-    return sambay::ReportError("sambay-run",
-                               absl::InvalidArgumentError(
-                                   "usage: sambay-run score|generate|info --model DIR [flags]"));
+    return sambay::ReportError(
+        "sambay-run",
+        absl::InvalidArgumentError("usage: sambay-run score|generate|info --model DIR [flags]"));
   }
   const std::string cmd = args[1];
   absl::Status st;

@@ -9,6 +9,7 @@
 #ifndef SAMBAY_ENGINE_CPU_VEC_CC_ONCE_
 #define SAMBAY_ENGINE_CPU_VEC_CC_ONCE_
 #include <cmath>
+
 #include "engine/cpu/vec.h"
 #endif
 
@@ -30,8 +31,27 @@ HWY_INLINE hn::Vec<DF> LoadW(DF df, const void* base, int64_t i) {
     const auto raw = hn::LoadU(du16, static_cast<const uint16_t*>(base) + i);
     return hn::BitCast(df, hn::ShiftLeft<16>(hn::PromoteTo(du32, raw)));
   } else {
+#if HWY_TARGET >= HWY_SSE4 || HWY_TARGET == HWY_EMU128 || HWY_TARGET == HWY_SCALAR
+    // Highway 1.0.3 emulates f16->f32 on these targets without handling exponent 31 (inf and
+    // NaN come out as 65536 and 98304): decode the bits here instead.
+    const hn::Rebind<uint16_t, DF> du16;
+    const hn::Rebind<int32_t, DF> di32;
+    const auto h =
+        hn::BitCast(di32, hn::PromoteTo(hn::Rebind<uint32_t, DF>(),
+                                        hn::LoadU(du16, static_cast<const uint16_t*>(base) + i)));
+    const auto em = hn::And(h, hn::Set(di32, 0x7fff));
+    const auto sign = hn::ShiftLeft<16>(hn::And(h, hn::Set(di32, 0x8000)));
+    const auto normal = hn::Add(hn::ShiftLeft<13>(em), hn::Set(di32, 112 << 23));
+    const auto infnan = hn::Or(hn::ShiftLeft<13>(em), hn::Set(di32, 0x7f800000));
+    const auto sub =
+        hn::BitCast(di32, hn::Mul(hn::ConvertTo(df, em), hn::Set(df, 1.0f / 16777216.0f)));
+    auto bits = hn::IfThenElse(hn::Lt(em, hn::Set(di32, 0x400)), sub, normal);
+    bits = hn::IfThenElse(hn::Gt(em, hn::Set(di32, 0x7bff)), infnan, bits);
+    return hn::BitCast(df, hn::Or(bits, sign));
+#else
     const hn::Rebind<hwy::float16_t, DF> dh;
     return hn::PromoteTo(df, hn::LoadU(dh, static_cast<const hwy::float16_t*>(base) + i));
+#endif
   }
 }
 
@@ -75,8 +95,8 @@ void AxpyImpl(float alpha, const float* x, float* y, int64_t n) {
 
 // Two weight rows (o, o + 1) against R input rows: 2 * R independent accumulator chains.
 template <DType kT, int R>
-HWY_INLINE void Gemv2xR(const void* w, int64_t in, int64_t o, bool two, const float* x,
-                        float* y, int64_t ldy) {
+HWY_INLINE void Gemv2xR(const void* w, int64_t in, int64_t o, bool two, const float* x, float* y,
+                        int64_t ldy) {
   const DF df;
   const int64_t N = static_cast<int64_t>(hn::Lanes(df));
   const int64_t wi0 = o * in;
@@ -222,8 +242,7 @@ void WidenRows(DType wt, const void* w, int64_t in, int64_t o0, int64_t o1, floa
   HWY_DYNAMIC_DISPATCH(WidenRowsImpl)(wt, w, in, o0, o1, dst);
 }
 void ScanStep(int64_t c0, int64_t c1, int64_t d_state, const float* delta, const float* A,
-              const float* B, const float* C, const float* D, const float* x, float* h,
-              float* y) {
+              const float* B, const float* C, const float* D, const float* x, float* h, float* y) {
   HWY_DYNAMIC_DISPATCH(ScanStepImpl)(c0, c1, d_state, delta, A, B, C, D, x, h, y);
 }
 }  // namespace sambay::cpu

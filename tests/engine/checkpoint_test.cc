@@ -15,31 +15,16 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/engine/test_util.h"
 
 namespace sambay {
 namespace {
 
+using sambay::testing::MakeTempDirPath;
+using sambay::testing::ReadFileBytes;
+using sambay::testing::WriteFileBytes;
+
 using ::testing::HasSubstr;
-
-std::string MakeTempDir() {
-  std::string tmpl = ::testing::TempDir();
-  if (tmpl.empty() || tmpl.back() != '/') tmpl += '/';
-  tmpl += "checkpoint_test_XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  if (mkdtemp(buf.data()) == nullptr) return "";
-  return std::string(buf.data());
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void WriteText(const std::string& path, const std::string& text) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out << text;
-}
 
 // Deterministic test tensors of mixed dtypes and sizes; owns their data.
 struct TestTensors {
@@ -74,7 +59,7 @@ TestTensors MakeTensors() {
 class CheckpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = MakeTempDir();
+    dir_ = MakeTempDirPath("checkpoint_test_");
     ASSERT_FALSE(dir_.empty());
   }
   void TearDown() override {
@@ -146,7 +131,7 @@ TEST_F(CheckpointTest, ShardFilesAndIndexContents) {
         std::filesystem::exists(Sub(absl::StrCat("model-0000", k, "-of-00003.safetensors"))));
   }
   EXPECT_FALSE(std::filesystem::exists(Sub("model.safetensors")));
-  const auto index = nlohmann::json::parse(ReadAll(Sub("model.safetensors.index.json")));
+  const auto index = nlohmann::json::parse(ReadFileBytes(Sub("model.safetensors.index.json")));
   int64_t total = 0;
   for (const auto& s : t.storage) total += static_cast<int64_t>(s.size());
   EXPECT_EQ(index["metadata"]["total_size"].get<int64_t>(), total);
@@ -165,7 +150,7 @@ TEST_F(CheckpointTest, ShardsAreBalancedByBytes) {
   TestTensors t;
   for (int i = 0; i < 12; ++i) t.Add(absl::StrCat("w", i), DType::kF32, {256});
   ASSERT_TRUE(WriteCheckpoint(dir_, t.list, 4).ok());
-  const auto index = nlohmann::json::parse(ReadAll(Sub("model.safetensors.index.json")));
+  const auto index = nlohmann::json::parse(ReadFileBytes(Sub("model.safetensors.index.json")));
   std::map<std::string, int> counts;
   for (const auto& [name, file] : index["weight_map"].items()) counts[file.get<std::string>()]++;
   ASSERT_EQ(counts.size(), 4u);
@@ -245,7 +230,7 @@ TEST_F(CheckpointTest, IndexTensorMissingFromFile) {
                           {"weight_map", nlohmann::json::object()}};
   for (const TensorToWrite& w : t.list) index["weight_map"][w.name] = "model.safetensors";
   index["weight_map"]["model.ghost"] = "model.safetensors";
-  WriteText(Sub("model.safetensors.index.json"), index.dump());
+  WriteFileBytes(Sub("model.safetensors.index.json"), index.dump());
   auto ckpt = Checkpoint::Open(dir_);
   ASSERT_FALSE(ckpt.ok());
   EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kNotFound);
@@ -260,7 +245,7 @@ TEST_F(CheckpointTest, FileHasExtraTensor) {
   for (size_t i = 1; i < t.list.size(); ++i) {
     index["weight_map"][t.list[i].name] = "model.safetensors";
   }
-  WriteText(Sub("model.safetensors.index.json"), index.dump());
+  WriteFileBytes(Sub("model.safetensors.index.json"), index.dump());
   auto ckpt = Checkpoint::Open(dir_);
   ASSERT_FALSE(ckpt.ok());
   EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kInvalidArgument);
@@ -276,7 +261,7 @@ TEST_F(CheckpointTest, TensorInTwoFiles) {
                            {{t.list[0].name, "a.safetensors"},
                             {t.list[1].name, "b.safetensors"},
                             {t.list[2].name, "b.safetensors"}}}};
-  WriteText(Sub("model.safetensors.index.json"), index.dump());
+  WriteFileBytes(Sub("model.safetensors.index.json"), index.dump());
   auto ckpt = Checkpoint::Open(dir_);
   ASSERT_FALSE(ckpt.ok());
   EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kInvalidArgument);
@@ -308,7 +293,7 @@ TEST_F(CheckpointTest, MalformedIndex) {
       R"({"weight_map":{"model.layers.0.attn.D":".."}})",
   };
   for (const std::string& text : bad) {
-    WriteText(index_path, text);
+    WriteFileBytes(index_path, text);
     auto ckpt = Checkpoint::Open(dir_);
     ASSERT_FALSE(ckpt.ok()) << text;
     EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kInvalidArgument) << text;
@@ -320,8 +305,8 @@ TEST_F(CheckpointTest, CorruptShardPropagatesError) {
   TestTensors t = MakeTensors();
   ASSERT_TRUE(WriteCheckpoint(dir_, t.list, 2).ok());
   const std::string shard = Sub("model-00001-of-00002.safetensors");
-  const std::string bytes = ReadAll(shard);
-  WriteText(shard, bytes.substr(0, bytes.size() - 1));
+  const std::string bytes = ReadFileBytes(shard);
+  WriteFileBytes(shard, bytes.substr(0, bytes.size() - 1));
   auto ckpt = Checkpoint::Open(dir_);
   ASSERT_FALSE(ckpt.ok());
   EXPECT_EQ(ckpt.status().code(), absl::StatusCode::kDataLoss);

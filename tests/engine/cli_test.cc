@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "common/npy.h"
 #include "engine/checkpoint.h"
 #include "engine/weights.h"
@@ -13,6 +14,7 @@
 namespace sambay {
 namespace {
 
+using sambay::testing::ReadFileBytes;
 using sambay::testing::TempDir;
 
 struct RunResult {
@@ -20,34 +22,29 @@ struct RunResult {
   std::string out, err;
 };
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 RunResult RunTool(const std::string& args, const TempDir& tmp) {
   const std::string out = tmp.Sub("stdout.txt"), err = tmp.Sub("stderr.txt");
-  const std::string cmd =
-      std::string(SAMBAY_BIN_DIR) + "/" + args + " >" + out + " 2>" + err;
+  const std::string cmd = absl::StrCat(SAMBAY_BIN_DIR, "/", args, " >", out, " 2>", err);
   const int rc = std::system(cmd.c_str());
   RunResult r;
   r.exit_code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
-  r.out = ReadFile(out);
-  r.err = ReadFile(err);
+  r.out = ReadFileBytes(out);
+  r.err = ReadFileBytes(err);
   return r;
 }
 
-int CountLines(const std::string& s) { return static_cast<int>(std::count(s.begin(), s.end(), '\n')); }
+int CountLines(const std::string& s) {
+  return static_cast<int>(std::count(s.begin(), s.end(), '\n'));
+}
 
 class CliTest : public ::testing::Test {
  protected:
   void SetUp() override {
     model_ = tmp_.Sub("model");
-    ASSERT_EQ(RunTool("sambay-mkmodel --out " + model_ + " --preset tiny --seed 1 --dtype f32", tmp_)
-                  .exit_code,
-              0);
+    ASSERT_EQ(
+        RunTool("sambay-mkmodel --out " + model_ + " --preset tiny --seed 1 --dtype f32", tmp_)
+            .exit_code,
+        0);
   }
   // Copies the good model into a new dir for corruption.
   std::string CopyModel(const std::string& name) {
@@ -70,8 +67,8 @@ class CliTest : public ::testing::Test {
 
 TEST_F(CliTest, GeneratePrintsIdsOnOneStdoutLine) {
   RunResult r = RunTool("sambay-run generate --model " + model_ +
-                        " --ids 3,14,15 --max-new-tokens 16 --temperature 0 --prefill-chunk 2",
-                    tmp_);
+                            " --ids 3,14,15 --max-new-tokens 16 --temperature 0 --prefill-chunk 2",
+                        tmp_);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(CountLines(r.out), 1);
   std::istringstream ss(r.out);
@@ -95,7 +92,7 @@ TEST_F(CliTest, ScoreWritesNpyOfAllPositions) {
   auto a = ReadNpy(npy);
   ASSERT_TRUE(a.ok()) << a.status();
   EXPECT_EQ(a->shape, (std::vector<int64_t>{3, 320}));
-  const std::string header = ReadFile(npy).substr(0, 80);
+  const std::string header = ReadFileBytes(npy).substr(0, 80);
   EXPECT_NE(header.find("'descr': '<f4'"), std::string::npos);
 }
 
@@ -127,7 +124,7 @@ TEST_F(CliTest, BadJsonConfig) {
 
 TEST_F(CliTest, ConfigFieldOfWrongTypeIsNamed) {
   const std::string d = CopyModel("badfield");
-  std::string cfg = ReadFile(d + "/config.json");
+  std::string cfg = ReadFileBytes(d + "/config.json");
   const std::string from = "\"num_key_value_heads\": 2";
   cfg.replace(cfg.find(from), from.size(), "\"num_key_value_heads\": \"two\"");
   std::ofstream(d + "/config.json", std::ios::trunc) << cfg;
@@ -149,7 +146,7 @@ TEST_F(CliTest, TruncatedSafetensors) {
 
 TEST_F(CliTest, UnknownDtype) {
   const std::string d = CopyModel("dtype");
-  std::string bytes = ReadFile(d + "/model.safetensors");
+  std::string bytes = ReadFileBytes(d + "/model.safetensors");
   // Same length: the header stays well formed, one tensor claims F64.
   const size_t pos = bytes.find("\"F32\"");
   ASSERT_NE(pos, std::string::npos);
@@ -181,7 +178,8 @@ std::string WriteVariant(const TempDir& tmp, const std::string& name, const std:
 
 TEST_F(CliTest, MissingTensorIsNamedWithItsShape) {
   const std::string d = WriteVariant(tmp_, "missing", "model.layers.3.attn.Wqkv.weight", "");
-  ExpectOneLineError(d, "missing tensor model.layers.3.attn.Wqkv.weight (expected shape [256, 128])");
+  ExpectOneLineError(d,
+                     "missing tensor model.layers.3.attn.Wqkv.weight (expected shape [256, 128])");
 }
 
 TEST_F(CliTest, WrongShapeNamesBothShapes) {

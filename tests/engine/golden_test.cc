@@ -5,6 +5,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/str_cat.h"
 #include "common/npy.h"
 #include "engine/generate.h"
 #include "nlohmann/json.hpp"
@@ -19,7 +20,7 @@ using sambay::testing::TempDir;
 class GoldenTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(GoldenTest, LogitsAndGreedyIdsMatchReference) {
-  const std::string dir = std::string(SAMBAY_SOURCE_DIR) + "/tests/data/golden/" + GetParam();
+  const std::string dir = absl::StrCat(SAMBAY_SOURCE_DIR, "/tests/data/golden/", GetParam());
   std::ifstream in(dir + "/manifest.json");
   ASSERT_TRUE(in) << dir;
   std::stringstream ss;
@@ -27,9 +28,9 @@ TEST_P(GoldenTest, LogitsAndGreedyIdsMatchReference) {
   const nlohmann::json m = nlohmann::json::parse(ss.str());
 
   TempDir tmp;
-  std::string cmd = std::string(SAMBAY_BIN_DIR) + "/sambay-mkmodel --out " + tmp.path();
-  for (const auto& a : m["mkmodel_args"]) cmd += " " + a.get<std::string>();
-  cmd += " 2>/dev/null";
+  std::string cmd = absl::StrCat(SAMBAY_BIN_DIR, "/sambay-mkmodel --out ", tmp.path());
+  for (const auto& a : m["mkmodel_args"]) absl::StrAppend(&cmd, " ", a.get<std::string>());
+  absl::StrAppend(&cmd, " 2>/dev/null");
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   auto model = Model::Load(tmp.path(), {.num_threads = 2});
   ASSERT_TRUE(model.ok()) << model.status();

@@ -14,32 +14,17 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/engine/test_util.h"
 
 namespace sambay {
 namespace {
 
+using sambay::testing::MakeTempDirPath;
+using sambay::testing::ReadFileBytes;
+using sambay::testing::WriteFileBytes;
+
 using ::testing::AllOf;
 using ::testing::HasSubstr;
-
-std::string MakeTempDir() {
-  std::string tmpl = ::testing::TempDir();
-  if (tmpl.empty() || tmpl.back() != '/') tmpl += '/';
-  tmpl += "safetensors_test_XXXXXX";
-  std::vector<char> buf(tmpl.begin(), tmpl.end());
-  buf.push_back('\0');
-  if (mkdtemp(buf.data()) == nullptr) return "";
-  return std::string(buf.data());
-}
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-}
-
-void WriteBytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary | std::ios::trunc);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
 
 std::string LengthPrefix(uint64_t n) {
   std::string s(8, '\0');
@@ -55,7 +40,7 @@ std::string RawFile(const std::string& header, const std::string& data) {
 class SafetensorsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = MakeTempDir();
+    dir_ = MakeTempDirPath("safetensors_test_");
     ASSERT_FALSE(dir_.empty());
   }
   void TearDown() override {
@@ -68,7 +53,7 @@ class SafetensorsTest : public ::testing::Test {
   // with `code`, and returns the message.
   std::string ExpectOpenError(const std::string& header, size_t data_bytes, absl::StatusCode code) {
     const std::string path = Path("bad.safetensors");
-    WriteBytes(path, RawFile(header, std::string(data_bytes, '\0')));
+    WriteFileBytes(path, RawFile(header, std::string(data_bytes, '\0')));
     auto file = SafetensorsFile::Open(path);
     EXPECT_FALSE(file.ok()) << "header: " << header;
     if (file.ok()) return "";
@@ -141,7 +126,7 @@ TEST_F(SafetensorsTest, HeaderIsPaddedAndOffsetsFollowWriteOrder) {
       WriteSafetensors(
           path, {{"zz", DType::kF32, {3}, x.data()}, {"aa", DType::kBF16, {5}, y.data()}}, {})
           .ok());
-  const std::string bytes = ReadAll(path);
+  const std::string bytes = ReadFileBytes(path);
   ASSERT_GE(bytes.size(), 8u);
   uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<uint8_t>(bytes[i])) << (8 * i);
@@ -188,7 +173,7 @@ TEST_F(SafetensorsTest, UnalignedDataIsCopiedToAlignedBuffer) {
   std::string data(reinterpret_cast<const char*>(fa), 8);
   data.append(reinterpret_cast<const char*>(fb), 6);
   const std::string path = Path("unaligned.safetensors");
-  WriteBytes(path, RawFile(header, data));
+  WriteFileBytes(path, RawFile(header, data));
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   const TensorInfo& a = (*file)->tensors().at("a");
@@ -216,7 +201,7 @@ TEST_F(SafetensorsTest, DirectoryIsRejected) {
 
 TEST_F(SafetensorsTest, FileShorterThan8Bytes) {
   const std::string path = Path("short.safetensors");
-  WriteBytes(path, std::string("\x02\0\0\0", 4));
+  WriteFileBytes(path, std::string("\x02\0\0\0", 4));
   auto file = SafetensorsFile::Open(path);
   ASSERT_FALSE(file.ok());
   EXPECT_EQ(file.status().code(), absl::StatusCode::kDataLoss);
@@ -225,7 +210,7 @@ TEST_F(SafetensorsTest, FileShorterThan8Bytes) {
 
 TEST_F(SafetensorsTest, HeaderLengthLargerThanFile) {
   const std::string path = Path("h.safetensors");
-  WriteBytes(path, LengthPrefix(1000) + "{}");
+  WriteFileBytes(path, LengthPrefix(1000) + "{}");
   auto file = SafetensorsFile::Open(path);
   ASSERT_FALSE(file.ok());
   EXPECT_EQ(file.status().code(), absl::StatusCode::kDataLoss);
@@ -235,7 +220,7 @@ TEST_F(SafetensorsTest, HeaderLengthLargerThanFile) {
 TEST_F(SafetensorsTest, HeaderLengthAbsurd) {
   for (uint64_t n : {(uint64_t{100} << 20) + 1, uint64_t{1} << 40, ~uint64_t{0}}) {
     const std::string path = Path("h.safetensors");
-    WriteBytes(path, LengthPrefix(n) + "{}");
+    WriteFileBytes(path, LengthPrefix(n) + "{}");
     auto file = SafetensorsFile::Open(path);
     ASSERT_FALSE(file.ok());
     EXPECT_EQ(file.status().code(), absl::StatusCode::kInvalidArgument) << n;
@@ -358,7 +343,7 @@ TEST_F(SafetensorsTest, MetadataMustBeStringMap) {
         << meta;
   }
   const std::string path = Path("meta.safetensors");
-  WriteBytes(path, RawFile(R"({"__metadata__":{"format":"pt","k":""}})", ""));
+  WriteFileBytes(path, RawFile(R"({"__metadata__":{"format":"pt","k":""}})", ""));
   auto file = SafetensorsFile::Open(path);
   ASSERT_TRUE(file.ok()) << file.status();
   EXPECT_TRUE((*file)->tensors().empty());
@@ -373,11 +358,11 @@ TEST_F(SafetensorsTest, TruncatedAtEveryLength) {
                   path, {{"a", DType::kF32, {3}, a.data()}, {"b", DType::kBF16, {2}, b.data()}},
                   {{"k", "v"}})
                   .ok());
-  const std::string bytes = ReadAll(path);
+  const std::string bytes = ReadFileBytes(path);
   ASSERT_TRUE(SafetensorsFile::Open(path).ok());
   const std::string cut = Path("cut.safetensors");
   for (size_t len = 0; len < bytes.size(); ++len) {
-    WriteBytes(cut, bytes.substr(0, len));
+    WriteFileBytes(cut, bytes.substr(0, len));
     auto file = SafetensorsFile::Open(cut);
     ASSERT_FALSE(file.ok()) << "length " << len;
     EXPECT_EQ(file.status().code(), absl::StatusCode::kDataLoss) << len << ": " << file.status();
@@ -389,14 +374,14 @@ TEST_F(SafetensorsTest, CorruptedBytesNeverCrash) {
   const std::vector<float> a = {1, 2, 3, 4};
   const std::string path = Path("full.safetensors");
   ASSERT_TRUE(WriteSafetensors(path, {{"a", DType::kF32, {2, 2}, a.data()}}, {}).ok());
-  const std::string bytes = ReadAll(path);
+  const std::string bytes = ReadFileBytes(path);
   const std::string bad = Path("bad.safetensors");
   int failures = 0;
   for (size_t pos = 0; pos < bytes.size(); ++pos) {
     for (int v : {0x00, 0x22, 0x2c, 0x5d, 0x7d, 0x80, 0xff}) {
       std::string copy = bytes;
       copy[pos] = static_cast<char>(v);
-      WriteBytes(bad, copy);
+      WriteFileBytes(bad, copy);
       auto file = SafetensorsFile::Open(bad);
       if (!file.ok()) {
         ++failures;

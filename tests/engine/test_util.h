@@ -5,6 +5,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,13 +17,29 @@
 
 namespace sambay::testing {
 
+// A new directory under the gtest temp dir named <prefix>XXXXXX ("" on failure); the caller
+// removes it.
+inline std::string MakeTempDirPath(const std::string& prefix) {
+  std::string tmpl = ::testing::TempDir();
+  if (tmpl.empty() || tmpl.back() != '/') tmpl += '/';
+  tmpl += prefix + "XXXXXX";
+  return mkdtemp(tmpl.data()) == nullptr ? "" : tmpl;
+}
+
+inline std::string ReadFileBytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+}
+
+inline void WriteFileBytes(const std::string& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+
 // A fresh directory under the gtest temp dir, removed when the object dies.
 class TempDir {
  public:
-  TempDir() {
-    std::string tmpl = ::testing::TempDir() + "sambay_XXXXXX";
-    path_ = mkdtemp(tmpl.data());
-  }
+  TempDir() : path_(MakeTempDirPath("sambay_")) {}
   ~TempDir() {
     std::error_code ec;
     std::filesystem::remove_all(path_, ec);
@@ -50,8 +68,8 @@ struct TinyModel {
   std::unique_ptr<Model> model;
 };
 
-inline std::unique_ptr<TinyModel> MakeTiny(uint64_t seed, DType dtype = DType::kF32,
-                                           int layers = 8, int shards = 1, int threads = 2) {
+inline std::unique_ptr<TinyModel> MakeTiny(uint64_t seed, DType dtype = DType::kF32, int layers = 8,
+                                           int shards = 1, int threads = 2) {
   auto t = std::make_unique<TinyModel>();
   auto config = PresetConfig("tiny");
   EXPECT_TRUE(config.ok());
