@@ -9,6 +9,7 @@
 #ifndef SAMBAY_ENGINE_CPU_VEC_CC_ONCE_
 #define SAMBAY_ENGINE_CPU_VEC_CC_ONCE_
 #include <cmath>
+#include <vector>
 
 #include "engine/cpu/vec.h"
 #endif
@@ -104,7 +105,12 @@ HWY_INLINE void Gemv2xR(const void* w, int64_t in, int64_t o, bool two, const fl
   hn::Vec<DF> a0[R], a1[R];
   for (int r = 0; r < R; ++r) a0[r] = a1[r] = hn::Zero(df);
   int64_t i = 0;
+  const int64_t esize = DTypeSize(kT);
+  const char* wb = static_cast<const char*>(w);
   for (; i + N <= in; i += N) {
+    // Rows are short streams (a few KiB): fetch the next pair's rows while this one runs.
+    __builtin_prefetch(wb + (wi0 + 2 * in + i) * esize);
+    __builtin_prefetch(wb + (wi1 + 2 * in + i) * esize);
     const auto w0 = LoadW<kT>(df, w, wi0 + i);
     const auto w1 = LoadW<kT>(df, w, wi1 + i);
     for (int r = 0; r < R; ++r) {
@@ -125,11 +131,115 @@ HWY_INLINE void Gemv2xR(const void* w, int64_t in, int64_t o, bool two, const fl
   }
 }
 
+// BF16 fast path. A u32 load of two bf16 weights holds element 2j in its low half and 2j+1 in
+// its high half: (u << 16) is element 2j as f32 and (u & 0xffff0000) is element 2j+1, two ALU
+// ops for 2N weights instead of a widening shuffle. The input is pre-split per block of 2N
+// into [even elements | odd elements] (`xeo`), which a dot product allows.
+void SplitEvenOdd(const float* x, int64_t rows, int64_t in, float* xeo) {
+  const DF df;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * in;
+    float* dr = xeo + r * in;
+    int64_t i = 0;
+    for (; i + 2 * N <= in; i += 2 * N) {
+      for (int64_t j = 0; j < N; ++j) {
+        dr[i + j] = xr[i + 2 * j];
+        dr[i + N + j] = xr[i + 2 * j + 1];
+      }
+    }
+    for (; i < in; ++i) dr[i] = xr[i];  // tail stays in order
+  }
+}
+
+template <int R>
+HWY_INLINE void GemvBf16Rows(const uint16_t* w, int64_t in, int64_t o, int64_t nout,
+                             const float* xeo, float* y, int64_t ldy) {
+  // nout (1..2) weight rows against R input rows.
+  const DF df;
+  const hn::RebindToUnsigned<DF> du;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(df));
+  const auto hi_mask = hn::Set(du, 0xffff0000u);
+  const uint16_t* w0 = w + o * in;
+  const uint16_t* w1 = nout > 1 ? w0 + in : w0;
+  hn::Vec<DF> a0[R], a1[R];
+  for (int r = 0; r < R; ++r) a0[r] = a1[r] = hn::Zero(df);
+  int64_t i = 0;
+  for (; i + 2 * N <= in; i += 2 * N) {
+    // Rows are short streams (a few KiB): fetch the next pair's rows while this one runs.
+    __builtin_prefetch(w0 + 2 * in + i);
+    __builtin_prefetch(w1 + 2 * in + i);
+    const auto u0 = hn::LoadU(du, reinterpret_cast<const uint32_t*>(w0 + i));
+    const auto u1 = hn::LoadU(du, reinterpret_cast<const uint32_t*>(w1 + i));
+    const auto e0 = hn::BitCast(df, hn::ShiftLeft<16>(u0));
+    const auto d0 = hn::BitCast(df, hn::And(u0, hi_mask));
+    const auto e1 = hn::BitCast(df, hn::ShiftLeft<16>(u1));
+    const auto d1 = hn::BitCast(df, hn::And(u1, hi_mask));
+    for (int r = 0; r < R; ++r) {
+      const auto xe = hn::LoadU(df, xeo + r * in + i);
+      const auto xo = hn::LoadU(df, xeo + r * in + i + N);
+      a0[r] = hn::MulAdd(d0, xo, hn::MulAdd(e0, xe, a0[r]));
+      a1[r] = hn::MulAdd(d1, xo, hn::MulAdd(e1, xe, a1[r]));
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    float s0 = hn::GetLane(hn::SumOfLanes(df, a0[r]));
+    float s1 = hn::GetLane(hn::SumOfLanes(df, a1[r]));
+    for (int64_t j = i; j < in; ++j) {
+      s0 += Bf16ToF32(w0[j]) * xeo[r * in + j];
+      s1 += Bf16ToF32(w1[j]) * xeo[r * in + j];
+    }
+    y[r * ldy + o] = s0;
+    if (nout > 1) y[r * ldy + o + 1] = s1;
+  }
+}
+
+void GemvBf16(const uint16_t* w, int64_t in, int64_t o0, int64_t o1, const float* x, int64_t rows,
+              float* y, int64_t ldy) {
+  thread_local std::vector<float> xeo;
+  xeo.resize(static_cast<size_t>(rows * in));
+  SplitEvenOdd(x, rows, in, xeo.data());
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    const int64_t nr = rows - r0 < 8 ? rows - r0 : 8;
+    const float* xr = xeo.data() + r0 * in;
+    float* yr = y + r0 * ldy;
+    for (int64_t o = o0; o < o1; o += 2) {
+      const int64_t nout = o1 - o < 2 ? o1 - o : 2;
+      switch (nr) {
+        case 1:
+          GemvBf16Rows<1>(w, in, o, nout, xr, yr, ldy);
+          break;
+        case 2:
+          GemvBf16Rows<2>(w, in, o, nout, xr, yr, ldy);
+          break;
+        case 3:
+          GemvBf16Rows<3>(w, in, o, nout, xr, yr, ldy);
+          break;
+        case 4:
+          GemvBf16Rows<4>(w, in, o, nout, xr, yr, ldy);
+          break;
+        case 5:
+          GemvBf16Rows<5>(w, in, o, nout, xr, yr, ldy);
+          break;
+        case 6:
+          GemvBf16Rows<6>(w, in, o, nout, xr, yr, ldy);
+          break;
+        case 7:
+          GemvBf16Rows<7>(w, in, o, nout, xr, yr, ldy);
+          break;
+        default:
+          GemvBf16Rows<8>(w, in, o, nout, xr, yr, ldy);
+          break;
+      }
+    }
+  }
+}
+
 template <DType kT>
 void GemvT(const void* w, int64_t in, int64_t o0, int64_t o1, const float* x, int64_t rows,
            float* y, int64_t ldy) {
-  for (int64_t r0 = 0; r0 < rows; r0 += 4) {
-    const int64_t nr = rows - r0 < 4 ? rows - r0 : 4;
+  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+    const int64_t nr = rows - r0 < 8 ? rows - r0 : 8;
     const float* xr = x + r0 * in;
     float* yr = y + r0 * ldy;
     for (int64_t o = o0; o < o1; o += 2) {
@@ -144,8 +254,20 @@ void GemvT(const void* w, int64_t in, int64_t o0, int64_t o1, const float* x, in
         case 3:
           Gemv2xR<kT, 3>(w, in, o, two, xr, yr, ldy);
           break;
-        default:
+        case 4:
           Gemv2xR<kT, 4>(w, in, o, two, xr, yr, ldy);
+          break;
+        case 5:
+          Gemv2xR<kT, 5>(w, in, o, two, xr, yr, ldy);
+          break;
+        case 6:
+          Gemv2xR<kT, 6>(w, in, o, two, xr, yr, ldy);
+          break;
+        case 7:
+          Gemv2xR<kT, 7>(w, in, o, two, xr, yr, ldy);
+          break;
+        default:
+          Gemv2xR<kT, 8>(w, in, o, two, xr, yr, ldy);
           break;
       }
     }
@@ -158,7 +280,7 @@ void GemvRowsImpl(DType wt, const void* w, int64_t in, int64_t o0, int64_t o1, c
     case DType::kF32:
       return GemvT<DType::kF32>(w, in, o0, o1, x, rows, y, ldy);
     case DType::kBF16:
-      return GemvT<DType::kBF16>(w, in, o0, o1, x, rows, y, ldy);
+      return GemvBf16(static_cast<const uint16_t*>(w), in, o0, o1, x, rows, y, ldy);
     case DType::kF16:
       return GemvT<DType::kF16>(w, in, o0, o1, x, rows, y, ldy);
   }

@@ -21,7 +21,7 @@ void Axpy(float alpha, const float* x, float* y, int64_t n);
 
 // For output rows o in [o0, o1) of a weight matrix w [*, in] (row-major, dtype wt) and input
 // rows r in [0, rows) of x [rows, in]:  y[r * ldy + o] = sum_i w[o, i] * x[r, i].
-// Reads each weight row once per group of 4 input rows: meant for small `rows` (decode).
+// Reads each weight row once per group of 8 input rows: meant for small `rows` (decode).
 void GemvRows(DType wt, const void* w, int64_t in, int64_t o0, int64_t o1, const float* x,
               int64_t rows, float* y, int64_t ldy);
 
