@@ -6,10 +6,14 @@ set -euo pipefail
 
 PACKAGES=(
   build-essential g++ cmake ninja-build git pkg-config ca-certificates
-  libabsl-dev nlohmann-json3-dev libopenblas-dev libhwy-dev
+  libabsl-dev nlohmann-json3-dev libopenblas-dev libhwy-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   python3 python3-numpy
 )
+
+# Node.js + npm fetch the reference tokenizer data (npm package `tiktoken`). A machine that
+# already has node and npm (e.g. from NodeSource) keeps them.
+command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -17,11 +21,23 @@ for p in "${PACKAGES[@]}"; do
 done
 if [ "${#missing[@]}" -eq 0 ]; then
   echo "install-deps: all ${#PACKAGES[@]} packages present"
-  exit 0
+else
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  echo "install-deps: installed ${missing[*]}"
 fi
-SUDO=""
-[ "$(id -u)" -eq 0 ] || SUDO="sudo"
-export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-echo "install-deps: installed ${missing[*]}"
+
+# The o200k_base vocabulary and the reference encoder (npm package `tiktoken`, pinned), into
+# the git-ignored third_party/npm. Tests that need it skip cleanly when it is absent.
+cd "$(dirname "$0")/.."
+TIKTOKEN_VERSION=1.0.22
+if [ ! -f third_party/npm/node_modules/tiktoken/package.json ] ||
+   ! grep -q "\"version\": \"$TIKTOKEN_VERSION\"" third_party/npm/node_modules/tiktoken/package.json; then
+  mkdir -p third_party/npm
+  npm install --prefix third_party/npm --no-audit --no-fund --loglevel=error \
+    "tiktoken@$TIKTOKEN_VERSION"
+  echo "install-deps: npm tiktoken@$TIKTOKEN_VERSION in third_party/npm"
+fi

@@ -94,6 +94,26 @@ std::string TorchDtype(DType t) {
   return "float32";
 }
 
+// The byte tokenizer of small models: 256 bytes, then the Phi-4 chat specials.
+constexpr int64_t kByteVocab = 261;
+
+absl::Status WriteByteTokenizer(const std::string& dir) {
+  std::ofstream cfg(dir + "/tokenizer_config.json", std::ios::trunc);
+  cfg << "{\n  \"tokenizer_class\": \"SambayByteTokenizer\"\n}\n";
+  std::ofstream added(dir + "/added_tokens.json", std::ios::trunc);
+  added << "{\n  \"<|endoftext|>\": 256,\n  \"<|system|>\": 257,\n  \"<|user|>\": 258,\n"
+           "  \"<|assistant|>\": 259,\n  \"<|end|>\": 260\n}\n";
+  std::ofstream gen(dir + "/generation_config.json", std::ios::trunc);
+  gen << "{\n  \"eos_token_id\": [260, 256]\n}\n";
+  cfg.close();
+  added.close();
+  gen.close();
+  if (!cfg || !added || !gen) {
+    return absl::DataLossError(absl::StrCat("cannot write tokenizer files in ", dir));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
@@ -181,6 +201,9 @@ absl::Status MakeModel(const std::string& dir, const ModelConfig& config,
   out << json;
   out.close();
   if (!out) return absl::DataLossError(absl::StrCat("cannot write config files in ", dir));
+  if (c.vocab_size >= kByteVocab && c.vocab_size <= 4096) {
+    SAMBAY_RETURN_IF_ERROR(WriteByteTokenizer(dir));
+  }
   return absl::OkStatus();
 }
 

@@ -33,7 +33,10 @@ struct MakeModelOptions {
   int threads = 0;  // 0 = all
 };
 
-// Writes dir/config.json and the weights (model.safetensors or shards + index).
+// Writes dir/config.json and the weights (model.safetensors or shards + index). Models with a
+// vocabulary of 261..4096 also get the byte tokenizer (tokenizer_config.json, added_tokens.json
+// with <|endoftext|> 256, <|system|> 257, <|user|> 258, <|assistant|> 259, <|end|> 260) and a
+// generation_config.json with eos_token_id [260, 256].
 absl::Status MakeModel(const std::string& dir, const ModelConfig& config,
                        const MakeModelOptions& options);
 

@@ -133,9 +133,12 @@ absl::Status Run() {
     double state_bytes = 0;
     for (auto* st : ptrs) state_bytes += static_cast<double>(st->memory_bytes());
     const double floor = (wbytes + state_bytes) / bw;
-    std::printf("| decode | batch %d (context %lld) | %.2f | %.1f ms/step | %.1f ms | %.0f%% |\n",
-                b, (long long)(ctx + 1), b / per_step, 1e3 * per_step, 1e3 * floor,
-                100.0 * floor / per_step);
+    const double rfloor = (wbytes + state_bytes) / read_bw;
+    std::printf(
+        "| decode | batch %d (context %lld) | %.2f | %.1f ms/step | %.1f ms | %.0f%% | "
+        "%.1f ms | %.0f%% |\n",
+        b, (long long)(ctx + 1), b / per_step, 1e3 * per_step, 1e3 * floor,
+        100.0 * floor / per_step, 1e3 * rfloor, 100.0 * rfloor / per_step);
     std::fflush(stdout);
   }
   std::vector<int32_t> lens;

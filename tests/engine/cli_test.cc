@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/npy.h"
 #include "engine/checkpoint.h"
+#include "engine/tokenizer/pretokenize.h"
 #include "engine/weights.h"
 #include "tests/engine/test_util.h"
 
@@ -83,6 +84,43 @@ TEST_F(CliTest, GeneratePrintsIdsOnOneStdoutLine) {
   RunResult r2 =
       RunTool("sambay-run generate --model " + model_ + " --ids 3,14,15 --max-new-tokens 16", tmp_);
   EXPECT_EQ(r.out, r2.out);
+}
+
+TEST_F(CliTest, TextPromptAndChatStreamText) {
+  // tokenize: the byte tokenizer of the tiny model, chat markers as special ids.
+  RunResult r = RunTool("sambay-run tokenize --model " + model_ + " --chat hi", tmp_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "258 104 105 260 259\n");
+  r = RunTool("sambay-run tokenize --model " + model_ + " --prompt '<|user|>hi'", tmp_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, "258 104 105\n");
+  // generate --chat prints text (one line, valid UTF-8), the same as --ids on the same prompt
+  // decoded, up to the first stop token.
+  r = RunTool(
+      "sambay-run generate --model " + model_ + " --chat hi --max-new-tokens 24 --ignore-eos",
+      tmp_);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  RunResult ids = RunTool(
+      "sambay-run generate --model " + model_ + " --ids 258,104,105,260,259 --max-new-tokens 24",
+      tmp_);
+  ASSERT_EQ(ids.exit_code, 0) << ids.err;
+  std::istringstream ss(ids.out);
+  std::string bytes;
+  int id;
+  while (ss >> id) {
+    if (id < 256) bytes += static_cast<char>(id);
+  }
+  // The CLI replaces invalid sequences with U+FFFD; compare only when the bytes are valid.
+  if (ValidateUtf8(bytes).ok()) {
+    EXPECT_EQ(r.out, bytes + "\n");
+  }
+  EXPECT_TRUE(ValidateUtf8(r.out).ok());
+  r = RunTool("sambay-run generate --model " + model_ + " --prompt hi --chat hi", tmp_);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("exactly one of"), std::string::npos) << r.err;
+  r = RunTool("sambay-run generate --model " + model_ + " --prompt \"$(printf '\\377')\"", tmp_);
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.err.find("--prompt"), std::string::npos) << r.err;
 }
 
 TEST_F(CliTest, ScoreWritesNpyOfAllPositions) {
