@@ -44,44 +44,42 @@ double Since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// Bytes copied per second by memcpy over all threads (1 GiB, best of 5).
+// Best of 5 rates (bytes / s) of fn(t, lo, hi) run on every thread t over its slice [lo, hi)
+// of n items, each worth `item_bytes`.
+template <typename Fn>
+double BestRate(ThreadPool& pool, int64_t n, double item_bytes, const Fn& fn) {
+  const int threads = pool.num_threads();
+  double best = 0;
+  for (int rep = 0; rep < 5; ++rep) {
+    const auto t0 = Clock::now();
+    pool.ParallelFor(threads, 1, [&](int64_t b, int64_t e) {
+      for (int64_t t = b; t < e; ++t) fn(t, n * t / threads, n * (t + 1) / threads);
+    });
+    best = std::max(best, n * item_bytes / Since(t0));
+  }
+  return best;
+}
+
+// Bytes copied per second by memcpy of 1 GiB over all threads.
 double CopyBandwidth(ThreadPool& pool) {
   const int64_t n = int64_t{1} << 30;
   std::unique_ptr<char[]> a(new char[n]), b(new char[n]);
   std::memset(a.get(), 1, n);
   std::memset(b.get(), 2, n);
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = Clock::now();
-    pool.ParallelFor(pool.num_threads(), 1, [&](int64_t t0i, int64_t t1i) {
-      for (int64_t t = t0i; t < t1i; ++t) {
-        const int64_t lo = n * t / pool.num_threads(), hi = n * (t + 1) / pool.num_threads();
-        std::memcpy(b.get() + lo, a.get() + lo, hi - lo);
-      }
-    });
-    best = std::max(best, n / Since(t0));
-  }
-  return best;
+  return BestRate(pool, n, 1.0, [&](int64_t, int64_t lo, int64_t hi) {
+    std::memcpy(b.get() + lo, a.get() + lo, hi - lo);
+  });
 }
 
-// Bytes read per second by a vectorized sum over a 1 GiB buffer on all threads (best of 5):
-// a stricter floor than the copy bandwidth, which moves every byte twice.
+// Bytes read per second by a vectorized sum over 1 GiB on all threads: a stricter floor than
+// the copy bandwidth, which moves every byte twice.
 double ReadBandwidth(ThreadPool& pool) {
   const int64_t n = int64_t{1} << 28;  // floats
   std::vector<float> a(n, 1.0f);
   std::vector<float> sums(pool.num_threads());
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = Clock::now();
-    pool.ParallelFor(pool.num_threads(), 1, [&](int64_t t0i, int64_t t1i) {
-      for (int64_t t = t0i; t < t1i; ++t) {
-        const int64_t lo = n * t / pool.num_threads(), hi = n * (t + 1) / pool.num_threads();
-        sums[t] = cpu::Dot(a.data() + lo, a.data() + lo, hi - lo);
-      }
-    });
-    best = std::max(best, 4.0 * n / Since(t0));
-  }
-  return best;
+  return BestRate(pool, n, 4.0, [&](int64_t t, int64_t lo, int64_t hi) {
+    sums[t] = cpu::Dot(a.data() + lo, a.data() + lo, hi - lo);
+  });
 }
 
 std::vector<int32_t> Ids(int64_t n, int64_t vocab, uint64_t seed) {
