@@ -20,6 +20,8 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "engine/tokenizer/bpe.h"
+#include "engine/tokenizer/pretokenize.h"
+#include "engine/tokenizer/stream_decoder.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -176,6 +178,29 @@ std::string RandomUtf8(std::mt19937& rng) {
     for (int k = extra - 1; k >= 0; --k) s += static_cast<char>(0x80 | ((cp >> (6 * k)) & 0x3F));
   }
   return s;
+}
+
+// Streaming detokenization of every corpus entry, token by token, from the package's ids:
+// every piece is valid UTF-8 and the pieces concatenate to exactly the text.
+TEST(BpeTiktokenTest, StreamingPiecesAreValidAndConcatenateToTheText) {
+  REQUIRE_O200K();
+  int held_back = 0;
+  for (const Case& c : Expected().cases) {
+    StreamDecoder d(O200k());
+    std::string all;
+    for (int32_t id : c.special) {
+      auto piece = d.Push(id);
+      ASSERT_TRUE(piece.ok()) << piece.status();
+      ASSERT_TRUE(ValidateUtf8(*piece).ok()) << absl::CHexEscape(*piece);
+      std::string bytes;
+      ASSERT_TRUE(O200k().AppendTokenBytes(id, &bytes).ok());
+      held_back += piece->size() < bytes.size();
+      all += *piece;
+    }
+    all += d.Finish();
+    ASSERT_EQ(all, c.text);
+  }
+  EXPECT_GT(held_back, 0) << "the corpus should split some characters across tokens";
 }
 
 TEST(BpeTiktokenTest, DecodeRoundTripsRandomUtf8) {
