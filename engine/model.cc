@@ -138,11 +138,16 @@ absl::Status Model::Forward(absl::Span<const ForwardSegment> segments, std::vect
 
   std::vector<SegmentPlan> plan(segments.size());
   int64_t rows = 0;
+  bool all_single = true;
   for (size_t s = 0; s < segments.size(); ++s) {
     plan[s] = {segments[s].state, rows, static_cast<int64_t>(segments[s].tokens.size()),
                segments[s].state->num_tokens};
     rows += plan[s].len;
+    all_single = all_single && plan[s].len == 1;
   }
+  // A decode batch (one token per segment) is computed row by row with the same arithmetic as
+  // a batch of one, so batching never changes a sequence's tokens.
+  cpu::ScopedBatchInvariant batch_invariant(all_single);
 
   // Residual stream x [rows, h], fp32.
   std::vector<float> x(rows * h), u(rows * h), o(rows * h), mem(rows * c.d_inner);

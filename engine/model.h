@@ -60,6 +60,10 @@ class Model {
   // requested position, in segment order: kLast -> 1 row, kAll -> len rows, kNone -> 0 rows.
   // Errors (nothing is modified): empty segment, token id out of range (InvalidArgument naming
   // the position), a state appearing twice, a null state.
+  // Batch invariance: when every segment has one token (a decode batch), each segment's logits
+  // are bit-identical to running it alone. A multi-token segment is bit-identical to the same
+  // chunk run alone (row count decides the kernels), so a scheduler runs a prefill chunk in its
+  // own call to keep results independent of what else is running.
   absl::Status Forward(absl::Span<const ForwardSegment> segments, std::vector<float>* logits);
 
   // Prefill of one sequence in chunks of at most `chunk` tokens (0 = one chunk); writes the

@@ -59,6 +59,11 @@ class Sampler {
 
   const RngState& rng_state() const { return rng_; }
   void set_rng_state(const RngState& s) { rng_ = s; }
+  // Skips `draws` draws, as if that many tokens had been sampled (a migrated sequence resumes
+  // its random stream where it stopped).
+  void Advance(uint64_t draws) {
+    for (uint64_t i = 0; i < draws; ++i) NextU64();
+  }
 
  private:
   uint64_t NextU64();

@@ -8,7 +8,9 @@ PACKAGES=(
   build-essential g++ cmake ninja-build git pkg-config ca-certificates
   libabsl-dev nlohmann-json3-dev libopenblas-dev libhwy-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  python3 python3-numpy
+  libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto
+  prometheus-cpp-dev
+  python3 python3-numpy python3-grpcio python3-protobuf curl
 )
 
 # Node.js + npm fetch the reference tokenizer data (npm package `tiktoken`). A machine that

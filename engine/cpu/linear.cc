@@ -9,6 +9,15 @@
 
 namespace sambay::cpu {
 
+namespace {
+thread_local bool t_batch_invariant = false;
+}  // namespace
+
+ScopedBatchInvariant::ScopedBatchInvariant(bool on) : previous_(t_batch_invariant) {
+  t_batch_invariant = on;
+}
+ScopedBatchInvariant::~ScopedBatchInvariant() { t_batch_invariant = previous_; }
+
 void SetBlasThreads(int n) { openblas_set_num_threads(std::max(1, n)); }
 
 void Linear(const WeightView& w, const float* x, int64_t rows, float* y, ThreadPool& pool,
@@ -17,7 +26,7 @@ void Linear(const WeightView& w, const float* x, int64_t rows, float* y, ThreadP
   const int64_t out = w.rows;
   const int64_t in = w.cols;
   if (rows <= 0 || out <= 0) return;
-  if (rows <= kGemvMaxRows) {
+  if (rows <= kGemvMaxRows || t_batch_invariant) {
     // Grain: at least ~64 KiB of weights per chunk so small layers do not pay for threading.
     const int64_t row_bytes = in * DTypeSize(w.dtype);
     const int64_t grain = std::max<int64_t>(2, (64 << 10) / std::max<int64_t>(1, row_bytes));

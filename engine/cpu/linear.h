@@ -4,6 +4,9 @@
 // widens it in registers, split over the thread pool by output rows (memory-bound path).
 // Many rows (prefill): OpenBLAS sgemm; BF16/F16 weights are widened to fp32 one block of output
 // rows at a time (the block is reused by all rows, so the cost is amortized).
+// Batch-invariant mode (ScopedBatchInvariant): every row goes through the GEMV kernels, whose
+// per-row arithmetic does not depend on how many rows are in the call, so a decode row gives
+// bit-identical results alone or in a batch of any size (DESIGN §4 invariant 1).
 //
 // Stateless; thread-safety: a call uses the pool's ParallelFor, so one call at a time per pool.
 #ifndef SAMBAY_ENGINE_CPU_LINEAR_H_
@@ -31,6 +34,18 @@ inline constexpr int64_t kGemvMaxRows = 8;
 // x is [rows, w.cols] and y is [rows, ldy] (ldy >= w.rows; 0 means w.rows).
 void Linear(const WeightView& w, const float* x, int64_t rows, float* y, ThreadPool& pool,
             const float* bias = nullptr, int64_t ldy = 0);
+
+// While alive, Linear calls made on this thread use the GEMV kernels for any row count.
+class ScopedBatchInvariant {
+ public:
+  explicit ScopedBatchInvariant(bool on);
+  ~ScopedBatchInvariant();
+  ScopedBatchInvariant(const ScopedBatchInvariant&) = delete;
+  ScopedBatchInvariant& operator=(const ScopedBatchInvariant&) = delete;
+
+ private:
+  bool previous_;
+};
 
 // Sets the thread count of the BLAS library (call once at start-up).
 void SetBlasThreads(int n);

@@ -95,6 +95,9 @@ void AxpyImpl(float alpha, const float* x, float* y, int64_t n) {
 }
 
 // Two weight rows (o, o + 1) against R input rows: 2 * R independent accumulator chains.
+// Weight rows per cache tile in the multi-row GEMV (even, so pairs never straddle tiles).
+constexpr int64_t kGemvTileRows = 16;
+
 template <DType kT, int R>
 HWY_INLINE void Gemv2xR(const void* w, int64_t in, int64_t o, bool two, const float* x, float* y,
                         int64_t ldy) {
@@ -199,37 +202,41 @@ void GemvBf16(const uint16_t* w, int64_t in, int64_t o0, int64_t o1, const float
   thread_local std::vector<float> xeo;
   xeo.resize(static_cast<size_t>(rows * in));
   SplitEvenOdd(x, rows, in, xeo.data());
-  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-    const int64_t nr = rows - r0 < 8 ? rows - r0 : 8;
-    const float* xr = xeo.data() + r0 * in;
-    float* yr = y + r0 * ldy;
-    for (int64_t o = o0; o < o1; o += 2) {
-      const int64_t nout = o1 - o < 2 ? o1 - o : 2;
-      switch (nr) {
-        case 1:
-          GemvBf16Rows<1>(w, in, o, nout, xr, yr, ldy);
-          break;
-        case 2:
-          GemvBf16Rows<2>(w, in, o, nout, xr, yr, ldy);
-          break;
-        case 3:
-          GemvBf16Rows<3>(w, in, o, nout, xr, yr, ldy);
-          break;
-        case 4:
-          GemvBf16Rows<4>(w, in, o, nout, xr, yr, ldy);
-          break;
-        case 5:
-          GemvBf16Rows<5>(w, in, o, nout, xr, yr, ldy);
-          break;
-        case 6:
-          GemvBf16Rows<6>(w, in, o, nout, xr, yr, ldy);
-          break;
-        case 7:
-          GemvBf16Rows<7>(w, in, o, nout, xr, yr, ldy);
-          break;
-        default:
-          GemvBf16Rows<8>(w, in, o, nout, xr, yr, ldy);
-          break;
+  // A tile of weight rows stays in cache while every group of 8 input rows passes over it.
+  for (int64_t t0 = o0; t0 < o1; t0 += kGemvTileRows) {
+    const int64_t t1 = o1 - t0 < kGemvTileRows ? o1 : t0 + kGemvTileRows;
+    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+      const int64_t nr = rows - r0 < 8 ? rows - r0 : 8;
+      const float* xr = xeo.data() + r0 * in;
+      float* yr = y + r0 * ldy;
+      for (int64_t o = t0; o < t1; o += 2) {
+        const int64_t nout = t1 - o < 2 ? t1 - o : 2;
+        switch (nr) {
+          case 1:
+            GemvBf16Rows<1>(w, in, o, nout, xr, yr, ldy);
+            break;
+          case 2:
+            GemvBf16Rows<2>(w, in, o, nout, xr, yr, ldy);
+            break;
+          case 3:
+            GemvBf16Rows<3>(w, in, o, nout, xr, yr, ldy);
+            break;
+          case 4:
+            GemvBf16Rows<4>(w, in, o, nout, xr, yr, ldy);
+            break;
+          case 5:
+            GemvBf16Rows<5>(w, in, o, nout, xr, yr, ldy);
+            break;
+          case 6:
+            GemvBf16Rows<6>(w, in, o, nout, xr, yr, ldy);
+            break;
+          case 7:
+            GemvBf16Rows<7>(w, in, o, nout, xr, yr, ldy);
+            break;
+          default:
+            GemvBf16Rows<8>(w, in, o, nout, xr, yr, ldy);
+            break;
+        }
       }
     }
   }
@@ -238,37 +245,40 @@ void GemvBf16(const uint16_t* w, int64_t in, int64_t o0, int64_t o1, const float
 template <DType kT>
 void GemvT(const void* w, int64_t in, int64_t o0, int64_t o1, const float* x, int64_t rows,
            float* y, int64_t ldy) {
-  for (int64_t r0 = 0; r0 < rows; r0 += 8) {
-    const int64_t nr = rows - r0 < 8 ? rows - r0 : 8;
-    const float* xr = x + r0 * in;
-    float* yr = y + r0 * ldy;
-    for (int64_t o = o0; o < o1; o += 2) {
-      const bool two = o + 1 < o1;
-      switch (nr) {
-        case 1:
-          Gemv2xR<kT, 1>(w, in, o, two, xr, yr, ldy);
-          break;
-        case 2:
-          Gemv2xR<kT, 2>(w, in, o, two, xr, yr, ldy);
-          break;
-        case 3:
-          Gemv2xR<kT, 3>(w, in, o, two, xr, yr, ldy);
-          break;
-        case 4:
-          Gemv2xR<kT, 4>(w, in, o, two, xr, yr, ldy);
-          break;
-        case 5:
-          Gemv2xR<kT, 5>(w, in, o, two, xr, yr, ldy);
-          break;
-        case 6:
-          Gemv2xR<kT, 6>(w, in, o, two, xr, yr, ldy);
-          break;
-        case 7:
-          Gemv2xR<kT, 7>(w, in, o, two, xr, yr, ldy);
-          break;
-        default:
-          Gemv2xR<kT, 8>(w, in, o, two, xr, yr, ldy);
-          break;
+  for (int64_t t0 = o0; t0 < o1; t0 += kGemvTileRows) {
+    const int64_t t1 = o1 - t0 < kGemvTileRows ? o1 : t0 + kGemvTileRows;
+    for (int64_t r0 = 0; r0 < rows; r0 += 8) {
+      const int64_t nr = rows - r0 < 8 ? rows - r0 : 8;
+      const float* xr = x + r0 * in;
+      float* yr = y + r0 * ldy;
+      for (int64_t o = t0; o < t1; o += 2) {
+        const bool two = o + 1 < t1;
+        switch (nr) {
+          case 1:
+            Gemv2xR<kT, 1>(w, in, o, two, xr, yr, ldy);
+            break;
+          case 2:
+            Gemv2xR<kT, 2>(w, in, o, two, xr, yr, ldy);
+            break;
+          case 3:
+            Gemv2xR<kT, 3>(w, in, o, two, xr, yr, ldy);
+            break;
+          case 4:
+            Gemv2xR<kT, 4>(w, in, o, two, xr, yr, ldy);
+            break;
+          case 5:
+            Gemv2xR<kT, 5>(w, in, o, two, xr, yr, ldy);
+            break;
+          case 6:
+            Gemv2xR<kT, 6>(w, in, o, two, xr, yr, ldy);
+            break;
+          case 7:
+            Gemv2xR<kT, 7>(w, in, o, two, xr, yr, ldy);
+            break;
+          default:
+            Gemv2xR<kT, 8>(w, in, o, two, xr, yr, ldy);
+            break;
+        }
       }
     }
   }

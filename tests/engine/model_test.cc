@@ -1,5 +1,6 @@
 // Model properties: chunked prefill == one shot, prefill + decode == score, batched == alone,
 // mixed prefill/decode batches, sharded == single file, input validation.
+#include <cstring>
 #include <numeric>
 
 #include "engine/generate.h"
@@ -98,6 +99,43 @@ TEST_F(ModelTest, BatchedDecodeEqualsEachAlone) {
       ASSERT_TRUE(model().DecodeStep(s, {&toks[i], 1}, &a).ok());
       ASSERT_LE(RelErr(b.data() + i * vocab(), a.data(), vocab()), kTol)
           << "sequence " << i << " step " << step;
+    }
+  }
+}
+
+// A decode batch larger than the GEMV row threshold gives bit-identical logits to each sequence
+// run alone (the worker relies on this: batching never changes tokens), for f32 and bf16.
+TEST(ModelBatchInvarianceTest, DecodeBatchOf13IsBitIdenticalToAlone) {
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    auto tiny = MakeTiny(21, dtype);
+    Model& m = *tiny->model;
+    const int64_t vocab = m.config().vocab_size;
+    constexpr int kSeqs = 13;
+    std::vector<std::unique_ptr<SequenceState>> batched, alone;
+    for (int i = 0; i < kSeqs; ++i) {
+      const auto prompt = RandomIds(1 + 7 * i, vocab, 100 + i);
+      for (auto* v : {&batched, &alone}) {
+        v->push_back(m.NewState());
+        std::vector<float> l;
+        ASSERT_TRUE(m.Prefill(*v->back(), prompt, 0, &l).ok());
+      }
+    }
+    for (int step = 0; step < 6; ++step) {
+      std::vector<SequenceState*> ptrs;
+      std::vector<int32_t> toks;
+      for (int i = 0; i < kSeqs; ++i) {
+        ptrs.push_back(batched[i].get());
+        toks.push_back(static_cast<int32_t>((step * 37 + i * 11) % vocab));
+      }
+      std::vector<float> b;
+      ASSERT_TRUE(m.DecodeStep(ptrs, toks, &b).ok());
+      for (int i = 0; i < kSeqs; ++i) {
+        std::vector<float> a;
+        SequenceState* s[] = {alone[i].get()};
+        ASSERT_TRUE(m.DecodeStep(s, {&toks[i], 1}, &a).ok());
+        ASSERT_EQ(0, std::memcmp(a.data(), b.data() + i * vocab, vocab * sizeof(float)))
+            << DTypeName(dtype) << " sequence " << i << " step " << step;
+      }
     }
   }
 }

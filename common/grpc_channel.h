@@ -1,0 +1,47 @@
+// Channels and server limits shared by every sambay binary: explicit message-size caps and
+// keepalive tuned for long silent streams (a prefill can run for seconds without data), so a
+// dead peer is found within keepalive_seconds + keepalive_timeout_seconds.
+//
+// Stateless functions; ChannelCache is thread-safe (one mutex).
+#ifndef SAMBAY_COMMON_GRPC_CHANNEL_H_
+#define SAMBAY_COMMON_GRPC_CHANNEL_H_
+
+#include <grpcpp/channel.h>
+#include <grpcpp/server_builder.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+namespace sambay {
+
+struct RpcLimits {
+  int64_t max_message_bytes = 32 << 20;  // both directions
+  int64_t keepalive_seconds = 20;
+  int64_t keepalive_timeout_seconds = 10;
+};
+
+// An insecure channel to `address` (host:port) with the limits and keepalive set.
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, const RpcLimits& limits);
+
+// Applies message caps, keepalive (server side: pings allowed every 5 s without calls) and a
+// cap on concurrent streams per connection to a server builder.
+void ConfigureServer(grpc::ServerBuilder& builder, const RpcLimits& limits);
+
+// One channel per address, created on first use and kept.
+class ChannelCache {
+ public:
+  explicit ChannelCache(RpcLimits limits) : limits_(limits) {}
+  std::shared_ptr<grpc::Channel> Get(const std::string& address);
+
+ private:
+  RpcLimits limits_;
+  std::mutex mu_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;
+};
+
+}  // namespace sambay
+
+#endif  // SAMBAY_COMMON_GRPC_CHANNEL_H_

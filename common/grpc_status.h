@@ -1,0 +1,18 @@
+// The one place where absl::Status and grpc::Status are converted (both directions). The
+// canonical codes are numerically identical; messages are kept as they are.
+// Stateless; thread-safe.
+#ifndef SAMBAY_COMMON_GRPC_STATUS_H_
+#define SAMBAY_COMMON_GRPC_STATUS_H_
+
+#include <grpcpp/support/status.h>
+
+#include "absl/status/status.h"
+
+namespace sambay {
+
+grpc::Status ToGrpcStatus(const absl::Status& status);
+absl::Status FromGrpcStatus(const grpc::Status& status);
+
+}  // namespace sambay
+
+#endif  // SAMBAY_COMMON_GRPC_STATUS_H_

@@ -1,0 +1,261 @@
+// sambay-worker: serves one model replica over gRPC (sambay.v1.Worker) in role prefill, decode
+// or both; metrics on their own port; SIGTERM drains. See docs/worker.md.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/flags.h"
+#include "common/grpc_channel.h"
+#include "common/log.h"
+#include "engine/model.h"
+#include "worker/metrics.h"
+#include "worker/scheduler.h"
+#include "worker/service.h"
+
+#ifndef SAMBAY_VERSION
+#define SAMBAY_VERSION "dev"
+#endif
+
+namespace sambay {
+namespace {
+
+constexpr const char* kReadinessService = "sambay.v1.Worker";
+
+struct Flags {
+  std::string model;
+  std::string role = "both";
+  std::string host = "127.0.0.1";
+  int64_t port = 50051;
+  std::string metrics_host = "127.0.0.1";
+  int64_t metrics_port = 9400;
+  int64_t max_running = 64;
+  int64_t max_context = 0;
+  int64_t state_memory_mib = 4096;
+  int64_t prefill_chunk = 512;
+  int64_t threads = 0;
+  double lease_timeout = 30;
+  double drain_timeout = 60;
+  int64_t max_message_mib = 32;
+  int64_t keepalive_seconds = 20;
+  int64_t keepalive_timeout_seconds = 10;
+  std::string port_file;
+  std::string log_level = "info";
+};
+
+void Register(FlagSet& fs, Flags& f) {
+  fs.AddString("model", &f.model,
+               "Model directory (config.json, safetensors, tokenizer). Required.");
+  fs.AddString("role", &f.role, "prefill, decode or both.");
+  fs.AddString("host", &f.host, "Address to bind the gRPC service to (0.0.0.0 for all).");
+  fs.AddInt("port", &f.port, "gRPC port (0 = any free port).");
+  fs.AddString("metrics-host", &f.metrics_host, "Address to bind the metrics endpoint to.");
+  fs.AddInt("metrics-port", &f.metrics_port, "Prometheus /metrics port (0 = any free port).");
+  fs.AddInt("max-running", &f.max_running,
+            "Most sequences admitted at once (decoding, prefilling, or awaiting their state).");
+  fs.AddInt("max-context", &f.max_context,
+            "Most tokens (prompt + generated) per sequence; 0 = the model's "
+            "max_position_embeddings.");
+  fs.AddInt("state-memory-mib", &f.state_memory_mib,
+            "Budget for sequence states (MiB); each admitted sequence reserves the state size "
+            "of its prompt + max_new_tokens.");
+  fs.AddInt("prefill-chunk", &f.prefill_chunk,
+            "Most prompt tokens run per scheduler step (chunked prefill).");
+  fs.AddInt("threads", &f.threads, "Engine threads (0 = all cores).");
+  fs.AddDouble("lease-timeout", &f.lease_timeout,
+               "Seconds a Decode reservation waits for its whole state before it is freed.");
+  fs.AddDouble("drain-timeout", &f.drain_timeout,
+               "Seconds SIGTERM waits for admitted sequences to finish before exiting.");
+  fs.AddInt("max-message-mib", &f.max_message_mib, "Largest gRPC message, both directions (MiB).");
+  fs.AddInt("keepalive-seconds", &f.keepalive_seconds, "HTTP/2 keepalive ping interval.");
+  fs.AddInt("keepalive-timeout-seconds", &f.keepalive_timeout_seconds,
+            "Seconds without a ping reply before a connection is declared dead.");
+  fs.AddString("port-file", &f.port_file,
+               "If set, written once serving: {\"grpc_port\":N,\"metrics_port\":M,\"pid\":P}.");
+  fs.AddString("log-level", &f.log_level, "debug, info, warning or error.");
+}
+
+absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
+  if (f.model.empty()) return absl::InvalidArgumentError("--model: required");
+  if (f.role == "prefill") {
+    *roles = {true, false};
+  } else if (f.role == "decode") {
+    *roles = {false, true};
+  } else if (f.role == "both") {
+    *roles = {true, true};
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--role: must be prefill, decode or both, got \"", f.role, "\""));
+  }
+  auto port_ok = [](int64_t p) { return p >= 0 && p <= 65535; };
+  if (!port_ok(f.port)) return absl::InvalidArgumentError("--port: must be in [0, 65535]");
+  if (!port_ok(f.metrics_port)) {
+    return absl::InvalidArgumentError("--metrics-port: must be in [0, 65535]");
+  }
+  if (f.max_running < 1 || f.max_running > 4096) {
+    return absl::InvalidArgumentError("--max-running: must be in [1, 4096]");
+  }
+  if (f.max_context < 0) return absl::InvalidArgumentError("--max-context: must be >= 0");
+  if (f.state_memory_mib < 1) return absl::InvalidArgumentError("--state-memory-mib: must be >= 1");
+  if (f.prefill_chunk < 1) return absl::InvalidArgumentError("--prefill-chunk: must be >= 1");
+  if (f.threads < 0) return absl::InvalidArgumentError("--threads: must be >= 0");
+  if (!(f.lease_timeout > 0)) return absl::InvalidArgumentError("--lease-timeout: must be > 0");
+  if (!(f.drain_timeout >= 0)) return absl::InvalidArgumentError("--drain-timeout: must be >= 0");
+  if (f.max_message_mib < 1 || f.max_message_mib > 1024) {
+    return absl::InvalidArgumentError("--max-message-mib: must be in [1, 1024]");
+  }
+  if (f.keepalive_seconds < 1 || f.keepalive_timeout_seconds < 1) {
+    return absl::InvalidArgumentError("--keepalive-seconds/--keepalive-timeout-seconds: >= 1");
+  }
+  return SetLogLevel(f.log_level);
+}
+
+absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream out(tmp);
+    out << "{\"grpc_port\":" << grpc_port << ",\"metrics_port\":" << metrics_port
+        << ",\"pid\":" << getpid() << "}\n";
+    if (!out) return absl::InternalError(absl::StrCat("--port-file: cannot write ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("--port-file: cannot rename to ", path));
+  }
+  return absl::OkStatus();
+}
+
+int Fatal(const absl::Status& s) {
+  Log(LogLevel::kError, "worker", "cannot start", {{"error", s.ToString()}});
+  return 1;
+}
+
+int Run(int argc, char** argv) {
+  // SIGTERM/SIGINT are taken by a sigwait thread: block them before any thread starts.
+  sigset_t sigs;
+  sigemptyset(&sigs);
+  sigaddset(&sigs, SIGTERM);
+  sigaddset(&sigs, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+
+  Flags f;
+  FlagSet fs("sambay-worker", "SAMBAY_");
+  Register(fs, f);
+  if (absl::Status s = fs.Parse(argc, argv); !s.ok()) {
+    if (s.message() == FlagSet::kHelpRequested) {
+      std::fputs(fs.Usage().c_str(), stdout);
+      return 0;
+    }
+    std::fprintf(stderr, "sambay-worker: error: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  WorkerRoles roles;
+  if (absl::Status s = CheckFlags(f, &roles); !s.ok()) {
+    std::fprintf(stderr, "sambay-worker: error: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  Log(LogLevel::kInfo, "worker", "starting",
+      {{"version", SAMBAY_VERSION}, {"config", fs.Effective()}});
+
+  const absl::Time t0 = absl::Now();
+  auto model = Model::Load(f.model, ModelOptions{static_cast<int>(f.threads)});
+  if (!model.ok()) return Fatal(model.status());
+  const ModelConfig& cfg = (*model)->config();
+  SchedulerOptions so;
+  so.max_running = f.max_running;
+  so.max_context = f.max_context == 0 ? cfg.max_position_embeddings : f.max_context;
+  if (so.max_context > cfg.max_position_embeddings) {
+    return Fatal(absl::InvalidArgumentError(absl::StrCat(
+        "--max-context: ", so.max_context, " exceeds the model's ", cfg.max_position_embeddings)));
+  }
+  so.state_budget_bytes = f.state_memory_mib << 20;
+  so.prefill_chunk = f.prefill_chunk;
+  so.lease = absl::Seconds(f.lease_timeout);
+  Log(LogLevel::kInfo, "worker", "model loaded",
+      {{"fingerprint", (*model)->fingerprint()},
+       {"seconds", absl::ToDoubleSeconds(absl::Now() - t0)},
+       {"threads", (*model)->num_threads()},
+       {"max_context", so.max_context}});
+
+  WorkerMetrics metrics((*model)->fingerprint(), f.role, SAMBAY_VERSION);
+  auto metrics_port = metrics.Serve(f.metrics_host, static_cast<int>(f.metrics_port));
+  if (!metrics_port.ok()) return Fatal(metrics_port.status());
+
+  RpcLimits limits;
+  limits.max_message_bytes = f.max_message_mib << 20;
+  limits.keepalive_seconds = f.keepalive_seconds;
+  limits.keepalive_timeout_seconds = f.keepalive_timeout_seconds;
+
+  Scheduler scheduler(**model, so, &metrics);
+  WorkerService service(**model, scheduler, metrics, roles, limits, SAMBAY_VERSION);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(absl::StrCat(f.host, ":", f.port), grpc::InsecureServerCredentials(),
+                           &grpc_port);
+  builder.RegisterService(&service);
+  ConfigureServer(builder, limits);
+  // Each streaming call holds a thread: two per admitted sequence (Decode + PushState) plus
+  // room for probes and load queries. Beyond this, calls fail fast with RESOURCE_EXHAUSTED.
+  grpc::ResourceQuota quota("sambay-worker");
+  quota.SetMaxThreads(static_cast<int>(2 * f.max_running + 32));
+  builder.SetResourceQuota(quota);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || grpc_port == 0) {
+    return Fatal(
+        absl::UnavailableError(absl::StrCat("--port: cannot listen on ", f.host, ":", f.port)));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kReadinessService, true);
+  if (!f.port_file.empty()) {
+    if (absl::Status s = WritePortFile(f.port_file, grpc_port, *metrics_port); !s.ok()) {
+      return Fatal(s);
+    }
+  }
+  Log(LogLevel::kInfo, "worker", "serving",
+      {{"address", absl::StrCat(f.host, ":", grpc_port)},
+       {"metrics", absl::StrCat(f.metrics_host, ":", *metrics_port)},
+       {"role", f.role}});
+
+  int sig = 0;
+  sigwait(&sigs, &sig);
+  // Drain: stop admitting, let admitted sequences finish, then stop the server.
+  Log(LogLevel::kInfo, "worker", "draining",
+      {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
+       {"active", scheduler.active()},
+       {"drain_timeout_seconds", f.drain_timeout}});
+  health->SetServingStatus(kReadinessService, false);
+  scheduler.StartDrain();
+  const absl::Time drain_deadline = absl::Now() + absl::Seconds(f.drain_timeout);
+  while (scheduler.active() > 0 && absl::Now() < drain_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const int64_t left = scheduler.active();
+  if (left > 0) {
+    Log(LogLevel::kWarning, "worker", "drain timeout: ending sequences", {{"active", left}});
+  }
+  // Handlers of finished sequences are writing their last message; give them a moment.
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  server->Wait();
+  Log(LogLevel::kInfo, "worker", "stopped", {{"unfinished", left}});
+  return 0;
+}
+
+}  // namespace
+}  // namespace sambay
+
+int main(int argc, char** argv) { return sambay::Run(argc, argv); }

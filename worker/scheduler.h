@@ -1,0 +1,151 @@
+// Scheduler: continuous batching of one model replica (DESIGN §1, docs/worker.md).
+//
+// One engine thread runs steps. A step is ONE batched Model::Forward over:
+//   * every running sequence, one decode token each (they all advance together), and
+//   * the next chunk (at most prefill_chunk tokens) of the oldest admitted prompt.
+// Sequences join the running batch and leave it only at step boundaries. A long prompt is cut
+// into chunks that ride along with the decode rows, so running streams keep making progress
+// (one token per step) while it is prefilled; prompts are prefilled in admission order.
+//
+// Admission is immediate and bounded: a request is admitted only if a slot is free (at most
+// max_running admitted sequences, whatever their phase) and the state memory for
+// prompt + max_new_tokens tokens fits in the budget; otherwise RESOURCE_EXHAUSTED at once.
+// Nothing waits in an unbounded queue. Draining refuses new work with UNAVAILABLE.
+//
+// Every admitted sequence is freed exactly once (slot and reserved memory returned, state
+// released) when it finishes, fails, is cancelled or released, when its lease expires, or,
+// for a Prefill, when the handler Retires it after the push.
+//
+// Ownership: borrows the model and metrics (must outlive the scheduler); owns the engine
+// thread and the sequences' states while they run.
+// Thread-safety: every public method is thread-safe.
+#ifndef SAMBAY_WORKER_SCHEDULER_H_
+#define SAMBAY_WORKER_SCHEDULER_H_
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "engine/model.h"
+#include "worker/metrics.h"
+#include "worker/sequence.h"
+
+namespace sambay {
+
+struct SchedulerOptions {
+  int64_t max_running = 64;
+  int64_t max_context = 0;         // tokens (prompt + generated) per sequence; > 0
+  int64_t state_budget_bytes = 0;  // > 0
+  int64_t prefill_chunk = 512;     // > 0
+  absl::Duration lease = absl::Seconds(30);
+};
+
+struct LoadSnapshot {
+  int64_t running = 0;
+  int64_t waiting = 0;
+  int64_t queued_prefill_tokens = 0;
+  int64_t free_slots = 0;
+  int64_t state_bytes_used = 0;
+  int64_t state_bytes_total = 0;
+  int64_t free_kv_blocks = 0;
+  bool draining = false;
+};
+
+class Scheduler {
+ public:
+  Scheduler(Model& model, const SchedulerOptions& options, WorkerMetrics* metrics);
+  ~Scheduler();  // ends every sequence with UNAVAILABLE and joins the engine thread
+
+  const SchedulerOptions& options() const { return options_; }
+
+  // State memory reserved for a sequence of `tokens` tokens: the fixed part (Mamba states,
+  // SWA rings) plus the global K/V blocks for that many tokens.
+  int64_t StateBytesFor(int64_t tokens) const;
+  int64_t state_bytes_fixed() const { return fixed_bytes_; }
+  int64_t state_bytes_per_block() const { return block_bytes_; }
+
+  // INVALID_ARGUMENT naming the field (prompt ids, sizes vs the context, sampling, stop ids).
+  absl::Status Validate(const SequenceRequest& request) const;
+
+  // Validates and admits. kImported: registers the handle (ALREADY_EXISTS if live) and starts
+  // its lease. Others: queued for prefill. RESOURCE_EXHAUSTED when full, UNAVAILABLE when
+  // draining.
+  absl::StatusOr<std::shared_ptr<Sequence>> Admit(SequenceRequest request);
+
+  // PushState side. BeginReceive claims a reservation for one transfer (NOT_FOUND for an unknown
+  // or ended handle; FAILED_PRECONDITION if a transfer is already under way for it).
+  absl::StatusOr<std::shared_ptr<Sequence>> BeginReceive(const std::string& handle);
+  // Hands the imported state over: checks it against the reservation (tokens, pending token,
+  // history) and joins the running batch. On error the sequence fails with that error.
+  absl::Status CompleteReceive(const std::shared_ptr<Sequence>& seq,
+                               std::unique_ptr<SequenceState> state, double import_seconds,
+                               int64_t bytes);
+  // The status a sequence ended with, or OK while it is live.
+  absl::Status EndStatus(const std::shared_ptr<Sequence>& seq) const;
+
+  // Ends a live sequence with `status` (a kError event), freeing it at the next step boundary
+  // (or now, if the engine is not running it). `failure_reason` (a WorkerMetrics failure
+  // reason) is counted when not empty. No-op if it already ended.
+  void Fail(const std::shared_ptr<Sequence>& seq, const absl::Status& status,
+            const std::string& failure_reason = "");
+  // After a Prefill's kStateReady: frees the slot and memory (the handler released the state).
+  void Retire(const std::shared_ptr<Sequence>& seq, FinishKind kind);
+  // Release by handle or by request id; returns the number of sequences ended (CANCELLED).
+  int Release(const std::string& handle, const std::string& request_id);
+
+  LoadSnapshot Load() const;
+  void StartDrain();
+  bool draining() const { return draining_.load(); }
+  // Admitted sequences not yet freed.
+  int64_t active() const;
+
+ private:
+  using Phase = Sequence::Sched::Phase;
+  using SeqPtr = std::shared_ptr<Sequence>;
+
+  void Loop();
+  // Runs one forward step over `decode` and the next chunk of `prefill` (may be null), then
+  // samples; returns the sequences that finished (with how) for the caller to end.
+  void Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill);
+  // Samples the next token of `seq` from `row`, pushes it; true if the sequence is finished.
+  bool SampleAndEmit(Sequence& seq, absl::Span<const float> row, SeqFinish* finish);
+  // With mu_ held: ends `seq` (final event, metrics, slot and memory freed). Sequences in the
+  // prefill queue or the running batch are ended only by the engine thread.
+  void EndLocked(const SeqPtr& seq, const absl::Status& status, FinishKind kind);
+  // With mu_ held: ends every sequence in the engine's lists that was asked to end.
+  void ReapLocked();
+  void ExpireLeasesLocked(absl::Time now);
+  void UpdateGaugesLocked();
+
+  Model& model_;
+  const SchedulerOptions options_;
+  WorkerMetrics* metrics_;
+  int64_t fixed_bytes_ = 0;
+  int64_t block_bytes_ = 0;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::atomic<bool> draining_{false};
+  uint64_t next_id_ = 1;
+  int64_t used_bytes_ = 0;
+  std::map<uint64_t, SeqPtr> admitted_;    // admitted, not freed
+  std::map<std::string, SeqPtr> handles_;  // live reservations
+  std::deque<SeqPtr> prefill_queue_;
+  std::vector<SeqPtr> running_;
+  std::thread thread_;
+};
+
+}  // namespace sambay
+
+#endif  // SAMBAY_WORKER_SCHEDULER_H_

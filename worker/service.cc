@@ -1,0 +1,410 @@
+#include "worker/service.h"
+
+#include <grpcpp/server_context.h>
+
+#include <chrono>
+#include <cmath>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/grpc_status.h"
+#include "common/log.h"
+#include "engine/state_io.h"
+#include "worker/state_push.h"
+
+namespace sambay {
+namespace {
+
+namespace pb = sambay::v1;
+
+constexpr absl::Duration kPoll = absl::Milliseconds(50);
+constexpr uint32_t kMinChunkBytes = 64 << 10;
+constexpr uint32_t kMaxChunkBytes = 16 << 20;
+
+std::string RequestId(const grpc::ServerContext* ctx, const std::string& field) {
+  if (!field.empty()) return field;
+  auto it = ctx->client_metadata().find("x-request-id");
+  if (it == ctx->client_metadata().end()) return "";
+  return std::string(it->second.data(), it->second.size());
+}
+
+SamplingParams ToSampling(const pb::WorkerSampling& s) {
+  SamplingParams p;
+  p.temperature = s.temperature();
+  p.top_k = s.top_k();
+  p.top_p = s.top_p();
+  p.min_p = s.min_p();
+  p.repetition_penalty = s.repetition_penalty();
+  p.presence_penalty = s.presence_penalty();
+  p.seed = s.seed();
+  return p;
+}
+
+std::vector<int32_t> ToIds(const google::protobuf::RepeatedField<uint32_t>& ids) {
+  std::vector<int32_t> out;
+  out.reserve(ids.size());
+  // Ids above INT32_MAX become negative and are rejected by validation as out of vocabulary.
+  for (uint32_t id : ids) out.push_back(static_cast<int32_t>(id));
+  return out;
+}
+
+void ToProto(const TokenLogprobs& lp, pb::PositionLogprobs* out) {
+  out->mutable_token()->set_token_id(static_cast<uint32_t>(lp.token));
+  out->mutable_token()->set_logprob(lp.logprob);
+  for (const auto& [id, v] : lp.top) {
+    pb::TokenLogprob* t = out->add_top();
+    t->set_token_id(static_cast<uint32_t>(id));
+    t->set_logprob(v);
+  }
+}
+
+double Seconds(absl::Time a, absl::Time b) {
+  if (a == absl::InfinitePast() || b == absl::InfinitePast()) return 0;
+  return absl::ToDoubleSeconds(b - a);
+}
+
+// Why a call ended early, from the server's view: the caller's deadline or a cancel.
+absl::Status CallEnded(const grpc::ServerContext* ctx) {
+  if (absl::FromChrono(ctx->deadline()) <= absl::Now()) {
+    return absl::DeadlineExceededError("the call's deadline passed");
+  }
+  return absl::CancelledError("the caller cancelled");
+}
+
+// Ends the sequence on every exit path of a handler (no-op if it already ended).
+class SeqGuard {
+ public:
+  SeqGuard(Scheduler& scheduler, std::shared_ptr<Sequence> seq)
+      : scheduler_(scheduler), seq_(std::move(seq)) {}
+  ~SeqGuard() {
+    if (handed_over_) {
+      scheduler_.Retire(seq_, FinishKind::kCancelled);
+    } else {
+      scheduler_.Fail(seq_, absl::CancelledError("the call ended"));
+    }
+  }
+  void set_handed_over() { handed_over_ = true; }
+
+ private:
+  Scheduler& scheduler_;
+  std::shared_ptr<Sequence> seq_;
+  bool handed_over_ = false;
+};
+
+// Waits for the sequence's next event, ending it if the call is cancelled. nullopt: the call
+// ended (the status is in *ended).
+std::optional<SeqEvent> NextEvent(grpc::ServerContext* ctx, Scheduler& scheduler,
+                                  const std::shared_ptr<Sequence>& seq, absl::Status* ended) {
+  for (;;) {
+    if (auto ev = seq->Next(kPoll)) return ev;
+    if (ctx->IsCancelled()) {
+      *ended = CallEnded(ctx);
+      scheduler.Fail(seq, *ended,
+                     ended->code() == absl::StatusCode::kDeadlineExceeded ? "deadline" : "");
+      return std::nullopt;
+    }
+  }
+}
+
+}  // namespace
+
+WorkerService::WorkerService(Model& model, Scheduler& scheduler, WorkerMetrics& metrics,
+                             WorkerRoles roles, RpcLimits peer_limits, std::string version)
+    : model_(model),
+      scheduler_(scheduler),
+      metrics_(metrics),
+      roles_(roles),
+      peers_(peer_limits),
+      version_(std::move(version)) {}
+
+grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillRequest* req,
+                                    grpc::ServerWriter<pb::PrefillResponse>* writer) {
+  const std::string rid = RequestId(ctx, req->request_id());
+  if (!roles_.prefill) {
+    metrics_.Reject(RejectReason::kRole);
+    return ToGrpcStatus(absl::FailedPreconditionError("this worker does not serve role prefill"));
+  }
+  if (req->destination().address().empty() || req->destination().handle().empty()) {
+    return ToGrpcStatus(absl::InvalidArgumentError(
+        "destination: address and handle are required (the decode worker's reservation)"));
+  }
+  uint32_t chunk_bytes =
+      req->max_chunk_bytes() == 0 ? kDefaultStateChunkBytes : req->max_chunk_bytes();
+  if (chunk_bytes < kMinChunkBytes || chunk_bytes > kMaxChunkBytes) {
+    return ToGrpcStatus(
+        absl::InvalidArgumentError(absl::StrCat("max_chunk_bytes: must be in [", kMinChunkBytes,
+                                                ", ", kMaxChunkBytes, "], got ", chunk_bytes)));
+  }
+  SequenceRequest r;
+  r.request_id = rid;
+  r.mode = SeqMode::kPrefillOnly;
+  r.prompt = ToIds(req->token_ids());
+  r.sampling = ToSampling(req->sampling());
+  r.rng_draws = req->rng_draws();
+  r.max_new_tokens = 1;
+  r.logprobs = req->return_logprobs();
+  r.top_logprobs = static_cast<int>(std::min<uint32_t>(req->top_logprobs(), 1000));
+  auto admitted = scheduler_.Admit(std::move(r));
+  if (!admitted.ok()) return ToGrpcStatus(admitted.status());
+  std::shared_ptr<Sequence> seq = *std::move(admitted);
+  SeqGuard guard(scheduler_, seq);
+
+  // 1. The first token, as soon as it is sampled.
+  std::unique_ptr<SequenceState> state;
+  absl::Status ended;
+  while (state == nullptr) {
+    std::optional<SeqEvent> ev = NextEvent(ctx, scheduler_, seq, &ended);
+    if (!ev) return ToGrpcStatus(ended);
+    if (ev->kind == SeqEvent::kError) return ToGrpcStatus(ev->status);
+    if (ev->kind == SeqEvent::kToken) {
+      const SeqTimes t = seq->times();
+      pb::PrefillResponse msg;
+      pb::FirstToken* ft = msg.mutable_first_token();
+      ft->set_token_id(static_cast<uint32_t>(ev->token));
+      if (ev->logprobs) ToProto(*ev->logprobs, ft->mutable_logprobs());
+      ft->set_queue_seconds(Seconds(t.admitted, t.first_forward));
+      ft->set_prefill_seconds(Seconds(t.first_forward, t.prefilled));
+      if (!writer->Write(msg)) return ToGrpcStatus(CallEnded(ctx));
+    } else if (ev->kind == SeqEvent::kStateReady) {
+      guard.set_handed_over();
+      state = seq->TakeState();
+    }
+  }
+
+  // 2. Export and push to the destination; the state is freed before the reply.
+  const absl::Time t0 = absl::Now();
+  auto chunks = ExportState(model_.config(), model_.fingerprint(), *state, chunk_bytes);
+  state.reset();
+  if (!chunks.ok()) {
+    metrics_.Failure("internal");
+    return ToGrpcStatus(chunks.status());
+  }
+  const double export_s = absl::ToDoubleSeconds(absl::Now() - t0);
+  const absl::Time deadline =
+      std::min(absl::FromChrono(ctx->deadline()), absl::Now() + scheduler_.options().lease);
+  auto stub = pb::Worker::NewStub(peers_.Get(req->destination().address()));
+  auto pushed = ::sambay::PushState(*stub, req->destination().handle(), *chunks, deadline, rid,
+                                    req->destination().address());
+  chunks->clear();
+  if (!pushed.ok()) {
+    metrics_.Failure("push_failed");
+    scheduler_.Retire(seq, FinishKind::kError);
+    Log(LogLevel::kWarning, "worker", "state push failed",
+        {{"request_id", rid}, {"error", pushed.status().ToString()}});
+    return ToGrpcStatus(pushed.status());
+  }
+  metrics_.sent_bytes.Increment(static_cast<double>(pushed->bytes));
+  metrics_.sent_seconds.Observe(pushed->transfer_seconds);
+  scheduler_.Retire(seq, FinishKind::kHandedOff);
+  pb::PrefillResponse msg;
+  pb::TransferResult* tr = msg.mutable_transfer();
+  tr->set_bytes(static_cast<uint64_t>(pushed->bytes));
+  tr->set_chunks(static_cast<uint32_t>(pushed->chunks));
+  tr->set_export_seconds(export_s);
+  tr->set_transfer_seconds(pushed->transfer_seconds);
+  tr->set_import_seconds(pushed->import_seconds);
+  writer->Write(msg);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::PushState(grpc::ServerContext* ctx,
+                                      grpc::ServerReader<pb::StateChunk>* reader,
+                                      pb::PushStateResponse* resp) {
+  if (!roles_.decode) {
+    metrics_.Reject(RejectReason::kRole);
+    return ToGrpcStatus(absl::FailedPreconditionError("this worker does not serve role decode"));
+  }
+  pb::StateChunk msg;
+  if (!reader->Read(&msg)) {
+    return ToGrpcStatus(ctx->IsCancelled() ? absl::UnavailableError("the sender went away")
+                                           : absl::InvalidArgumentError("the stream has no chunk"));
+  }
+  if (msg.handle().empty()) {
+    return ToGrpcStatus(absl::InvalidArgumentError("handle: required in the first message"));
+  }
+  auto claimed = scheduler_.BeginReceive(msg.handle());
+  if (!claimed.ok()) return ToGrpcStatus(claimed.status());
+  std::shared_ptr<Sequence> seq = *std::move(claimed);
+  const std::string rid = RequestId(ctx, seq->request().request_id);
+  auto fail = [&](const absl::Status& s) {
+    scheduler_.Fail(seq, s, WorkerMetrics::FailureReasonFor(s));
+    Log(LogLevel::kWarning, "worker", "state import failed",
+        {{"request_id", rid}, {"handle", msg.handle()}, {"error", s.ToString()}});
+    return ToGrpcStatus(s);
+  };
+  StateImporter importer(model_.config(), model_.fingerprint(), seq->request().prompt_tokens);
+  const absl::Time start = absl::Now();
+  absl::Duration import_time;
+  int64_t bytes = 0, chunks = 0;
+  do {
+    // The reservation may have ended meanwhile (lease, release, cancel).
+    if (auto end = seq->end_status(); end.has_value()) {
+      return ToGrpcStatus(end->ok() ? absl::CancelledError("the reservation ended") : *end);
+    }
+    const absl::Time t = absl::Now();
+    absl::Status s = importer.AddChunk(msg.data());
+    import_time += absl::Now() - t;
+    bytes += static_cast<int64_t>(msg.data().size());
+    ++chunks;
+    if (!s.ok()) return fail(s);
+  } while (reader->Read(&msg));
+  if (ctx->IsCancelled()) {
+    return fail(absl::UnavailableError(
+        absl::StrCat("state transfer aborted: the sender went away after ", chunks, " chunks")));
+  }
+  const absl::Time t = absl::Now();
+  auto state = importer.Finish();
+  import_time += absl::Now() - t;
+  if (!state.ok()) return fail(state.status());
+  const double import_s = absl::ToDoubleSeconds(import_time);
+  absl::Status s = scheduler_.CompleteReceive(seq, *std::move(state), import_s, bytes);
+  if (!s.ok()) return ToGrpcStatus(s);
+  metrics_.received_bytes.Increment(static_cast<double>(bytes));
+  metrics_.received_seconds.Observe(absl::ToDoubleSeconds(absl::Now() - start));
+  resp->set_bytes(static_cast<uint64_t>(bytes));
+  resp->set_chunks(static_cast<uint32_t>(chunks));
+  resp->set_import_seconds(import_s);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::Decode(grpc::ServerContext* ctx, const pb::DecodeRequest* req,
+                                   grpc::ServerWriter<pb::DecodeResponse>* writer) {
+  SequenceRequest r;
+  r.request_id = RequestId(ctx, req->request_id());
+  switch (req->source_case()) {
+    case pb::DecodeRequest::kHandle:
+      if (!roles_.decode) {
+        metrics_.Reject(RejectReason::kRole);
+        return ToGrpcStatus(
+            absl::FailedPreconditionError("this worker does not serve role decode"));
+      }
+      r.mode = SeqMode::kImported;
+      r.handle = req->handle();
+      r.prompt_tokens = req->prompt_tokens();
+      r.history = ToIds(req->history());
+      break;
+    case pb::DecodeRequest::kLocalPrompt:
+      if (!roles_.decode || !roles_.prefill) {
+        metrics_.Reject(RejectReason::kRole);
+        return ToGrpcStatus(absl::FailedPreconditionError(
+            "local_prompt: needs a worker with role both (prefill and decode)"));
+      }
+      r.mode = SeqMode::kLocal;
+      r.prompt = ToIds(req->local_prompt().ids());
+      break;
+    default:
+      return ToGrpcStatus(absl::InvalidArgumentError("source: set handle or local_prompt"));
+  }
+  r.sampling = ToSampling(req->sampling());
+  r.max_new_tokens = req->max_new_tokens();
+  r.stop_ids = ToIds(req->stop_token_ids());
+  r.logprobs = req->return_logprobs();
+  r.top_logprobs = static_cast<int>(std::min<uint32_t>(req->top_logprobs(), 1000));
+  auto admitted = scheduler_.Admit(std::move(r));
+  if (!admitted.ok()) return ToGrpcStatus(admitted.status());
+  std::shared_ptr<Sequence> seq = *std::move(admitted);
+  SeqGuard guard(scheduler_, seq);
+  if (seq->request().mode == SeqMode::kImported) {
+    pb::DecodeResponse msg;
+    msg.mutable_reserved()->set_handle(seq->request().handle);
+    msg.mutable_reserved()->set_lease_seconds(absl::ToDoubleSeconds(scheduler_.options().lease));
+    if (!writer->Write(msg)) return ToGrpcStatus(CallEnded(ctx));
+  }
+  absl::Status ended;
+  uint32_t emitted = 0;
+  for (;;) {
+    std::optional<SeqEvent> first = NextEvent(ctx, scheduler_, seq, &ended);
+    if (!first) return ToGrpcStatus(ended);
+    // Coalesce whatever else is already queued into one message.
+    std::vector<SeqEvent> events;
+    events.push_back(*std::move(first));
+    for (SeqEvent& e : seq->Drain()) events.push_back(std::move(e));
+    pb::DecodeResponse msg;
+    for (SeqEvent& ev : events) {
+      if (ev.kind == SeqEvent::kToken) {
+        msg.mutable_tokens()->add_token_ids(static_cast<uint32_t>(ev.token));
+        if (ev.logprobs) ToProto(*ev.logprobs, msg.mutable_tokens()->add_logprobs());
+        ++emitted;
+      } else if (ev.kind == SeqEvent::kError) {
+        if (msg.has_tokens()) writer->Write(msg);
+        return ToGrpcStatus(ev.status);
+      } else if (ev.kind == SeqEvent::kDone) {
+        if (msg.has_tokens() && !writer->Write(msg)) return ToGrpcStatus(CallEnded(ctx));
+        const SeqTimes t = seq->times();
+        pb::DecodeResponse done;
+        pb::DecodeDone* d = done.mutable_done();
+        d->set_reason(ev.finish == SeqFinish::kStop ? pb::DECODE_FINISH_STOP
+                                                    : pb::DECODE_FINISH_LENGTH);
+        d->set_tokens(emitted);
+        d->set_queue_seconds(Seconds(t.admitted, t.first_forward));
+        d->set_decode_seconds(Seconds(t.running, t.finished));
+        d->set_transfer_bytes(static_cast<uint64_t>(t.transfer_bytes));
+        d->set_import_seconds(t.import_seconds);
+        d->set_prefill_seconds(Seconds(t.first_forward, t.prefilled));
+        writer->Write(done);
+        return grpc::Status::OK;
+      }
+    }
+    if (msg.has_tokens() && !writer->Write(msg)) return ToGrpcStatus(CallEnded(ctx));
+  }
+}
+
+grpc::Status WorkerService::Release(grpc::ServerContext* ctx, const pb::ReleaseRequest* req,
+                                    pb::ReleaseResponse* resp) {
+  std::string handle, rid;
+  if (req->target_case() == pb::ReleaseRequest::kHandle) handle = req->handle();
+  if (req->target_case() == pb::ReleaseRequest::kRequestId) rid = req->request_id();
+  if (handle.empty() && rid.empty()) {
+    return ToGrpcStatus(absl::InvalidArgumentError("target: set a handle or a request_id"));
+  }
+  const int n = scheduler_.Release(handle, rid);
+  if (n == 0) {
+    return ToGrpcStatus(absl::NotFoundError(absl::StrCat(handle.empty() ? "request_id" : "handle",
+                                                         ": no live sequence \"",
+                                                         handle.empty() ? rid : handle, "\"")));
+  }
+  resp->set_released(static_cast<uint32_t>(n));
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::GetLoad(grpc::ServerContext* ctx, const pb::GetLoadRequest* req,
+                                    pb::WorkerLoad* resp) {
+  const LoadSnapshot l = scheduler_.Load();
+  resp->set_running(static_cast<uint32_t>(l.running));
+  resp->set_waiting(static_cast<uint32_t>(l.waiting));
+  resp->set_queued_prefill_tokens(static_cast<uint64_t>(l.queued_prefill_tokens));
+  resp->set_free_slots(static_cast<uint32_t>(std::max<int64_t>(0, l.free_slots)));
+  resp->set_state_bytes_used(static_cast<uint64_t>(l.state_bytes_used));
+  resp->set_state_bytes_total(static_cast<uint64_t>(l.state_bytes_total));
+  resp->set_free_kv_blocks(static_cast<uint64_t>(l.free_kv_blocks));
+  resp->set_draining(l.draining);
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::GetInfo(grpc::ServerContext* ctx, const pb::GetInfoRequest* req,
+                                    pb::WorkerInfo* resp) {
+  const ModelConfig& c = model_.config();
+  resp->set_fingerprint(model_.fingerprint());
+  resp->set_model_type("phi4flash");
+  resp->set_vocab_size(static_cast<uint32_t>(c.vocab_size));
+  resp->set_num_layers(static_cast<uint32_t>(c.num_layers));
+  if (roles_.prefill) resp->add_roles("prefill");
+  if (roles_.decode) resp->add_roles("decode");
+  resp->set_tp_size(1);
+  const SchedulerOptions& o = scheduler_.options();
+  resp->set_max_running(static_cast<uint32_t>(o.max_running));
+  resp->set_max_context_tokens(static_cast<uint32_t>(o.max_context));
+  resp->set_state_bytes_total(static_cast<uint64_t>(o.state_budget_bytes));
+  resp->set_prefill_chunk_tokens(static_cast<uint32_t>(o.prefill_chunk));
+  resp->set_lease_seconds(absl::ToDoubleSeconds(o.lease));
+  resp->set_state_bytes_fixed(static_cast<uint64_t>(StatePayloadBytes(c, 0)));
+  resp->set_state_bytes_per_token(static_cast<uint64_t>(StatePayloadBytes(c, c.sliding_window + 1) -
+                                                        StatePayloadBytes(c, c.sliding_window)));
+  resp->set_version(version_);
+  return grpc::Status::OK;
+}
+
+}  // namespace sambay
