@@ -186,9 +186,8 @@ grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillR
   const absl::Time deadline =
       std::min(absl::FromChrono(ctx->deadline()), absl::Now() + scheduler_.options().lease);
   auto stub = pb::Worker::NewStub(peers_.Get(req->destination().address()));
-  auto pushed = ::sambay::PushState(*stub, req->destination().handle(), *chunks, deadline, rid,
-                                    req->destination().address());
-  chunks->clear();
+  auto pushed = ::sambay::PushState(*stub, req->destination().handle(), *std::move(chunks),
+                                    deadline, rid, req->destination().address());
   if (!pushed.ok()) {
     metrics_.Failure("push_failed");
     scheduler_.Retire(seq, FinishKind::kError);

@@ -11,9 +11,9 @@
 namespace sambay {
 
 absl::StatusOr<PushResult> PushState(sambay::v1::Worker::StubInterface& stub,
-                                     const std::string& handle,
-                                     const std::vector<std::string>& chunks, absl::Time deadline,
-                                     const std::string& request_id, const std::string& address) {
+                                     const std::string& handle, std::vector<std::string> chunks,
+                                     absl::Time deadline, const std::string& request_id,
+                                     const std::string& address) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(deadline));
   if (!request_id.empty()) ctx.AddMetadata("x-request-id", request_id);
@@ -23,12 +23,13 @@ absl::StatusOr<PushResult> PushState(sambay::v1::Worker::StubInterface& stub,
   auto writer = stub.PushState(&ctx, &reply);
   sambay::v1::StateChunk msg;
   msg.set_handle(handle);
-  for (const std::string& chunk : chunks) {
-    msg.set_data(chunk);
+  for (std::string& chunk : chunks) {
+    const int64_t size = static_cast<int64_t>(chunk.size());
+    msg.set_data(std::move(chunk));  // no copy: each chunk is sent once
     // A failed write means the stream is broken; Finish() below says why.
     if (!writer->Write(msg)) break;
     msg.clear_handle();
-    result.bytes += static_cast<int64_t>(chunk.size());
+    result.bytes += size;
     ++result.chunks;
   }
   writer->WritesDone();

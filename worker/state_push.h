@@ -22,15 +22,15 @@ struct PushResult {
   double import_seconds = 0;    // as the destination reported it
 };
 
-// Sends `chunks` (from ExportState) for reservation `handle`. `request_id` travels as
+// Sends `chunks` (from ExportState; consumed: pass them with std::move to avoid a copy) for
+// reservation `handle`. `request_id` travels as
 // x-request-id metadata. The whole call is bounded by `deadline`. On failure returns the
 // destination's status (DATA_LOSS, FAILED_PRECONDITION, NOT_FOUND, ...) or UNAVAILABLE /
 // DEADLINE_EXCEEDED from the transport, with "push to <address>: " in front of the message
 // when `address` is given.
 absl::StatusOr<PushResult> PushState(sambay::v1::Worker::StubInterface& stub,
-                                     const std::string& handle,
-                                     const std::vector<std::string>& chunks, absl::Time deadline,
-                                     const std::string& request_id,
+                                     const std::string& handle, std::vector<std::string> chunks,
+                                     absl::Time deadline, const std::string& request_id,
                                      const std::string& address = "");
 
 }  // namespace sambay
