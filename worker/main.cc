@@ -248,8 +248,13 @@ int Run(int argc, char** argv) {
   if (left > 0) {
     Log(LogLevel::kWarning, "worker", "drain timeout: ending sequences", {{"active", left}});
   }
-  // Handlers of finished sequences are writing their last message; give them a moment.
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  // Handlers of finished sequences are writing their last message: let them (up to 5 s), then
+  // stop; anything still running after that is cancelled.
+  const absl::Time calls_deadline = absl::Now() + absl::Seconds(5);
+  while (service.inflight() > 0 && absl::Now() < calls_deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   server->Wait();
   Log(LogLevel::kInfo, "worker", "stopped", {{"unfinished", left}});
   return 0;

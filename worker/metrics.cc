@@ -122,6 +122,9 @@ absl::StatusOr<int> WorkerMetrics::Serve(const std::string& host, int port) {
         absl::StrCat("metrics-port: cannot listen on ", host, ":", port, ": ", e.what()));
   }
   exposer_->RegisterCollectable(registry_);
+  // Debian's civetweb crashes while sending its 404 page (prometheus-cpp issue #739), so "/"
+  // (which civetweb matches as a prefix of every path) serves the metrics too: any path answers.
+  exposer_->RegisterCollectable(registry_, "/");
   const std::vector<int> ports = exposer_->GetListeningPorts();
   if (ports.empty()) return absl::InternalError("metrics exposer has no listening port");
   return ports[0];

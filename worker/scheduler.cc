@@ -119,10 +119,10 @@ absl::Status Scheduler::Validate(const SequenceRequest& r) const {
       return absl::InvalidArgumentError(
           absl::StrCat("prompt_tokens: must be >= 1, got ", r.prompt_tokens));
     }
-    if (!r.history.empty() && static_cast<int64_t>(r.history.size()) != r.prompt_tokens + 1) {
+    if (!r.history.empty() && static_cast<int64_t>(r.history.size()) != r.prompt_tokens) {
       return absl::InvalidArgumentError(
-          absl::StrCat("history: must have prompt_tokens + 1 = ", r.prompt_tokens + 1,
-                       " entries, got ", r.history.size()));
+          absl::StrCat("history: must have prompt_tokens = ", r.prompt_tokens, " entries, got ",
+                       r.history.size()));
     }
     if (r.history.empty() && HasPenalties(r.sampling)) {
       return absl::InvalidArgumentError(
@@ -143,6 +143,13 @@ absl::Status Scheduler::Validate(const SequenceRequest& r) const {
   }
   // The whole sequence (prompt, then every new token; with a pushed state its pending token
   // counts as new) must fit in the context.
+  if (r.mode == SeqMode::kPrefillOnly && tokens + 1 > ctx) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("token_ids: ", tokens,
+                     " tokens leave no room for a new token in the context "
+                     "length ",
+                     ctx));
+  }
   if (tokens + r.max_new_tokens > ctx) {
     const int64_t prompt = r.mode == SeqMode::kImported ? r.prompt_tokens : tokens;
     return absl::InvalidArgumentError(
@@ -223,10 +230,6 @@ absl::Status Scheduler::CompleteReceive(const std::shared_ptr<Sequence>& seq,
   } else if (state->last_token < 0 || state->last_token >= model_.config().vocab_size) {
     bad = absl::InvalidArgumentError(
         absl::StrCat("state: pending token ", state->last_token, " is outside the vocabulary"));
-  } else if (!r.history.empty() && r.history.back() != state->last_token) {
-    bad = absl::InvalidArgumentError(absl::StrCat("history: ends with ", r.history.back(),
-                                                  " but the state's pending token is ",
-                                                  state->last_token));
   }
   std::lock_guard<std::mutex> lock(mu_);
   if (seq->sched.phase != Phase::kReceiving) {
@@ -248,7 +251,10 @@ absl::Status Scheduler::CompleteReceive(const std::shared_ptr<Sequence>& seq,
   auto& eng = seq->engine;
   eng.sampler = std::make_unique<Sampler>(r.sampling);
   eng.sampler->set_rng_state(state->rng_state);
-  eng.history = r.history;
+  if (HasPenalties(r.sampling)) {
+    eng.history = r.history;
+    eng.history.push_back(state->last_token);
+  }
   eng.pending = state->last_token;
   eng.state = std::move(state);
   handles_.erase(r.handle);
@@ -376,6 +382,7 @@ void Scheduler::ReapLocked() {
   running_.erase(std::remove_if(running_.begin(), running_.end(), reap), running_.end());
   prefill_queue_.erase(std::remove_if(prefill_queue_.begin(), prefill_queue_.end(), reap),
                        prefill_queue_.end());
+  UpdateGaugesLocked();  // EndLocked ran while the lists still held the reaped sequences
 }
 
 void Scheduler::ExpireLeasesLocked(absl::Time now) {

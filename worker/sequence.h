@@ -43,7 +43,7 @@ struct SequenceRequest {
   std::string handle;            // kImported: the reservation handle
   std::vector<int32_t> prompt;   // kPrefillOnly / kLocal: tokens to run
   int64_t prompt_tokens = 0;     // kImported: tokens the pushed state has consumed
-  std::vector<int32_t> history;  // kImported: penalties' history (may be empty)
+  std::vector<int32_t> history;  // kImported: tokens the state consumed (penalties)
   SamplingParams sampling;
   uint64_t rng_draws = 0;      // kPrefillOnly / kLocal: draws already made
   int64_t max_new_tokens = 1;  // tokens this sequence may emit here

@@ -122,6 +122,7 @@ WorkerService::WorkerService(Model& model, Scheduler& scheduler, WorkerMetrics& 
 
 grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillRequest* req,
                                     grpc::ServerWriter<pb::PrefillResponse>* writer) {
+  CallScope scope(inflight_);
   const std::string rid = RequestId(ctx, req->request_id());
   if (!roles_.prefill) {
     metrics_.Reject(RejectReason::kRole);
@@ -212,6 +213,7 @@ grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillR
 grpc::Status WorkerService::PushState(grpc::ServerContext* ctx,
                                       grpc::ServerReader<pb::StateChunk>* reader,
                                       pb::PushStateResponse* resp) {
+  CallScope scope(inflight_);
   if (!roles_.decode) {
     metrics_.Reject(RejectReason::kRole);
     return ToGrpcStatus(absl::FailedPreconditionError("this worker does not serve role decode"));
@@ -271,6 +273,7 @@ grpc::Status WorkerService::PushState(grpc::ServerContext* ctx,
 
 grpc::Status WorkerService::Decode(grpc::ServerContext* ctx, const pb::DecodeRequest* req,
                                    grpc::ServerWriter<pb::DecodeResponse>* writer) {
+  CallScope scope(inflight_);
   SequenceRequest r;
   r.request_id = RequestId(ctx, req->request_id());
   switch (req->source_case()) {
@@ -399,9 +402,12 @@ grpc::Status WorkerService::GetInfo(grpc::ServerContext* ctx, const pb::GetInfoR
   resp->set_state_bytes_total(static_cast<uint64_t>(o.state_budget_bytes));
   resp->set_prefill_chunk_tokens(static_cast<uint32_t>(o.prefill_chunk));
   resp->set_lease_seconds(absl::ToDoubleSeconds(o.lease));
-  resp->set_state_bytes_fixed(static_cast<uint64_t>(StatePayloadBytes(c, 0)));
-  resp->set_state_bytes_per_token(static_cast<uint64_t>(StatePayloadBytes(c, c.sliding_window + 1) -
-                                                        StatePayloadBytes(c, c.sliding_window)));
+  // Past the sliding window the payload grows only with the global K/V:
+  // bytes(n) = fixed + n * per_token for n >= sliding_window.
+  const int64_t w = c.sliding_window;
+  const int64_t per_token = StatePayloadBytes(c, w + 1) - StatePayloadBytes(c, w);
+  resp->set_state_bytes_fixed(static_cast<uint64_t>(StatePayloadBytes(c, w) - w * per_token));
+  resp->set_state_bytes_per_token(static_cast<uint64_t>(per_token));
   resp->set_version(version_);
   return grpc::Status::OK;
 }

@@ -13,6 +13,7 @@
 #ifndef SAMBAY_WORKER_SERVICE_H_
 #define SAMBAY_WORKER_SERVICE_H_
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -49,7 +50,21 @@ class WorkerService final : public sambay::v1::Worker::Service {
   grpc::Status GetInfo(grpc::ServerContext* ctx, const sambay::v1::GetInfoRequest* req,
                        sambay::v1::WorkerInfo* resp) override;
 
+  // Prefill, PushState and Decode calls running now (the drain waits for them).
+  int inflight() const { return inflight_.load(); }
+
  private:
+  // Counts a streaming call for its whole duration.
+  class CallScope {
+   public:
+    explicit CallScope(std::atomic<int>& n) : n_(n) { n_.fetch_add(1); }
+    ~CallScope() { n_.fetch_sub(1); }
+
+   private:
+    std::atomic<int>& n_;
+  };
+
+  std::atomic<int> inflight_{0};
   Model& model_;
   Scheduler& scheduler_;
   WorkerMetrics& metrics_;
