@@ -2,7 +2,7 @@
 # Builds with warnings as errors and runs every test:
 #   1. the Release build in build/ and all of its CTest tests (unit, golden, CLI, reference);
 #   2. an AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/ running the C++
-#      test binaries again.
+#      test binaries again (the worker integration tests against a sanitized sambay-worker).
 # Exits non-zero on the first failure. Environment: JOBS (default: number of cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,6 +18,9 @@ export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 build-asan/bin/common_tests --gtest_brief=1
 build-asan/bin/engine_tests --gtest_brief=1
+# The worker tests start build-asan/bin/sambay-worker processes: the server runs sanitized too
+# (a report makes it exit non-zero, which the tests check).
+build-asan/bin/worker_tests --gtest_brief=1
 
 echo "== Release tests"
 ctest --test-dir build --output-on-failure -j "$JOBS"
