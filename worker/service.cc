@@ -31,15 +31,16 @@ std::string RequestId(const grpc::ServerContext* ctx, const std::string& field) 
   return std::string(it->second.data(), it->second.size());
 }
 
-SamplingParams ToSampling(const pb::WorkerSampling& s) {
+// The API's defaults: unset top_p and repetition_penalty are 1.0 (off), unset seed is 0.
+SamplingParams ToSampling(const pb::SamplingParams& s) {
   SamplingParams p;
   p.temperature = s.temperature();
   p.top_k = s.top_k();
-  p.top_p = s.top_p();
+  p.top_p = s.has_top_p() ? s.top_p() : 1.0f;
   p.min_p = s.min_p();
-  p.repetition_penalty = s.repetition_penalty();
+  p.repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0f;
   p.presence_penalty = s.presence_penalty();
-  p.seed = s.seed();
+  p.seed = s.has_seed() ? s.seed() : 0;
   return p;
 }
 

@@ -50,8 +50,8 @@ ScratchDir::~ScratchDir() {
   if (!path_.empty()) std::filesystem::remove_all(path_, ec);
 }
 
-v1::WorkerSampling ToProto(const Sampling& s) {
-  v1::WorkerSampling p;
+v1::SamplingParams ToProto(const Sampling& s) {
+  v1::SamplingParams p;
   p.set_temperature(s.temperature);
   p.set_top_k(s.top_k);
   p.set_top_p(s.top_p);

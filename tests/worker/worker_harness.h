@@ -61,7 +61,7 @@ struct Sampling {
   float presence_penalty = 0.0f;
   uint64_t seed = 0;
 };
-sambay::v1::WorkerSampling ToProto(const Sampling& s);
+sambay::v1::SamplingParams ToProto(const Sampling& s);
 inline Sampling Greedy() { return {}; }
 inline Sampling Seeded(float temperature, float top_p, uint64_t seed, int32_t top_k = 0) {
   Sampling s;
