@@ -6,12 +6,9 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
-#include <signal.h>
-#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -19,6 +16,7 @@
 #include "common/flags.h"
 #include "common/grpc_channel.h"
 #include "common/log.h"
+#include "common/server_util.h"
 #include "engine/model.h"
 #include "worker/metrics.h"
 #include "worker/scheduler.h"
@@ -121,45 +119,18 @@ absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
   return SetLogLevel(f.log_level);
 }
 
-absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp);
-    out << "{\"grpc_port\":" << grpc_port << ",\"metrics_port\":" << metrics_port
-        << ",\"pid\":" << getpid() << "}\n";
-    if (!out) return absl::InternalError(absl::StrCat("--port-file: cannot write ", tmp));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("--port-file: cannot rename to ", path));
-  }
-  return absl::OkStatus();
-}
-
 int Fatal(const absl::Status& s) {
   Log(LogLevel::kError, "worker", "cannot start", {{"error", s.ToString()}});
   return 1;
 }
 
 int Run(int argc, char** argv) {
-  // SIGTERM/SIGINT are taken by a sigwait thread: block them before any thread starts.
-  sigset_t sigs;
-  sigemptyset(&sigs);
-  sigaddset(&sigs, SIGTERM);
-  sigaddset(&sigs, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &sigs, nullptr);
-  signal(SIGPIPE, SIG_IGN);
-
+  // SIGTERM/SIGINT are taken by sigwait below: block them before any thread starts.
+  BlockTerminationSignals();
   Flags f;
   FlagSet fs("sambay-worker", "SAMBAY_");
   Register(fs, f);
-  if (absl::Status s = fs.Parse(argc, argv); !s.ok()) {
-    if (s.message() == FlagSet::kHelpRequested) {
-      std::fputs(fs.Usage().c_str(), stdout);
-      return 0;
-    }
-    std::fprintf(stderr, "sambay-worker: error: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
+  if (auto exit_code = ParseServerFlags(fs, "sambay-worker", argc, argv)) return *exit_code;
   WorkerRoles roles;
   if (absl::Status s = CheckFlags(f, &roles); !s.ok()) {
     std::fprintf(stderr, "sambay-worker: error: %s\n", std::string(s.message()).c_str());
@@ -231,11 +202,10 @@ int Run(int argc, char** argv) {
        {"metrics", absl::StrCat(f.metrics_host, ":", *metrics_port)},
        {"role", f.role}});
 
-  int sig = 0;
-  sigwait(&sigs, &sig);
+  const std::string sig = WaitForTerminationSignal();
   // Drain: stop admitting, let admitted sequences finish, then stop the server.
   Log(LogLevel::kInfo, "worker", "draining",
-      {{"signal", sig == SIGTERM ? "SIGTERM" : "SIGINT"},
+      {{"signal", sig},
        {"active", scheduler.active()},
        {"drain_timeout_seconds", f.drain_timeout}});
   health->SetServingStatus(kReadinessService, false);

@@ -297,6 +297,7 @@ grpc::Status WorkerService::Decode(grpc::ServerContext* ctx, const pb::DecodeReq
       }
       r.mode = SeqMode::kLocal;
       r.prompt = ToIds(req->local_prompt().ids());
+      r.rng_draws = req->rng_draws();
       break;
     default:
       return ToGrpcStatus(absl::InvalidArgumentError("source: set handle or local_prompt"));

@@ -1,0 +1,273 @@
+// sambay-router: the public entry point of a sambay-serve cluster. Serves sambay.v1.Generation,
+// places each request's prefill and decode on workers, hands the state between them, fails over.
+// See docs/router.md.
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server.h>
+#include <grpcpp/server_builder.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "common/flags.h"
+#include "common/grpc_channel.h"
+#include "common/log.h"
+#include "common/server_util.h"
+#include "engine/config.h"
+#include "engine/tokenizer/chat.h"
+#include "engine/tokenizer/tokenizer.h"
+#include "router/metrics.h"
+#include "router/placement.h"
+#include "router/registry.h"
+#include "router/service.h"
+
+#ifndef SAMBAY_VERSION
+#define SAMBAY_VERSION "dev"
+#endif
+
+namespace sambay {
+namespace {
+
+constexpr const char* kReadinessService = "sambay.v1.Generation";
+
+struct Flags {
+  std::string model;
+  std::string host = "127.0.0.1";
+  int64_t port = 50050;
+  std::string metrics_host = "127.0.0.1";
+  int64_t metrics_port = 9300;
+  std::string prefill_workers, decode_workers, workers;
+  std::string prefill_dns, decode_dns, workers_dns;
+  double dns_refresh_seconds = 10;
+  double health_interval_seconds = 1;
+  double probe_timeout_seconds = 1;
+  int64_t fail_threshold = 3;
+  double max_backoff_seconds = 30;
+  std::string fingerprint;
+  std::string placement = "least-loaded";
+  int64_t max_concurrent = 256;
+  int64_t max_queue = 1024;
+  int64_t migration_limit = 3;
+  int64_t prefill_retries = 2;
+  int64_t max_context = 0;
+  int64_t default_max_new_tokens = 256;
+  int64_t max_new_tokens_limit = 32768;
+  int64_t max_request_bytes = 4 << 20;
+  double drain_timeout = 60;
+  int64_t keepalive_seconds = 20;
+  int64_t keepalive_timeout_seconds = 10;
+  std::string port_file;
+  std::string log_level = "info";
+};
+
+void Register(FlagSet& fs, Flags& f) {
+  fs.AddString("model", &f.model,
+               "Model directory: tokenizer, config.json, generation_config.json. Required.");
+  fs.AddString("host", &f.host, "Address the public gRPC service binds to.");
+  fs.AddInt("port", &f.port, "Public gRPC port (0 = any free port).");
+  fs.AddString("metrics-host", &f.metrics_host, "Address of the metrics endpoint.");
+  fs.AddInt("metrics-port", &f.metrics_port, "Prometheus /metrics port (0 = any free port).");
+  fs.AddString("prefill-workers", &f.prefill_workers, "Comma-separated host:port prefill workers.");
+  fs.AddString("decode-workers", &f.decode_workers, "Comma-separated host:port decode workers.");
+  fs.AddString("workers", &f.workers, "Comma-separated workers whose roles come from GetInfo.");
+  fs.AddString("prefill-dns", &f.prefill_dns,
+               "Comma-separated name:port resolved periodically to prefill workers (a headless "
+               "Service).");
+  fs.AddString("decode-dns", &f.decode_dns, "As --prefill-dns, for decode workers.");
+  fs.AddString("workers-dns", &f.workers_dns, "As --prefill-dns, roles from GetInfo.");
+  fs.AddDouble("dns-refresh-seconds", &f.dns_refresh_seconds, "How often DNS names are resolved.");
+  fs.AddDouble("health-interval-seconds", &f.health_interval_seconds,
+               "How often each healthy worker is probed (GetLoad).");
+  fs.AddDouble("probe-timeout-seconds", &f.probe_timeout_seconds, "Deadline of one probe.");
+  fs.AddInt("fail-threshold", &f.fail_threshold,
+            "Failed probes in a row before a worker is taken out.");
+  fs.AddDouble("max-backoff-seconds", &f.max_backoff_seconds,
+               "Longest wait between probes of a failing worker.");
+  fs.AddString("fingerprint", &f.fingerprint,
+               "Model fingerprint every worker must serve (empty = the first worker's).");
+  fs.AddString("placement", &f.placement, "Placement policy: least-loaded or round-robin.");
+  fs.AddInt("max-concurrent", &f.max_concurrent, "Most requests served at once.");
+  fs.AddInt("max-queue", &f.max_queue,
+            "Most requests waiting for a serving slot; beyond it RESOURCE_EXHAUSTED.");
+  fs.AddInt("migration-limit", &f.migration_limit,
+            "Most times one sequence moves to another decode worker after failures.");
+  fs.AddInt("prefill-retries", &f.prefill_retries,
+            "Most prefill attempts on other workers after a prefill failure.");
+  fs.AddInt("max-context", &f.max_context,
+            "Most tokens per sequence; 0 = the model's max_position_embeddings.");
+  fs.AddInt("default-max-new-tokens", &f.default_max_new_tokens,
+            "max_new_tokens when a request leaves it 0 (capped by the context).");
+  fs.AddInt("max-new-tokens-limit", &f.max_new_tokens_limit, "Largest max_new_tokens accepted.");
+  fs.AddInt("max-request-bytes", &f.max_request_bytes, "Largest Generate request (bytes).");
+  fs.AddDouble("drain-timeout", &f.drain_timeout,
+               "Seconds SIGTERM waits for running requests before exiting.");
+  fs.AddInt("keepalive-seconds", &f.keepalive_seconds, "HTTP/2 keepalive ping interval.");
+  fs.AddInt("keepalive-timeout-seconds", &f.keepalive_timeout_seconds,
+            "Seconds without a ping reply before a connection (e.g. to a worker) is dead.");
+  fs.AddString("port-file", &f.port_file,
+               "If set, written once serving: {\"grpc_port\":N,\"metrics_port\":M,\"pid\":P}.");
+  fs.AddString("log-level", &f.log_level, "debug, info, warning or error.");
+}
+
+std::vector<std::string> List(const std::string& s) {
+  return absl::StrSplit(s, ',', absl::SkipWhitespace());
+}
+
+absl::Status Check(const Flags& f) {
+  if (f.model.empty()) return absl::InvalidArgumentError("--model: required");
+  if (f.prefill_workers.empty() && f.decode_workers.empty() && f.workers.empty() &&
+      f.prefill_dns.empty() && f.decode_dns.empty() && f.workers_dns.empty()) {
+    return absl::InvalidArgumentError(
+        "no workers: give --workers, --prefill-workers/--decode-workers or a --*-dns name");
+  }
+  if (f.port < 0 || f.port > 65535) return absl::InvalidArgumentError("--port: [0, 65535]");
+  if (f.metrics_port < 0 || f.metrics_port > 65535) {
+    return absl::InvalidArgumentError("--metrics-port: [0, 65535]");
+  }
+  if (f.max_concurrent < 1) return absl::InvalidArgumentError("--max-concurrent: must be >= 1");
+  if (f.max_queue < 0) return absl::InvalidArgumentError("--max-queue: must be >= 0");
+  if (f.migration_limit < 0) return absl::InvalidArgumentError("--migration-limit: >= 0");
+  if (f.prefill_retries < 0) return absl::InvalidArgumentError("--prefill-retries: >= 0");
+  if (f.fail_threshold < 1) return absl::InvalidArgumentError("--fail-threshold: >= 1");
+  if (!(f.health_interval_seconds > 0) || !(f.probe_timeout_seconds > 0) ||
+      !(f.dns_refresh_seconds > 0) || !(f.max_backoff_seconds > 0)) {
+    return absl::InvalidArgumentError("--*-seconds: must be > 0");
+  }
+  if (f.default_max_new_tokens < 1 || f.max_new_tokens_limit < 1) {
+    return absl::InvalidArgumentError("--default-max-new-tokens/--max-new-tokens-limit: >= 1");
+  }
+  if (f.max_request_bytes < 1024) {
+    return absl::InvalidArgumentError("--max-request-bytes: must be >= 1024");
+  }
+  return SetLogLevel(f.log_level);
+}
+
+int Fatal(const absl::Status& s) {
+  Log(LogLevel::kError, "router", "cannot start", {{"error", s.ToString()}});
+  return 1;
+}
+
+int Run(int argc, char** argv) {
+  BlockTerminationSignals();
+  Flags f;
+  FlagSet fs("sambay-router", "SAMBAY_");
+  Register(fs, f);
+  if (auto exit_code = ParseServerFlags(fs, "sambay-router", argc, argv)) return *exit_code;
+  if (absl::Status s = Check(f); !s.ok()) {
+    std::fprintf(stderr, "sambay-router: error: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  Log(LogLevel::kInfo, "router", "starting",
+      {{"version", SAMBAY_VERSION}, {"config", fs.Effective()}});
+
+  auto config = LoadModelConfig(f.model);
+  if (!config.ok()) return Fatal(config.status());
+  auto tokenizer = LoadTokenizer(f.model);
+  if (!tokenizer.ok()) return Fatal(tokenizer.status());
+  auto eos = LoadStopTokenIds(f.model, **tokenizer);
+  if (!eos.ok()) return Fatal(eos.status());
+  RouterLimits limits;
+  limits.vocab_size = config->vocab_size;
+  limits.max_context = f.max_context == 0 ? config->max_position_embeddings : f.max_context;
+  limits.eos_ids = *eos;
+  limits.default_max_new_tokens = f.default_max_new_tokens;
+  limits.max_new_tokens_limit = f.max_new_tokens_limit;
+  limits.max_request_bytes = f.max_request_bytes;
+  if (limits.max_context > config->max_position_embeddings) {
+    return Fatal(absl::InvalidArgumentError("--max-context: exceeds the model's context"));
+  }
+
+  RpcLimits rpc;
+  rpc.keepalive_seconds = f.keepalive_seconds;
+  rpc.keepalive_timeout_seconds = f.keepalive_timeout_seconds;
+  RouterMetrics metrics;
+  auto metrics_port = metrics.Serve(f.metrics_host, static_cast<int>(f.metrics_port));
+  if (!metrics_port.ok()) return Fatal(metrics_port.status());
+  auto policy = MakePlacementPolicy(f.placement);
+  if (!policy.ok()) return Fatal(policy.status());
+
+  RegistryOptions ro;
+  ro.prefill = List(f.prefill_workers);
+  ro.decode = List(f.decode_workers);
+  ro.any = List(f.workers);
+  ro.prefill_dns = List(f.prefill_dns);
+  ro.decode_dns = List(f.decode_dns);
+  ro.any_dns = List(f.workers_dns);
+  ro.dns_refresh = absl::Seconds(f.dns_refresh_seconds);
+  ro.health_interval = absl::Seconds(f.health_interval_seconds);
+  ro.probe_timeout = absl::Seconds(f.probe_timeout_seconds);
+  ro.max_backoff = absl::Seconds(f.max_backoff_seconds);
+  ro.fail_threshold = static_cast<int>(f.fail_threshold);
+  ro.fingerprint = f.fingerprint;
+  ro.limits = rpc;
+  WorkerRegistry registry(ro, &metrics);
+
+  RouterServiceOptions so;
+  so.max_concurrent = f.max_concurrent;
+  so.max_queue = f.max_queue;
+  so.flow.migration_limit = static_cast<int>(f.migration_limit);
+  so.flow.prefill_retries = static_cast<int>(f.prefill_retries);
+  GenerationService service(registry, **policy, metrics, **tokenizer, limits, so);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int grpc_port = 0;
+  builder.AddListeningPort(absl::StrCat(f.host, ":", f.port), grpc::InsecureServerCredentials(),
+                           &grpc_port);
+  builder.RegisterService(&service);
+  RpcLimits server_limits = rpc;
+  server_limits.max_message_bytes = 2 * f.max_request_bytes;  // the handler names the field
+  ConfigureServer(builder, server_limits);
+  grpc::ResourceQuota quota("sambay-router");
+  quota.SetMaxThreads(static_cast<int>(f.max_concurrent + f.max_queue + 64));
+  builder.SetResourceQuota(quota);
+  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+  if (server == nullptr || grpc_port == 0) {
+    return Fatal(
+        absl::UnavailableError(absl::StrCat("--port: cannot listen on ", f.host, ":", f.port)));
+  }
+  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kReadinessService, false);
+  std::atomic<bool> draining{false};
+  registry.SetReadyCallback([&](bool ready) {
+    if (!draining.load()) health->SetServingStatus(kReadinessService, ready);
+    Log(LogLevel::kInfo, "router", ready ? "ready" : "not ready (workers missing)");
+  });
+  registry.Start();
+  if (!f.port_file.empty()) {
+    if (absl::Status s = WritePortFile(f.port_file, grpc_port, *metrics_port); !s.ok()) {
+      return Fatal(s);
+    }
+  }
+  Log(LogLevel::kInfo, "router", "serving",
+      {{"address", absl::StrCat(f.host, ":", grpc_port)},
+       {"metrics", absl::StrCat(f.metrics_host, ":", *metrics_port)},
+       {"placement", (*policy)->name()}});
+
+  const std::string sig = WaitForTerminationSignal();
+  draining.store(true);
+  health->SetServingStatus(kReadinessService, false);
+  service.StartDrain();
+  Log(LogLevel::kInfo, "router", "draining", {{"signal", sig}, {"active", service.active()}});
+  const absl::Time deadline = absl::Now() + absl::Seconds(f.drain_timeout);
+  while (service.active() > 0 && absl::Now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  server->Wait();
+  Log(LogLevel::kInfo, "router", "stopped", {{"unfinished", service.active()}});
+  return 0;
+}
+
+}  // namespace
+}  // namespace sambay
+
+int main(int argc, char** argv) { return sambay::Run(argc, argv); }

@@ -1,0 +1,131 @@
+#include "router/metrics.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+
+namespace sambay {
+namespace {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+using prometheus::Histogram;
+
+// vLLM's boundaries (vllm/v1/metrics/loggers.py).
+const Histogram::BucketBoundaries kTtft = {0.001, 0.005, 0.01, 0.02,  0.04,  0.06,  0.08, 0.1,
+                                           0.25,  0.5,   0.75, 1.0,   2.5,   5.0,   7.5,  10.0,
+                                           20.0,  40.0,  80.0, 160.0, 640.0, 2560.0};
+const Histogram::BucketBoundaries kItl = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,  0.3,  0.4, 0.5,
+                                          0.75, 1.0,   2.5,  5.0,   7.5, 10.0, 20.0, 40.0, 80.0};
+const Histogram::BucketBoundaries kRequest = {0.3,  0.5,   0.8,   1.0,   1.5,   2.0,    2.5,
+                                              5.0,  10.0,  15.0,  20.0,  30.0,  40.0,   50.0,
+                                              60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+
+Histogram& H(prometheus::Registry& r, const char* name, const char* help,
+             const Histogram::BucketBoundaries& b) {
+  return BuildHistogram().Name(name).Help(help).Register(r).Add({}, b);
+}
+
+}  // namespace
+
+RouterMetrics::RouterMetrics()
+    : registry_(std::make_shared<prometheus::Registry>()),
+      ttft(H(*registry_, "sambay_router_time_to_first_token_seconds",
+             "Time from receiving a request to sending its first token.", kTtft)),
+      itl(H(*registry_, "sambay_router_inter_token_latency_seconds",
+            "Time between consecutive tokens sent on a stream.", kItl)),
+      e2e(H(*registry_, "sambay_router_e2e_request_latency_seconds",
+            "Time from receiving a request to the end of its stream.", kRequest)),
+      queue_time(H(*registry_, "sambay_router_request_queue_time_seconds",
+                   "Time a request waited in the router's queue.", kRequest)),
+      prompt_tokens(BuildCounter()
+                        .Name("sambay_router_prompt_tokens_total")
+                        .Help("Prompt tokens of admitted requests.")
+                        .Register(*registry_)
+                        .Add({})),
+      generation_tokens(BuildCounter()
+                            .Name("sambay_router_generation_tokens_total")
+                            .Help("Tokens streamed to clients.")
+                            .Register(*registry_)
+                            .Add({})),
+      migrations(BuildCounter()
+                     .Name("sambay_router_migrations_total")
+                     .Help("Sequences moved to another decode worker after a failure.")
+                     .Register(*registry_)
+                     .Add({})),
+      running(BuildGauge()
+                  .Name("sambay_router_running_requests")
+                  .Help("Requests being served by workers.")
+                  .Register(*registry_)
+                  .Add({})),
+      waiting(BuildGauge()
+                  .Name("sambay_router_waiting_requests")
+                  .Help("Requests in the router's queue.")
+                  .Register(*registry_)
+                  .Add({})) {
+  auto& fin = BuildCounter()
+                  .Name("sambay_router_requests_total")
+                  .Help("Finished requests by finish reason.")
+                  .Register(*registry_);
+  for (const char* r : kFinishReasons) finished_[r] = &fin.Add({{"finish_reason", r}});
+  auto& fail = BuildCounter()
+                   .Name("sambay_router_request_failures_total")
+                   .Help("Requests that ended with an error status, by reason.")
+                   .Register(*registry_);
+  for (const char* r : kFailureReasons) failures_[r] = &fail.Add({{"reason", r}});
+  auto& rej = BuildCounter()
+                  .Name("sambay_router_rejections_total")
+                  .Help("Requests refused before reaching a worker, by reason.")
+                  .Register(*registry_);
+  for (const char* r : kRejectReasons) rejections_[r] = &rej.Add({{"reason", r}});
+  worker_up_family_ = &BuildGauge()
+                           .Name("sambay_router_worker_up")
+                           .Help("1 if the worker is healthy and serving the cluster's model.")
+                           .Register(*registry_);
+}
+
+absl::StatusOr<int> RouterMetrics::Serve(const std::string& host, int port) {
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(absl::StrCat(host, ":", port), 2);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("metrics-port: cannot listen on ", host, ":", port, ": ", e.what()));
+  }
+  exposer_->RegisterCollectable(registry_);
+  // Debian's civetweb crashes sending a 404 (prometheus-cpp issue #739): serve every path.
+  exposer_->RegisterCollectable(registry_, "/");
+  const std::vector<int> ports = exposer_->GetListeningPorts();
+  if (ports.empty()) return absl::InternalError("metrics exposer has no listening port");
+  return ports[0];
+}
+
+void RouterMetrics::Finished(const std::string& r) {
+  auto it = finished_.find(r);
+  if (it != finished_.end()) it->second->Increment();
+}
+void RouterMetrics::Failure(const std::string& r) {
+  auto it = failures_.find(r);
+  (it == failures_.end() ? failures_.at("internal") : it->second)->Increment();
+}
+void RouterMetrics::Reject(const std::string& r) {
+  auto it = rejections_.find(r);
+  if (it != rejections_.end()) it->second->Increment();
+}
+
+void RouterMetrics::WorkerUp(const std::string& address, const std::string& role, bool up) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto& g = worker_up_[address];
+  if (g == nullptr) g = &worker_up_family_->Add({{"worker", address}, {"role", role}});
+  g->Set(up ? 1 : 0);
+}
+
+void RouterMetrics::WorkerRemoved(const std::string& address) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = worker_up_.find(address);
+  if (it == worker_up_.end()) return;
+  worker_up_family_->Remove(it->second);
+  worker_up_.erase(it);
+}
+
+}  // namespace sambay

@@ -1,0 +1,80 @@
+// RouterMetrics: the router's Prometheus series (prefix sambay_router_, base units), served on
+// their own port by prometheus-cpp. Latency histograms use vLLM's bucket boundaries so existing
+// dashboards and alerts carry over.
+//
+//   sambay_router_time_to_first_token_seconds      histogram  request received -> first token sent
+//   sambay_router_inter_token_latency_seconds      histogram  gap between consecutive tokens
+//   sambay_router_e2e_request_latency_seconds      histogram  request received -> stream ended
+//   sambay_router_request_queue_time_seconds       histogram  time in the router's queue
+//   sambay_router_prompt_tokens_total              counter
+//   sambay_router_generation_tokens_total          counter
+//   sambay_router_requests_total{finish_reason=stop|length|abort|error}  counter  ended streams
+//   sambay_router_request_failures_total{reason=...}   counter  see kFailureReasons
+//   sambay_router_rejections_total{reason=queue_full|invalid|draining|no_worker}  counter
+//   sambay_router_migrations_total                 counter  sequences moved to another decode
+//   worker sambay_router_running_requests / _waiting_requests  gauge
+//   sambay_router_worker_up{worker,role}           gauge  1 healthy, 0 not (removed with the
+//   worker)
+//
+// Ownership: owns the registry of series and the exposer. Thread-safety: all methods.
+#ifndef SAMBAY_ROUTER_METRICS_H_
+#define SAMBAY_ROUTER_METRICS_H_
+
+#include <prometheus/counter.h>
+#include <prometheus/exposer.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "absl/status/statusor.h"
+
+namespace sambay {
+
+class RouterMetrics {
+ public:
+  static constexpr const char* kFailureReasons[] = {
+      "no_worker", "prefill_failed", "decode_failed", "migration_limit",
+      "deadline",  "cancelled",      "internal"};
+  static constexpr const char* kRejectReasons[] = {"queue_full", "invalid", "draining"};
+  static constexpr const char* kFinishReasons[] = {"stop", "length", "abort", "error"};
+
+  RouterMetrics();
+  absl::StatusOr<int> Serve(const std::string& host, int port);
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;  // first: the references below point into it
+
+ public:
+  prometheus::Histogram& ttft;
+  prometheus::Histogram& itl;
+  prometheus::Histogram& e2e;
+  prometheus::Histogram& queue_time;
+  prometheus::Counter& prompt_tokens;
+  prometheus::Counter& generation_tokens;
+  prometheus::Counter& migrations;
+  prometheus::Gauge& running;
+  prometheus::Gauge& waiting;
+
+  void Finished(const std::string& finish_reason);
+  void Failure(const std::string& reason);
+  void Reject(const std::string& reason);
+  void WorkerUp(const std::string& address, const std::string& role, bool up);
+  void WorkerRemoved(const std::string& address);
+
+ private:
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::map<std::string, prometheus::Counter*> finished_, failures_, rejections_;
+  prometheus::Family<prometheus::Gauge>* worker_up_family_;
+  std::mutex mu_;  // worker_up_
+  std::map<std::string, prometheus::Gauge*> worker_up_;
+};
+
+}  // namespace sambay
+
+#endif  // SAMBAY_ROUTER_METRICS_H_

@@ -1,0 +1,126 @@
+// WorkerRegistry: the router's view of its workers. Workers come from static lists (per role,
+// or "any": the role is read from GetInfo) and from DNS names re-resolved periodically (a
+// Kubernetes headless Service gives one address per pod). A probe thread calls GetInfo once per
+// worker (model fingerprint and roles) and GetLoad every health interval. A worker is healthy
+// after a successful probe; after `fail_threshold` failed probes in a row (or a connection
+// failure reported by a request) it is taken out, probed with exponential backoff, and
+// re-admitted by the first successful probe. Every worker must serve the same model: the first
+// fingerprint seen (or --fingerprint) is the cluster's; a worker with another is refused and
+// logged as an error on every probe.
+//
+// Loads are refreshed by the probes and adjusted locally between refreshes (Adjust), so that a
+// burst of requests does not all land on the worker that looked idlest at the last probe.
+//
+// Ownership: owns the stubs and the probe thread; borrows metrics.
+// Thread-safety: all public methods are thread-safe.
+#ifndef SAMBAY_ROUTER_REGISTRY_H_
+#define SAMBAY_ROUTER_REGISTRY_H_
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "common/grpc_channel.h"
+#include "router/metrics.h"
+#include "sambay/v1/worker.grpc.pb.h"
+
+namespace sambay {
+
+enum class DeclaredRole { kPrefill, kDecode, kAny };
+
+struct RegistryOptions {
+  std::vector<std::string> prefill, decode, any;              // static host:port lists
+  std::vector<std::string> prefill_dns, decode_dns, any_dns;  // name:port, re-resolved
+  absl::Duration health_interval = absl::Seconds(1);
+  absl::Duration probe_timeout = absl::Seconds(1);
+  absl::Duration dns_refresh = absl::Seconds(10);
+  absl::Duration max_backoff = absl::Seconds(30);
+  int fail_threshold = 3;
+  std::string fingerprint;  // required fingerprint; empty = adopt the first seen
+  RpcLimits limits;
+};
+
+// A healthy worker as placement sees it.
+struct WorkerSnapshot {
+  std::string address;
+  bool prefill = false;
+  bool decode = false;
+  int64_t free_slots = 0;
+  int64_t queued_prefill_tokens = 0;
+  int64_t running = 0;
+  int64_t waiting = 0;
+  uint32_t max_context = 0;
+};
+
+class WorkerRegistry {
+ public:
+  WorkerRegistry(RegistryOptions options, RouterMetrics* metrics);
+  ~WorkerRegistry();
+
+  // Starts the probe thread (the first round of probes runs before this returns).
+  void Start();
+
+  std::vector<WorkerSnapshot> Healthy() const;
+  // At least one healthy prefill-capable and one healthy decode-capable worker.
+  bool Ready() const;
+  std::shared_ptr<sambay::v1::Worker::Stub> Stub(const std::string& address);
+  // The cluster's model fingerprint ("" until a worker answered).
+  std::string fingerprint() const;
+
+  // Local load adjustments until the next probe of that worker.
+  void Adjust(const std::string& address, int64_t slots_delta, int64_t prefill_tokens_delta);
+  // A request saw this worker fail at the connection level: take it out until a probe succeeds.
+  void ReportFailure(const std::string& address, const absl::Status& status);
+
+  // Called (from the probe thread) whenever Ready() may have changed.
+  void SetReadyCallback(std::function<void(bool)> cb);
+
+ private:
+  struct Entry {
+    std::string address;
+    DeclaredRole declared = DeclaredRole::kAny;
+    bool from_dns = false;
+    bool info_known = false;
+    bool refused = false;
+    bool prefill = false, decode = false;
+    bool healthy = false;
+    int failures = 0;
+    absl::Time next_probe = absl::InfinitePast();
+    sambay::v1::WorkerLoad load;
+    int64_t slots_adjust = 0, prefill_adjust = 0;
+    uint32_t max_context = 0;
+    std::shared_ptr<sambay::v1::Worker::Stub> stub;
+  };
+
+  void Loop();
+  void ProbeAll();
+  void Probe(const std::string& address);
+  void ResolveDns();
+  void AddLocked(const std::string& address, DeclaredRole role, bool from_dns);
+  void SetUpLocked(Entry& e, bool up);
+  bool ReadyLocked() const;
+
+  const RegistryOptions options_;
+  RouterMetrics* metrics_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::map<std::string, Entry> workers_;
+  std::string fingerprint_;
+  std::function<void(bool)> ready_cb_;
+  bool last_ready_ = false;
+  absl::Time next_dns_ = absl::InfinitePast();
+  std::thread thread_;
+};
+
+}  // namespace sambay
+
+#endif  // SAMBAY_ROUTER_REGISTRY_H_
