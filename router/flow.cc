@@ -235,6 +235,8 @@ RequestFlow::Outcome RequestFlow::Split(const WorkerSnapshot& p, const WorkerSna
   dr.set_return_logprobs(req_.logprobs);
   dr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
   auto dctx = NewContext();
+  // Count the reservation now, so concurrent placements spread before the next probe.
+  registry_.Adjust(d.address, -1, 0);
   auto dreader = dstub->Decode(dctx.get(), dr);
   pb::DecodeResponse dmsg;
   if (!dreader->Read(&dmsg) || !dmsg.has_reserved()) {
@@ -244,7 +246,6 @@ RequestFlow::Outcome RequestFlow::Split(const WorkerSnapshot& p, const WorkerSna
     return WorkerError(st.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "no reservation") : st,
                        d.address, true);
   }
-  registry_.Adjust(d.address, -1, 0);
   // Ends the decode call (used on every early exit below).
   auto end_decode = [&] {
     dctx->TryCancel();
