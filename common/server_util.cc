@@ -1,5 +1,6 @@
 #include "common/server_util.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -32,6 +33,13 @@ std::string WaitForTerminationSignal() {
   int sig = 0;
   sigwait(&s, &sig);
   return sig == SIGTERM ? "SIGTERM" : "SIGINT";
+}
+
+void TuneMallocForLargeBuffers() {
+  // Allocations up to 64 MiB come from the heap (not fresh mmaps), and up to 1 GiB of free heap
+  // is kept rather than trimmed.
+  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {

@@ -18,6 +18,11 @@ void BlockTerminationSignals();
 // Waits for SIGTERM or SIGINT; returns its name.
 std::string WaitForTerminationSignal();
 
+// Keeps freed large buffers (state chunks, K/V blocks) in the heap for reuse instead of returning
+// them to the kernel, so a steady stream of state transfers does not page-fault on every
+// megabyte. Call once at start-up.
+void TuneMallocForLargeBuffers();
+
 // Writes {"grpc_port":N,"metrics_port":M,"pid":P} to `path` atomically (temp file + rename).
 absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port);
 

@@ -127,6 +127,7 @@ int Fatal(const absl::Status& s) {
 int Run(int argc, char** argv) {
   // SIGTERM/SIGINT are taken by sigwait below: block them before any thread starts.
   BlockTerminationSignals();
+  TuneMallocForLargeBuffers();
   Flags f;
   FlagSet fs("sambay-worker", "SAMBAY_");
   Register(fs, f);
