@@ -8,6 +8,7 @@
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <thread>
@@ -223,7 +224,9 @@ int Run(int argc, char** argv) {
                            &grpc_port);
   builder.RegisterService(&service);
   RpcLimits server_limits = rpc;
-  server_limits.max_message_bytes = 2 * f.max_request_bytes;  // the handler names the field
+  // The transport cap is well above --max-request-bytes so that the handler, not gRPC, rejects
+  // an oversized request (INVALID_ARGUMENT naming it, not a retryable RESOURCE_EXHAUSTED).
+  server_limits.max_message_bytes = std::max<int64_t>(64 << 20, 4 * f.max_request_bytes);
   ConfigureServer(builder, server_limits);
   grpc::ResourceQuota quota("sambay-router");
   quota.SetMaxThreads(static_cast<int>(f.max_concurrent + f.max_queue + 64));

@@ -119,7 +119,7 @@ void WorkerRegistry::SetUpLocked(Entry& e, bool up) {
         {{"worker", e.address}, {"failures", e.failures}});
   }
   e.healthy = up;
-  if (metrics_ && e.info_known) {
+  if (metrics_ && e.role_known) {
     metrics_->WorkerUp(e.address, RoleName(e.prefill, e.decode), up && !e.refused);
   }
 }
@@ -170,6 +170,7 @@ void WorkerRegistry::Probe(const std::string& address) {
       why = "listed as a decode worker but does not serve role decode";
     }
     e.info_known = true;
+    e.role_known = true;
     e.prefill = p && e.declared != DeclaredRole::kDecode;
     e.decode = d && e.declared != DeclaredRole::kPrefill;
     e.max_context = info.max_context_tokens();
@@ -307,9 +308,13 @@ void WorkerRegistry::ReportFailure(const std::string& address, const absl::Statu
 }
 
 void WorkerRegistry::SetReadyCallback(std::function<void(bool)> cb) {
-  std::lock_guard<std::mutex> lock(mu_);
-  ready_cb_ = std::move(cb);
-  last_ready_ = !ReadyLocked();  // force one call on the next probe round
+  bool ready;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ready_cb_ = cb;
+    ready = last_ready_ = ReadyLocked();
+  }
+  cb(ready);  // the current state now; later only changes
 }
 
 }  // namespace sambay

@@ -80,7 +80,7 @@ class WorkerRegistry {
   // A request saw this worker fail at the connection level: take it out until a probe succeeds.
   void ReportFailure(const std::string& address, const absl::Status& status);
 
-  // Called (from the probe thread) whenever Ready() may have changed.
+  // Called at once with Ready(), then (from the probe thread) whenever it changes.
   void SetReadyCallback(std::function<void(bool)> cb);
 
  private:
@@ -88,7 +88,8 @@ class WorkerRegistry {
     std::string address;
     DeclaredRole declared = DeclaredRole::kAny;
     bool from_dns = false;
-    bool info_known = false;
+    bool info_known = false;  // GetInfo answered since the last connection failure
+    bool role_known = false;  // GetInfo ever answered (roles for the metrics label)
     bool refused = false;
     bool prefill = false, decode = false;
     bool healthy = false;

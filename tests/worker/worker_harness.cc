@@ -62,6 +62,23 @@ v1::SamplingParams ToProto(const Sampling& s) {
   return p;
 }
 
+std::vector<std::string> SambayRunSamplingArgs(const Sampling& s) {
+  return {"--temperature",
+          absl::StrCat(s.temperature),
+          "--top-k",
+          absl::StrCat(s.top_k),
+          "--top-p",
+          absl::StrCat(s.top_p),
+          "--min-p",
+          absl::StrCat(s.min_p),
+          "--repetition-penalty",
+          absl::StrCat(s.repetition_penalty),
+          "--presence-penalty",
+          absl::StrCat(s.presence_penalty),
+          "--seed",
+          absl::StrCat(s.seed)};
+}
+
 std::vector<uint32_t> PromptIds(size_t n, uint64_t seed, bool avoid_eos) {
   std::vector<uint32_t> ids;
   uint64_t x = seed * 6364136223846793005ull + 1442695040888963407ull;
@@ -89,22 +106,9 @@ absl::StatusOr<std::vector<uint32_t>> ReferenceGenerate(const std::vector<uint32
                                    JoinIds(prompt),
                                    "--max-new-tokens",
                                    absl::StrCat(max_new_tokens),
-                                   "--temperature",
-                                   absl::StrCat(s.temperature),
-                                   "--top-k",
-                                   absl::StrCat(s.top_k),
-                                   "--top-p",
-                                   absl::StrCat(s.top_p),
-                                   "--min-p",
-                                   absl::StrCat(s.min_p),
-                                   "--repetition-penalty",
-                                   absl::StrCat(s.repetition_penalty),
-                                   "--presence-penalty",
-                                   absl::StrCat(s.presence_penalty),
-                                   "--seed",
-                                   absl::StrCat(s.seed),
                                    "--threads",
                                    "1"};
+  for (std::string& a : SambayRunSamplingArgs(s)) args.push_back(std::move(a));
   if (!stop_ids.empty()) {
     args.push_back("--stop-ids");
     args.push_back(JoinIds(stop_ids));

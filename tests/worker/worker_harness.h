@@ -62,6 +62,8 @@ struct Sampling {
   uint64_t seed = 0;
 };
 sambay::v1::SamplingParams ToProto(const Sampling& s);
+// The sambay-run flags for `s` (--temperature ... --seed).
+std::vector<std::string> SambayRunSamplingArgs(const Sampling& s);
 inline Sampling Greedy() { return {}; }
 inline Sampling Seeded(float temperature, float top_p, uint64_t seed, int32_t top_k = 0) {
   Sampling s;

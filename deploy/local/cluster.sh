@@ -1,0 +1,270 @@
+#!/usr/bin/env bash
+# A sambay-serve cluster on loopback: sambay-router + N prefill + M decode sambay-worker
+# processes (each its own process group), with the bundled tiny model by default.
+#
+#   deploy/local/cluster.sh [flags]                     start, print the address, wait for Ctrl-C
+#   deploy/local/cluster.sh [flags] --run -- CMD ARGS   start, run CMD (with SAMBAY_ADDRESS set to
+#                                                       the router), stop, exit with CMD's status
+#
+# Flags (environment variable in brackets):
+#   --prefill N        prefill workers (SAMBAY_CLUSTER_PREFILL, 1)
+#   --decode M         decode workers (SAMBAY_CLUSTER_DECODE, 1)
+#   --both K           role-both workers, given to the router as --workers (SAMBAY_CLUSTER_BOTH, 0)
+#   --model DIR        model directory (SAMBAY_CLUSTER_MODEL, BIN/../models/tiny)
+#   --bin DIR          folder of sambay-router, sambay-worker, sambay-client (SAMBAY_CLUSTER_BIN,
+#                      build/bin of this checkout)
+#   --port P           router gRPC port, 0 = any free port (SAMBAY_CLUSTER_PORT, 50050)
+#   --workdir DIR      logs and port files (SAMBAY_CLUSTER_WORKDIR, a new mktemp -d folder)
+#   --timeout S        seconds to wait for each port file and for readiness (SAMBAY_CLUSTER_TIMEOUT,
+#                      120)
+#   --worker-args "A"  extra flags for every worker, split on spaces (SAMBAY_CLUSTER_WORKER_ARGS)
+#   --router-args "A"  extra flags for the router, split on spaces (SAMBAY_CLUSTER_ROUTER_ARGS)
+#
+# Everything the script says goes to stderr; the --run command owns stdout. The router address is
+# also written to WORKDIR/router.address. On exit, Ctrl-C or SIGTERM every process group gets
+# SIGTERM (router first), then SIGKILL after 15 s, and is reaped. Exit codes: the command's status
+# with --run; 130 on Ctrl-C; 143 on SIGTERM; 1 when startup fails; 2 for bad flags. See
+# docs/client.md.
+set -euo pipefail
+
+readonly SCRIPT=cluster.sh
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+PREFILL="${SAMBAY_CLUSTER_PREFILL:-1}"
+DECODE="${SAMBAY_CLUSTER_DECODE:-1}"
+BOTH="${SAMBAY_CLUSTER_BOTH:-0}"
+BIN="${SAMBAY_CLUSTER_BIN:-$REPO/build/bin}"
+MODEL="${SAMBAY_CLUSTER_MODEL:-}"
+PORT="${SAMBAY_CLUSTER_PORT:-50050}"
+WORKDIR="${SAMBAY_CLUSTER_WORKDIR:-}"
+TIMEOUT="${SAMBAY_CLUSTER_TIMEOUT:-120}"
+WORKER_ARGS="${SAMBAY_CLUSTER_WORKER_ARGS:-}"
+ROUTER_ARGS="${SAMBAY_CLUSTER_ROUTER_ARGS:-}"
+readonly HOST=127.0.0.1
+readonly STOP_TIMEOUT=15
+RUN=0
+CMD=()
+
+say() { echo "$SCRIPT: $*" >&2; }
+die() {
+  echo "$SCRIPT: error: $*" >&2
+  exit 1
+}
+usage_error() {
+  echo "$SCRIPT: error: $*" >&2
+  exit 2
+}
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+need_value() { [[ $# -ge 2 ]] || usage_error "$1: missing value"; }
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --prefill) need_value "$@"; PREFILL="$2"; shift 2 ;;
+    --decode) need_value "$@"; DECODE="$2"; shift 2 ;;
+    --both) need_value "$@"; BOTH="$2"; shift 2 ;;
+    --model) need_value "$@"; MODEL="$2"; shift 2 ;;
+    --bin) need_value "$@"; BIN="$2"; shift 2 ;;
+    --port) need_value "$@"; PORT="$2"; shift 2 ;;
+    --workdir) need_value "$@"; WORKDIR="$2"; shift 2 ;;
+    --timeout) need_value "$@"; TIMEOUT="$2"; shift 2 ;;
+    --worker-args) need_value "$@"; WORKER_ARGS="$2"; shift 2 ;;
+    --router-args) need_value "$@"; ROUTER_ARGS="$2"; shift 2 ;;
+    --prefill=* | --decode=* | --both=* | --model=* | --bin=* | --port=* | --workdir=* | \
+      --timeout=* | --worker-args=* | --router-args=*)
+      set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
+    --run)
+      RUN=1
+      shift
+      [[ $# -gt 0 && "$1" == "--" ]] && shift
+      [[ $# -gt 0 ]] || usage_error "--run: give the command after --run -- "
+      CMD=("$@")
+      break ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage_error "unknown argument \"$1\" (--help lists the flags)" ;;
+  esac
+done
+
+is_count() { [[ "$1" =~ ^[0-9]+$ ]]; }
+is_count "$PREFILL" || usage_error "--prefill: \"$PREFILL\" is not a count"
+is_count "$DECODE" || usage_error "--decode: \"$DECODE\" is not a count"
+is_count "$BOTH" || usage_error "--both: \"$BOTH\" is not a count"
+if ! is_count "$PORT" || ((PORT > 65535)); then usage_error "--port: \"$PORT\" is not a port"; fi
+if ! is_count "$TIMEOUT" || ((TIMEOUT == 0)); then
+  usage_error "--timeout: \"$TIMEOUT\" is not a number of seconds"
+fi
+((PREFILL + BOTH >= 1)) || usage_error "--prefill/--both: at least one prefill-capable worker"
+((DECODE + BOTH >= 1)) || usage_error "--decode/--both: at least one decode-capable worker"
+
+BIN="$(cd "$BIN" 2>/dev/null && pwd)" || die "--bin: $BIN is not a folder (build first: bash scripts/build.sh)"
+for tool in sambay-router sambay-worker sambay-client; do
+  [[ -x "$BIN/$tool" ]] || die "$BIN/$tool: not found or not executable (build it, or pass --bin DIR)"
+done
+[[ -n "$MODEL" ]] || MODEL="$BIN/../models/tiny"
+[[ -f "$MODEL/config.json" ]] || die "--model: $MODEL/config.json not found"
+MODEL="$(cd "$MODEL" && pwd)"
+if [[ -z "$WORKDIR" ]]; then
+  WORKDIR="$(mktemp -d "${TMPDIR:-/tmp}/sambay-cluster.XXXXXX")"
+else
+  mkdir -p "$WORKDIR" || die "--workdir: cannot create $WORKDIR"
+fi
+WORKDIR="$(cd "$WORKDIR" && pwd)"
+rm -f "$WORKDIR/router.address"
+read -r -a WORKER_EXTRA <<<"$WORKER_ARGS"
+read -r -a ROUTER_EXTRA <<<"$ROUTER_ARGS"
+
+# Every process is the leader of its own process group (setsid), so stopping one stops all it
+# started and Ctrl-C on the terminal reaches this script only.
+PIDS=()
+NAMES=()
+SETSID=()
+command -v setsid >/dev/null 2>&1 && SETSID=(setsid)
+
+# alive PID: running and not a zombie.
+alive() {
+  local state
+  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" || return 1
+  [[ -n "$state" && "$state" != Z ]]
+}
+
+# stop_group PID...: SIGTERM to each group, wait up to STOP_TIMEOUT, then SIGKILL; reap.
+stop_group() {
+  local pid deadline=$((SECONDS + STOP_TIMEOUT)) left
+  for pid in "$@"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
+  while true; do
+    left=0
+    for pid in "$@"; do alive "$pid" && left=1; done
+    ((left == 0 || SECONDS >= deadline)) && break
+    sleep 0.1
+  done
+  for pid in "$@"; do
+    if alive "$pid"; then say "pid $pid did not stop in ${STOP_TIMEOUT}s; SIGKILL"; fi
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  for pid in "$@"; do wait "$pid" 2>/dev/null || true; done
+}
+
+ROUTER_PID=""
+SLEEP_PID=""
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  set +e
+  [[ -n "$SLEEP_PID" ]] && kill "$SLEEP_PID" 2>/dev/null
+  if ((${#PIDS[@]} > 0)); then
+    say "stopping ${#PIDS[@]} processes (logs in $WORKDIR)"
+    [[ -n "$ROUTER_PID" ]] && stop_group "$ROUTER_PID"
+    local workers=()
+    for pid in "${PIDS[@]}"; do [[ "$pid" != "$ROUTER_PID" ]] && workers+=("$pid"); done
+    ((${#workers[@]} > 0)) && stop_group "${workers[@]}"
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# start NAME BINARY ARGS...: stdout/stderr to WORKDIR/NAME.{stdout,log}, port file NAME.port.
+start() {
+  local name="$1"
+  shift
+  rm -f "$WORKDIR/$name.port"
+  "${SETSID[@]}" "$@" --port-file "$WORKDIR/$name.port" \
+    >"$WORKDIR/$name.stdout" 2>"$WORKDIR/$name.log" </dev/null &
+  PIDS+=("$!")
+  NAMES+=("$name")
+}
+
+# wait_port_file NAME PID: waits for NAME.port; prints its grpc_port.
+wait_port_file() {
+  local name="$1" pid="$2" file="$WORKDIR/$1.port" deadline=$((SECONDS + TIMEOUT)) port
+  until [[ -s "$file" ]]; do
+    if ! alive "$pid"; then
+      echo "$SCRIPT: error: $name exited before serving; last lines of $WORKDIR/$name.log:" >&2
+      tail -n 20 "$WORKDIR/$name.log" >&2 || true
+      exit 1
+    fi
+    ((SECONDS < deadline)) || die "$name: no port file after ${TIMEOUT}s (log: $WORKDIR/$name.log)"
+    sleep 0.1
+  done
+  port="$(grep -o '"grpc_port"[[:space:]]*:[[:space:]]*[0-9]*' "$file" | grep -o '[0-9]*$')" ||
+    die "$name: no grpc_port in $file: $(cat "$file")"
+  echo "$port"
+}
+
+worker_list() { # ROLE COUNT -> starts them; sets LIST to their names
+  local role="$1" n="$2" i
+  LIST=()
+  for ((i = 0; i < n; i++)); do
+    start "$role-$i" "$BIN/sambay-worker" --model "$MODEL" --role "$role" --host "$HOST" \
+      --port 0 --metrics-port 0 "${WORKER_EXTRA[@]}"
+    LIST+=("$role-$i")
+  done
+}
+
+join_by_comma() { local IFS=,; echo "$*"; }
+
+say "starting $PREFILL prefill + $DECODE decode + $BOTH both workers ($MODEL); logs in $WORKDIR"
+worker_list prefill "$PREFILL"; PREFILL_NAMES=("${LIST[@]}")
+worker_list decode "$DECODE"; DECODE_NAMES=("${LIST[@]}")
+worker_list both "$BOTH"; BOTH_NAMES=("${LIST[@]}")
+
+address_of() { # NAME -> host:port once its port file is there
+  local name="$1" i port
+  for i in "${!NAMES[@]}"; do
+    if [[ "${NAMES[$i]}" == "$name" ]]; then
+      port="$(wait_port_file "$name" "${PIDS[$i]}")" || exit 1
+      echo "$HOST:$port"
+      return
+    fi
+  done
+  die "internal: no process $name"
+}
+PREFILL_ADDRS=(); DECODE_ADDRS=(); BOTH_ADDRS=()
+for n in "${PREFILL_NAMES[@]}"; do a="$(address_of "$n")" || exit 1; PREFILL_ADDRS+=("$a"); done
+for n in "${DECODE_NAMES[@]}"; do a="$(address_of "$n")" || exit 1; DECODE_ADDRS+=("$a"); done
+for n in "${BOTH_NAMES[@]}"; do a="$(address_of "$n")" || exit 1; BOTH_ADDRS+=("$a"); done
+
+ROUTER_FLAGS=(--model "$MODEL" --host "$HOST" --port "$PORT" --metrics-port 0)
+((${#PREFILL_ADDRS[@]} > 0)) && ROUTER_FLAGS+=(--prefill-workers "$(join_by_comma "${PREFILL_ADDRS[@]}")")
+((${#DECODE_ADDRS[@]} > 0)) && ROUTER_FLAGS+=(--decode-workers "$(join_by_comma "${DECODE_ADDRS[@]}")")
+((${#BOTH_ADDRS[@]} > 0)) && ROUTER_FLAGS+=(--workers "$(join_by_comma "${BOTH_ADDRS[@]}")")
+start router "$BIN/sambay-router" "${ROUTER_FLAGS[@]}" "${ROUTER_EXTRA[@]}"
+ROUTER_PID="${PIDS[-1]}"
+ROUTER_PORT="$(wait_port_file router "$ROUTER_PID")" || exit 1
+ADDRESS="$HOST:$ROUTER_PORT"
+
+# Readiness: health service sambay.v1.Generation SERVING (one prefill- and one decode-capable
+# worker healthy).
+deadline=$((SECONDS + TIMEOUT))
+until "$BIN/sambay-client" --address "$ADDRESS" --health --quiet --timeout 2 2>/dev/null; do
+  if ! alive "$ROUTER_PID"; then
+    echo "$SCRIPT: error: the router exited; last lines of $WORKDIR/router.log:" >&2
+    tail -n 20 "$WORKDIR/router.log" >&2 || true
+    exit 1
+  fi
+  if ((SECONDS >= deadline)); then
+    "$BIN/sambay-client" --address "$ADDRESS" --health --timeout 2 >&2 || true
+    die "the router at $ADDRESS is not ready after ${TIMEOUT}s (log: $WORKDIR/router.log)"
+  fi
+  sleep 0.2
+done
+echo "$ADDRESS" >"$WORKDIR/router.address"
+say "router ready at $ADDRESS (prefill: ${PREFILL_ADDRS[*]:-none}; decode: ${DECODE_ADDRS[*]:-none}; both: ${BOTH_ADDRS[*]:-none}); logs in $WORKDIR"
+
+if ((RUN)); then
+  rc=0
+  SAMBAY_ADDRESS="$ADDRESS" SAMBAY_CLUSTER_WORKDIR="$WORKDIR" "${CMD[@]}" || rc=$?
+  exit "$rc"
+fi
+
+say "press Ctrl-C to stop"
+while true; do
+  for i in "${!PIDS[@]}"; do
+    alive "${PIDS[$i]}" || die "${NAMES[$i]} exited unexpectedly (log: $WORKDIR/${NAMES[$i]}.log)"
+  done
+  sleep 1 &
+  SLEEP_PID=$!
+  wait "$SLEEP_PID" || true
+  SLEEP_PID=""
+done
