@@ -40,6 +40,10 @@ void TuneMallocForLargeBuffers() {
   // is kept rather than trimmed.
   mallopt(M_MMAP_THRESHOLD, 64 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  // One heap for all threads: a state freed by the engine thread is reused by the next import
+  // on whichever gRPC thread runs it (with per-thread arenas the memory sat in another arena and
+  // every other import page-faulted its way through fresh memory).
+  mallopt(M_ARENA_MAX, 1);
 }
 
 absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {

@@ -1,179 +1,757 @@
-// sambay-bench: CPU engine throughput on a checkpoint, beside the memory-bandwidth floor.
+// sambay-bench: a load generator for sambay-serve. Streams many generations at once, either
+// through sambay-router (sambay.v1.Generation/Generate) or straight from a role-both
+// sambay-worker (sambay.v1.Worker/Decode with local_prompt), and reports latency percentiles,
+// throughput and goodput. Running the same load both ways measures the router's own overhead.
 //
-//   sambay-bench --model DIR [--threads N] [--decode-batches 1,8] [--decode-steps 8]
-//                [--context 64] [--prefill-lengths 512,4096] [--prefill-chunk 512]
+//   sambay-bench --address 127.0.0.1:50050 --concurrency 8 --requests 2000
+//       --prompt-len 16 --gen-len 256 --router-pid 1234
+//   sambay-bench --target worker --address 127.0.0.1:40001 --concurrency 8 --duration 30
+//   sambay-bench --rate 20 --duration 60 --prompt-len 8-64 --gen-len 32-128
+//       --slo-ttft 0.5 --slo-itl 0.05 --json out.json
 //
-// Decode: each sequence is prefilled with --context tokens, then --decode-steps batched steps
-// are timed (after one warm-up step). Floor per step = bytes of weight matrices read by one
-// step (Model::weights().matrix_bytes, the embedding lookup excluded, the LM head included) +
-// state bytes read, divided by the measured copy bandwidth (memcpy of a 1 GiB buffer split
-// over all threads, best of 5, counted as bytes copied per second), and beside the stricter
-// floor from the read bandwidth (a vectorized sum over 1 GiB).
-// Prefill: one sequence of each length, chunked, timed once after a short warm-up.
-// Prints a Markdown table on stdout.
+// Load: closed loop (--concurrency N: N streams always in flight) or open loop (--rate R:
+// Poisson arrivals, R requests/s, however many are in flight). The run ends after --requests
+// requests were sent, or when --duration seconds have passed (no new request after that; the
+// ones in flight finish and are counted). Prompts are random token ids in [0, --vocab) drawn
+// with --seed; every request sets ignore_eos (router) / no stop ids (worker), so a generation
+// has exactly the requested length unless the context ends first.
+//
+// Per request: TTFT (send -> first token), inter-token latencies (the gap between two token
+// messages; a message with k tokens contributes k samples of gap/k), end-to-end (send -> status)
+// and tokens. Goodput counts the successful requests with TTFT <= --slo-ttft and mean ITL
+// (the request's (last token - first token) / (tokens - 1)) <= --slo-itl.
+//
+// With --router-pid (and/or --worker-pid) the process's CPU time (utime + stime from
+// /proc/PID/stat) is read before and after the run and reported with the tokens streamed per
+// CPU-second of that process.
+//
+// Threads: main sends (and, open loop, sleeps until each arrival); gRPC's callback threads
+// record the stream events. Output: a markdown report on stdout; errors on stderr. Exit codes:
+// 0 every request succeeded, 1 some failed or a setup error, 2 bad flags.
+#include <grpcpp/client_context.h>
+#include <grpcpp/support/client_callback.h>
+#include <grpcpp/support/status.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
 #include <cstdio>
-#include <cstring>
+#include <fstream>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
-#include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
-#include "common/status_macros.h"
-#include "common/thread_pool.h"
-#include "engine/cpu/vec.h"
-#include "engine/model.h"
-#include "tools/cli_util.h"
-
-ABSL_FLAG(std::string, model, "", "model directory");
-ABSL_FLAG(int32_t, threads, 0, "threads; 0 = all cores");
-ABSL_FLAG(std::string, decode_batches, "1,8", "decode batch sizes");
-ABSL_FLAG(int32_t, decode_steps, 8, "timed decode steps per batch size");
-ABSL_FLAG(int32_t, context, 64, "prompt tokens per sequence before decode");
-ABSL_FLAG(std::string, prefill_lengths, "512,4096", "prefill prompt lengths");
-ABSL_FLAG(int64_t, prefill_chunk, 512, "prefill chunk size");
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "common/flags.h"
+#include "common/grpc_channel.h"
+#include "nlohmann/json.hpp"
+#include "sambay/v1/generate.grpc.pb.h"
+#include "sambay/v1/worker.grpc.pb.h"
 
 namespace sambay {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
-// Best of 5 rates (bytes / s) of fn(t, lo, hi) run on every thread t over its slice [lo, hi)
-// of n items, each worth `item_bytes`.
-template <typename Fn>
-double BestRate(ThreadPool& pool, int64_t n, double item_bytes, const Fn& fn) {
-  const int threads = pool.num_threads();
-  double best = 0;
-  for (int rep = 0; rep < 5; ++rep) {
-    const auto t0 = Clock::now();
-    pool.ParallelFor(threads, 1, [&](int64_t b, int64_t e) {
-      for (int64_t t = b; t < e; ++t) fn(t, n * t / threads, n * (t + 1) / threads);
-    });
-    best = std::max(best, n * item_bytes / Since(t0));
+constexpr const char* kTool = "sambay-bench";
+
+double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
+
+const char* CodeName(grpc::StatusCode code) {
+  switch (code) {
+    case grpc::StatusCode::OK:
+      return "OK";
+    case grpc::StatusCode::CANCELLED:
+      return "CANCELLED";
+    case grpc::StatusCode::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::StatusCode::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::StatusCode::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::StatusCode::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::StatusCode::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::StatusCode::ABORTED:
+      return "ABORTED";
+    case grpc::StatusCode::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::StatusCode::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::StatusCode::INTERNAL:
+      return "INTERNAL";
+    case grpc::StatusCode::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::StatusCode::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::StatusCode::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return "UNKNOWN";
   }
-  return best;
 }
 
-// Bytes copied per second by memcpy of 1 GiB over all threads.
-double CopyBandwidth(ThreadPool& pool) {
-  const int64_t n = int64_t{1} << 30;
-  std::unique_ptr<char[]> a(new char[n]), b(new char[n]);
-  std::memset(a.get(), 1, n);
-  std::memset(b.get(), 2, n);
-  return BestRate(pool, n, 1.0, [&](int64_t, int64_t lo, int64_t hi) {
-    std::memcpy(b.get() + lo, a.get() + lo, hi - lo);
-  });
+// "N" or "A-B" (inclusive, uniform integers).
+struct Range {
+  int64_t lo = 0;
+  int64_t hi = 0;
+  std::string text;
+  int64_t Draw(std::mt19937_64& rng) const {
+    if (lo == hi) return lo;
+    return std::uniform_int_distribution<int64_t>(lo, hi)(rng);
+  }
+};
+
+absl::StatusOr<Range> ParseRange(const std::string& text, const std::string& flag) {
+  Range r;
+  r.text = text;
+  std::vector<std::string> parts = absl::StrSplit(text, '-');
+  bool ok = false;
+  if (parts.size() == 1) {
+    ok = absl::SimpleAtoi(parts[0], &r.lo);
+    r.hi = r.lo;
+  } else if (parts.size() == 2) {
+    ok = absl::SimpleAtoi(parts[0], &r.lo) && absl::SimpleAtoi(parts[1], &r.hi);
+  }
+  if (!ok || r.lo < 1 || r.hi < r.lo) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--", flag, ": \"", text, "\" is not N or A-B with 1 <= A <= B"));
+  }
+  return r;
 }
 
-// Bytes read per second by a vectorized sum over 1 GiB on all threads: a stricter floor than
-// the copy bandwidth, which moves every byte twice.
-double ReadBandwidth(ThreadPool& pool) {
-  const int64_t n = int64_t{1} << 28;  // floats
-  std::vector<float> a(n, 1.0f);
-  std::vector<float> sums(pool.num_threads());
-  return BestRate(pool, n, 4.0, [&](int64_t t, int64_t lo, int64_t hi) {
-    sums[t] = cpu::Dot(a.data() + lo, a.data() + lo, hi - lo);
-  });
+struct Flags {
+  std::string target = "router";
+  std::string address = "127.0.0.1:50050";
+  int64_t concurrency = 0;
+  double rate = 0;
+  int64_t requests = 0;
+  double duration = 0;
+  std::string prompt_len = "16";
+  std::string gen_len = "128";
+  int64_t vocab = 256;
+  int64_t seed = 1;
+  double temperature = 0;
+  double slo_ttft = 0;
+  double slo_itl = 0;
+  int64_t router_pid = 0;
+  int64_t worker_pid = 0;
+  std::string json;
+  double timeout = 0;
+  int64_t warmup = 0;
+  bool quiet = false;
+  int64_t max_message_mib = 32;
+};
+
+void Register(FlagSet& fs, Flags& f) {
+  fs.AddString("target", &f.target,
+               "router: sambay.v1.Generation/Generate; worker: sambay.v1.Worker/Decode with "
+               "local_prompt on a role-both worker.");
+  fs.AddString("address", &f.address, "Address host:port of the router or the worker.");
+  fs.AddInt("concurrency", &f.concurrency,
+            "Closed loop: this many streams always in flight (default 8 when --rate is not "
+            "given).");
+  fs.AddDouble("rate", &f.rate, "Open loop: Poisson arrivals at this many requests/s.");
+  fs.AddInt("requests", &f.requests,
+            "Requests to send (measured; default 100 when --duration is not given).");
+  fs.AddDouble("duration", &f.duration,
+               "Send requests for this many seconds (in-flight ones then finish).");
+  fs.AddString("prompt-len", &f.prompt_len, "Prompt tokens: N or A-B (uniform).");
+  fs.AddString("gen-len", &f.gen_len, "Generated tokens (max_new_tokens): N or A-B (uniform).");
+  fs.AddInt("vocab", &f.vocab, "Prompt token ids are drawn from [0, vocab).");
+  fs.AddInt("seed", &f.seed, "Seed of the prompts, lengths, arrivals and sampler seeds.");
+  fs.AddDouble("temperature", &f.temperature, "Sampling temperature; 0 = greedy.");
+  fs.AddDouble("slo-ttft", &f.slo_ttft, "Goodput: TTFT limit in seconds (0 = none).");
+  fs.AddDouble("slo-itl", &f.slo_itl,
+               "Goodput: limit on the request's mean inter-token latency in seconds (0 = none).");
+  fs.AddInt("router-pid", &f.router_pid,
+            "Report this process's CPU seconds over the run (the router) and tokens per "
+            "CPU-second.");
+  fs.AddInt("worker-pid", &f.worker_pid, "Same, for a worker process.");
+  fs.AddString("json", &f.json, "Also write the results and the config as JSON to this file.");
+  fs.AddDouble("timeout", &f.timeout, "Deadline of each request in seconds; 0 = none.");
+  fs.AddInt("warmup", &f.warmup,
+            "Requests sent (closed loop, at --concurrency) before the measured run, not counted.");
+  fs.AddBool("quiet", &f.quiet, "No progress lines on stderr.");
+  fs.AddInt("max-message-mib", &f.max_message_mib, "Largest gRPC message (MiB).");
 }
 
-std::vector<int32_t> Ids(int64_t n, int64_t vocab, uint64_t seed) {
-  std::vector<int32_t> ids(n);
-  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>((seed * 7919 + i * 104729) % vocab);
-  return ids;
-}
+// What one finished request measured.
+struct Result {
+  grpc::StatusCode code = grpc::StatusCode::OK;
+  std::string error;
+  bool got_token = false;
+  double ttft = 0;  // seconds
+  double e2e = 0;
+  double first_to_last = 0;
+  int64_t tokens = 0;
+  int64_t messages = 0;  // stream messages that carried tokens
+  int64_t prompt_tokens = 0;
+  int64_t requested_tokens = 0;
+  std::vector<double> itl;
+};
 
-absl::Status Run() {
-  ModelOptions mo;
-  mo.num_threads = absl::GetFlag(FLAGS_threads);
-  std::unique_ptr<Model> model;
-  SAMBAY_ASSIGN_OR_RETURN(model, Model::Load(absl::GetFlag(FLAGS_model), mo));
-  const ModelConfig& c = model->config();
-  ThreadPool pool(model->num_threads());
-  const double bw = CopyBandwidth(pool);
-  const double read_bw = ReadBandwidth(pool);
-  const double wbytes = static_cast<double>(model->weights().matrix_bytes);
-  std::printf(
-      "model: %d layers, hidden %lld, vocab %lld; matrix bytes read per decode step "
-      "%.3f GB; threads %d\ncopy bandwidth %.2f GB/s (floor per step %.1f ms); read "
-      "bandwidth %.2f GB/s (floor per step %.1f ms)\n\n",
-      c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size, wbytes / 1e9,
-      model->num_threads(), bw / 1e9, 1e3 * wbytes / bw, read_bw / 1e9, 1e3 * wbytes / read_bw);
-  std::printf(
-      "| phase | batch / prompt | tokens/s | time per step or prompt | copy-bw floor | "
-      "%% of floor | read-bw floor | %% of floor |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
-  std::vector<int32_t> batches;
-  SAMBAY_ASSIGN_OR_RETURN(batches,
-                          ParseIds(absl::GetFlag(FLAGS_decode_batches), "--decode-batches"));
-  const int steps = absl::GetFlag(FLAGS_decode_steps);
-  const int64_t ctx = absl::GetFlag(FLAGS_context);
-  for (int32_t b : batches) {
-    std::vector<std::unique_ptr<SequenceState>> states;
-    std::vector<SequenceState*> ptrs;
-    std::vector<float> logits;
-    for (int32_t i = 0; i < b; ++i) {
-      states.push_back(model->NewState());
-      SAMBAY_RETURN_IF_ERROR(
-          model->Prefill(*states.back(), Ids(ctx, c.vocab_size, i + 1), 0, &logits));
-      ptrs.push_back(states.back().get());
+// Collects finished requests; wakes the sender when one finishes.
+class Collector {
+ public:
+  void Add(Result r) {
+    std::lock_guard<std::mutex> lock(mu_);
+    results_.push_back(std::move(r));
+    --in_flight_;
+    last_done_ = Clock::now();
+    cv_.notify_all();
+  }
+  void Started() {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++in_flight_;
+  }
+  // Waits until fewer than `limit` requests are in flight.
+  void WaitBelow(int64_t limit) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait(lock, [&] { return in_flight_ < limit; });
+  }
+  template <class Rep, class Period>
+  void WaitBelowFor(int64_t limit, std::chrono::duration<Rep, Period> d) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, d, [&] { return in_flight_ < limit; });
+  }
+  int64_t InFlight() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return in_flight_;
+  }
+  size_t Done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return results_.size();
+  }
+  std::vector<Result> Take() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::move(results_);
+  }
+  Clock::time_point last_done() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return last_done_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Result> results_;
+  int64_t in_flight_ = 0;
+  Clock::time_point last_done_;
+};
+
+// Shared timing logic of both reactors.
+class Timing {
+ public:
+  Timing(int64_t prompt_tokens, int64_t requested) {
+    r_.prompt_tokens = prompt_tokens;
+    r_.requested_tokens = requested;
+    r_.itl.reserve(static_cast<size_t>(requested));
+  }
+  void Start() { start_ = Clock::now(); }
+  void Tokens(int count) {
+    if (count <= 0) return;
+    const Clock::time_point now = Clock::now();
+    ++r_.messages;
+    if (!r_.got_token) {
+      r_.got_token = true;
+      r_.ttft = Seconds(now - start_);
+      first_ = now;
+      // The other tokens of the first message arrived with it: gap 0.
+      for (int i = 1; i < count; ++i) r_.itl.push_back(0);
+    } else {
+      const double gap = Seconds(now - last_) / count;
+      for (int i = 0; i < count; ++i) r_.itl.push_back(gap);
     }
-    std::vector<int32_t> toks(b, 1);
-    SAMBAY_RETURN_IF_ERROR(model->DecodeStep(ptrs, toks, &logits));  // warm-up
-    const auto t0 = Clock::now();
-    for (int s = 0; s < steps; ++s) SAMBAY_RETURN_IF_ERROR(model->DecodeStep(ptrs, toks, &logits));
-    const double per_step = Since(t0) / steps;
-    double state_bytes = 0;
-    for (auto* st : ptrs) state_bytes += static_cast<double>(st->memory_bytes());
-    const double floor = (wbytes + state_bytes) / bw;
-    const double rfloor = (wbytes + state_bytes) / read_bw;
-    std::printf(
-        "| decode | batch %d (context %lld) | %.2f | %.1f ms/step | %.1f ms | %.0f%% | "
-        "%.1f ms | %.0f%% |\n",
-        b, (long long)(ctx + 1), b / per_step, 1e3 * per_step, 1e3 * floor,
-        100.0 * floor / per_step, 1e3 * rfloor, 100.0 * rfloor / per_step);
-    std::fflush(stdout);
+    last_ = now;
+    r_.tokens += count;
   }
-  std::vector<int32_t> lens;
-  SAMBAY_ASSIGN_OR_RETURN(lens,
-                          ParseIds(absl::GetFlag(FLAGS_prefill_lengths), "--prefill-lengths"));
-  const int64_t chunk = absl::GetFlag(FLAGS_prefill_chunk);
-  {
-    auto warm = model->NewState();
-    std::vector<float> logits;
-    SAMBAY_RETURN_IF_ERROR(model->Prefill(*warm, Ids(64, c.vocab_size, 9), 0, &logits));
+  Result Finish(const grpc::Status& s) {
+    r_.e2e = Seconds(Clock::now() - start_);
+    r_.code = s.error_code();
+    r_.error = s.error_message();
+    if (r_.got_token) r_.first_to_last = Seconds(last_ - first_);
+    return std::move(r_);
   }
-  for (int32_t n : lens) {
-    auto st = model->NewState();
-    std::vector<float> logits;
-    const auto ids = Ids(n, c.vocab_size, 3);
-    const auto t0 = Clock::now();
-    SAMBAY_RETURN_IF_ERROR(model->Prefill(*st, ids, chunk, &logits));
-    const double secs = Since(t0);
-    const int64_t chunks = (n + chunk - 1) / chunk;
-    const double floor = chunks * wbytes / bw;  // weights streamed once per chunk
-    const double rfloor = chunks * wbytes / read_bw;
-    std::printf(
-        "| prefill | %d tokens (chunk %lld) | %.1f | %.2f s | %.2f s | %.0f%% | %.2f s | "
-        "%.0f%% |\n",
-        n, (long long)chunk, n / secs, secs, floor, 100.0 * floor / secs, rfloor,
-        100.0 * rfloor / secs);
-    std::fflush(stdout);
+
+ private:
+  Result r_;
+  Clock::time_point start_, first_, last_;
+};
+
+class RouterCall final : public grpc::ClientReadReactor<v1::GenerateResponse> {
+ public:
+  RouterCall(v1::Generation::Stub* stub, Collector* out, v1::GenerateRequest req, double timeout)
+      : out_(out),
+        req_(std::move(req)),
+        timing_(req_.token_ids().ids_size(), req_.stopping().max_new_tokens()) {
+    if (timeout > 0) {
+      ctx_.set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::microseconds(static_cast<int64_t>(timeout * 1e6)));
+    }
+    timing_.Start();
+    stub->async()->Generate(&ctx_, &req_, this);
+    StartRead(&resp_);
+    StartCall();
   }
-  return absl::OkStatus();
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    timing_.Tokens(resp_.token_ids_size());
+    StartRead(&resp_);
+  }
+  void OnDone(const grpc::Status& s) override {
+    out_->Add(timing_.Finish(s));
+    delete this;
+  }
+
+ private:
+  Collector* out_;
+  grpc::ClientContext ctx_;
+  v1::GenerateRequest req_;
+  v1::GenerateResponse resp_;
+  Timing timing_;
+};
+
+class WorkerCall final : public grpc::ClientReadReactor<v1::DecodeResponse> {
+ public:
+  WorkerCall(v1::Worker::Stub* stub, Collector* out, v1::DecodeRequest req, double timeout)
+      : out_(out),
+        req_(std::move(req)),
+        timing_(req_.local_prompt().ids_size(), req_.max_new_tokens()) {
+    if (timeout > 0) {
+      ctx_.set_deadline(std::chrono::system_clock::now() +
+                        std::chrono::microseconds(static_cast<int64_t>(timeout * 1e6)));
+    }
+    timing_.Start();
+    stub->async()->Decode(&ctx_, &req_, this);
+    StartRead(&resp_);
+    StartCall();
+  }
+  void OnReadDone(bool ok) override {
+    if (!ok) return;
+    if (resp_.has_tokens()) timing_.Tokens(resp_.tokens().token_ids_size());
+    StartRead(&resp_);
+  }
+  void OnDone(const grpc::Status& s) override {
+    out_->Add(timing_.Finish(s));
+    delete this;
+  }
+
+ private:
+  Collector* out_;
+  grpc::ClientContext ctx_;
+  v1::DecodeRequest req_;
+  v1::DecodeResponse resp_;
+  Timing timing_;
+};
+
+// Draws requests and starts them.
+class Sender {
+ public:
+  Sender(const Flags& f, Range prompt, Range gen, std::shared_ptr<grpc::Channel> channel)
+      : f_(f), prompt_(prompt), gen_(gen), rng_(static_cast<uint64_t>(f.seed)) {
+    if (f.target == "worker") {
+      worker_ = v1::Worker::NewStub(channel);
+    } else {
+      router_ = v1::Generation::NewStub(channel);
+    }
+  }
+  void Send(Collector* out) {
+    const int64_t plen = prompt_.Draw(rng_);
+    const int64_t glen = gen_.Draw(rng_);
+    std::uniform_int_distribution<uint32_t> tok(0, static_cast<uint32_t>(f_.vocab - 1));
+    std::vector<uint32_t> ids(static_cast<size_t>(plen));
+    for (auto& id : ids) id = tok(rng_);
+    const uint64_t sampler_seed = rng_();
+    const std::string id = absl::StrCat("loadgen-", f_.seed, "-", counter_++);
+    out->Started();
+    if (worker_) {
+      v1::DecodeRequest req;
+      req.set_request_id(id);
+      req.mutable_local_prompt()->mutable_ids()->Add(ids.begin(), ids.end());
+      req.mutable_sampling()->set_temperature(static_cast<float>(f_.temperature));
+      req.mutable_sampling()->set_seed(sampler_seed);
+      req.set_max_new_tokens(static_cast<uint32_t>(glen));
+      new WorkerCall(worker_.get(), out, std::move(req), f_.timeout);
+    } else {
+      v1::GenerateRequest req;
+      req.set_request_id(id);
+      req.mutable_token_ids()->mutable_ids()->Add(ids.begin(), ids.end());
+      req.mutable_sampling()->set_temperature(static_cast<float>(f_.temperature));
+      req.mutable_sampling()->set_seed(sampler_seed);
+      req.mutable_stopping()->set_max_new_tokens(static_cast<uint32_t>(glen));
+      req.mutable_stopping()->set_ignore_eos(true);
+      new RouterCall(router_.get(), out, std::move(req), f_.timeout);
+    }
+  }
+  std::mt19937_64& rng() { return rng_; }
+
+ private:
+  const Flags& f_;
+  Range prompt_, gen_;
+  std::mt19937_64 rng_;
+  uint64_t counter_ = 0;
+  std::unique_ptr<v1::Generation::Stub> router_;
+  std::unique_ptr<v1::Worker::Stub> worker_;
+};
+
+// utime + stime of a process in seconds, from /proc/PID/stat.
+absl::StatusOr<double> CpuSeconds(int64_t pid) {
+  const std::string path = absl::StrCat("/proc/", pid, "/stat");
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string text = ss.str();
+  const size_t paren = text.rfind(')');
+  if (!in || paren == std::string::npos) {
+    return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  }
+  // After "pid (comm)": field 3 (state) is the first; utime is field 14, stime 15.
+  std::vector<std::string> fields = absl::StrSplit(text.substr(paren + 1), ' ', absl::SkipEmpty());
+  uint64_t utime = 0, stime = 0;
+  if (fields.size() < 13 || !absl::SimpleAtoi(fields[11], &utime) ||
+      !absl::SimpleAtoi(fields[12], &stime)) {
+    return absl::InternalError(absl::StrCat("unexpected format of ", path));
+  }
+  return static_cast<double>(utime + stime) / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+double SelfCpuSeconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) * 1e-6;
+}
+
+struct Stats {
+  size_t n = 0;
+  double mean = 0, p50 = 0, p90 = 0, p99 = 0, max = 0;
+};
+
+// Nearest-rank percentiles.
+Stats Summarize(std::vector<double> v) {
+  Stats s;
+  s.n = v.size();
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  auto pct = [&](double p) {
+    size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+    rank = std::clamp<size_t>(rank, 1, v.size());
+    return v[rank - 1];
+  };
+  double sum = 0;
+  for (double x : v) sum += x;
+  s.mean = sum / static_cast<double>(v.size());
+  s.p50 = pct(50);
+  s.p90 = pct(90);
+  s.p99 = pct(99);
+  s.max = v.back();
+  return s;
+}
+
+nlohmann::json StatsJson(const Stats& s) {
+  return {{"n", s.n},     {"mean", s.mean}, {"p50", s.p50},
+          {"p90", s.p90}, {"p99", s.p99},   {"max", s.max}};
+}
+
+std::string Ms(double seconds) { return absl::StrFormat("%.3f", seconds * 1e3); }
+
+struct ProcCpu {
+  std::string name;
+  int64_t pid = 0;
+  std::optional<double> before;
+};
+
+int Run(int argc, char** argv) {
+  Flags f;
+  FlagSet fs(kTool, "SAMBAY_LOADGEN_");
+  Register(fs, f);
+  if (absl::Status s = fs.Parse(argc, argv); !s.ok()) {
+    if (s.message() == FlagSet::kHelpRequested) {
+      std::printf("%s", fs.Usage().c_str());
+      return 0;
+    }
+    std::fprintf(stderr, "%s: error: %s\n", kTool, std::string(s.message()).c_str());
+    return 2;
+  }
+  auto bad = [](const std::string& m) {
+    std::fprintf(stderr, "%s: error: %s\n", kTool, m.c_str());
+    return 2;
+  };
+  if (f.target != "router" && f.target != "worker") return bad("--target: router or worker");
+  if (f.concurrency > 0 && f.rate > 0) return bad("give --concurrency or --rate, not both");
+  if (f.concurrency < 0 || f.rate < 0) return bad("--concurrency and --rate must be >= 0");
+  if (f.concurrency == 0 && f.rate == 0) f.concurrency = 8;
+  if (f.requests < 0 || f.duration < 0) return bad("--requests and --duration must be >= 0");
+  if (f.requests == 0 && f.duration == 0) f.requests = 100;
+  if (f.vocab < 1 || f.vocab > (int64_t{1} << 32)) return bad("--vocab: 1 .. 2^32");
+  if (f.warmup < 0) return bad("--warmup must be >= 0");
+  absl::StatusOr<Range> prompt = ParseRange(f.prompt_len, "prompt-len");
+  if (!prompt.ok()) return bad(std::string(prompt.status().message()));
+  absl::StatusOr<Range> gen = ParseRange(f.gen_len, "gen-len");
+  if (!gen.ok()) return bad(std::string(gen.status().message()));
+
+  RpcLimits limits;
+  limits.max_message_bytes = f.max_message_mib << 20;
+  std::shared_ptr<grpc::Channel> channel = MakeChannel(f.address, limits);
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+    std::fprintf(stderr, "%s: error: cannot connect to %s within 10 s\n", kTool, f.address.c_str());
+    return 1;
+  }
+  Sender sender(f, *prompt, *gen, channel);
+
+  // Warm-up (not measured).
+  if (f.warmup > 0) {
+    Collector warm;
+    const int64_t c = f.concurrency > 0 ? f.concurrency : 8;
+    for (int64_t i = 0; i < f.warmup; ++i) {
+      warm.WaitBelow(c);
+      sender.Send(&warm);
+    }
+    warm.WaitBelow(1);
+    size_t failed = 0;
+    for (const Result& r : warm.Take()) failed += r.code != grpc::StatusCode::OK;
+    if (!f.quiet) {
+      std::fprintf(stderr, "%s: warm-up: %lld requests, %zu failed\n", kTool,
+                   static_cast<long long>(f.warmup), failed);
+    }
+  }
+
+  std::vector<ProcCpu> procs;
+  if (f.router_pid > 0) procs.push_back({"router", f.router_pid, std::nullopt});
+  if (f.worker_pid > 0) procs.push_back({"worker", f.worker_pid, std::nullopt});
+  for (ProcCpu& p : procs) {
+    absl::StatusOr<double> c = CpuSeconds(p.pid);
+    if (!c.ok()) {
+      std::fprintf(stderr, "%s: error: --%s-pid: %s\n", kTool, p.name.c_str(),
+                   std::string(c.status().message()).c_str());
+      return 1;
+    }
+    p.before = *c;
+  }
+  const double self_before = SelfCpuSeconds();
+
+  Collector out;
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point stop_sending =
+      start + std::chrono::microseconds(static_cast<int64_t>(f.duration * 1e6));
+  auto more = [&](int64_t sent) {
+    if (f.requests > 0 && sent >= f.requests) return false;
+    if (f.duration > 0 && Clock::now() >= stop_sending) return false;
+    return true;
+  };
+  int64_t sent = 0;
+  Clock::time_point last_progress = start;
+  auto progress = [&] {
+    if (f.quiet) return;
+    const Clock::time_point now = Clock::now();
+    if (now - last_progress < std::chrono::seconds(5)) return;
+    last_progress = now;
+    std::fprintf(stderr, "%s: %.0f s: %lld sent, %zu done, %lld in flight\n", kTool,
+                 Seconds(now - start), static_cast<long long>(sent), out.Done(),
+                 static_cast<long long>(out.InFlight()));
+  };
+  if (f.concurrency > 0) {
+    while (more(sent)) {
+      out.WaitBelowFor(f.concurrency, std::chrono::milliseconds(100));
+      if (out.InFlight() >= f.concurrency) {
+        progress();
+        continue;
+      }
+      if (!more(sent)) break;
+      sender.Send(&out);
+      ++sent;
+      progress();
+    }
+  } else {
+    std::exponential_distribution<double> gap(f.rate);
+    Clock::time_point next = start;
+    while (more(sent)) {
+      std::this_thread::sleep_until(next);
+      if (!more(sent)) break;
+      sender.Send(&out);
+      ++sent;
+      next += std::chrono::microseconds(static_cast<int64_t>(gap(sender.rng()) * 1e6));
+      progress();
+    }
+  }
+  while (out.InFlight() > 0) {
+    out.WaitBelowFor(1, std::chrono::milliseconds(500));
+    progress();
+  }
+  const Clock::time_point end = out.last_done() > start ? out.last_done() : Clock::now();
+  const double wall = Seconds(end - start);
+  const double self_cpu = SelfCpuSeconds() - self_before;
+  for (ProcCpu& p : procs) {
+    absl::StatusOr<double> c = CpuSeconds(p.pid);
+    if (c.ok()) {
+      *p.before = *c - *p.before;
+    } else {
+      std::fprintf(stderr, "%s: warning: --%s-pid: %s\n", kTool, p.name.c_str(),
+                   std::string(c.status().message()).c_str());
+      p.before.reset();
+    }
+  }
+
+  // Aggregate.
+  std::vector<Result> results = out.Take();
+  std::vector<double> ttft, itl, e2e, e2e_per_token, mean_itl;
+  std::map<std::string, int64_t> errors;
+  int64_t ok = 0, tokens = 0, all_tokens = 0, messages = 0, good = 0, short_gens = 0;
+  std::map<std::string, std::string> first_error;
+  for (const Result& r : results) {
+    all_tokens += r.tokens;
+    if (r.code != grpc::StatusCode::OK) {
+      const std::string name = CodeName(r.code);
+      ++errors[name];
+      first_error.emplace(name, r.error);
+      continue;
+    }
+    ++ok;
+    tokens += r.tokens;
+    messages += r.messages;
+    if (r.tokens < r.requested_tokens) ++short_gens;
+    e2e.push_back(r.e2e);
+    if (r.tokens > 0) e2e_per_token.push_back(r.e2e / static_cast<double>(r.tokens));
+    if (r.got_token) ttft.push_back(r.ttft);
+    itl.insert(itl.end(), r.itl.begin(), r.itl.end());
+    const double m = r.tokens > 1 ? r.first_to_last / static_cast<double>(r.tokens - 1) : 0.0;
+    if (r.tokens > 1) mean_itl.push_back(m);
+    const bool ttft_ok = f.slo_ttft <= 0 || (r.got_token && r.ttft <= f.slo_ttft);
+    const bool itl_ok = f.slo_itl <= 0 || m <= f.slo_itl;
+    if (ttft_ok && itl_ok) ++good;
+  }
+  const Stats s_ttft = Summarize(ttft), s_itl = Summarize(itl), s_e2e = Summarize(e2e),
+              s_e2e_tok = Summarize(e2e_per_token), s_mean_itl = Summarize(mean_itl);
+  const double rps = wall > 0 ? static_cast<double>(ok) / wall : 0;
+  const double tps = wall > 0 ? static_cast<double>(tokens) / wall : 0;
+  const double goodput = wall > 0 ? static_cast<double>(good) / wall : 0;
+  const bool slo = f.slo_ttft > 0 || f.slo_itl > 0;
+
+  // Report.
+  std::string load = f.concurrency > 0 ? absl::StrCat("closed loop, concurrency ", f.concurrency)
+                                       : absl::StrFormat("open loop, Poisson %g req/s", f.rate);
+  std::printf("### sambay-bench: %s %s\n\n", f.target.c_str(), f.address.c_str());
+  std::printf(
+      "%s; prompt %s tokens, gen %s tokens; %s; %lld requests sent", load.c_str(),
+      prompt->text.c_str(), gen->text.c_str(),
+      f.temperature > 0 ? absl::StrFormat("temperature %g", f.temperature).c_str() : "greedy",
+      static_cast<long long>(sent));
+  if (f.warmup > 0) std::printf(" (+%lld warm-up)", static_cast<long long>(f.warmup));
+  std::printf("\n\n");
+  std::printf("| latency (ms) | n | mean | p50 | p90 | p99 | max |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|\n");
+  auto row = [](const char* name, const Stats& s) {
+    std::printf("| %s | %zu | %s | %s | %s | %s | %s |\n", name, s.n, Ms(s.mean).c_str(),
+                Ms(s.p50).c_str(), Ms(s.p90).c_str(), Ms(s.p99).c_str(), Ms(s.max).c_str());
+  };
+  row("TTFT", s_ttft);
+  row("ITL (per token)", s_itl);
+  row("mean ITL per request", s_mean_itl);
+  row("end-to-end", s_e2e);
+  row("end-to-end / tokens", s_e2e_tok);
+  std::printf("\n| result | value |\n|---|---:|\n");
+  std::printf("| wall time (s) | %.3f |\n", wall);
+  std::printf("| requests ok | %lld |\n", static_cast<long long>(ok));
+  std::printf("| requests failed | %zu |\n", results.size() - static_cast<size_t>(ok));
+  std::printf("| ok requests with fewer tokens than asked | %lld |\n",
+              static_cast<long long>(short_gens));
+  std::printf("| requests/s | %.3f |\n", rps);
+  std::printf("| output tokens | %lld |\n", static_cast<long long>(tokens));
+  std::printf("| output tokens/s | %.1f |\n", tps);
+  std::printf("| tokens per stream message | %.2f |\n",
+              messages > 0 ? static_cast<double>(tokens) / static_cast<double>(messages) : 0.0);
+  if (slo) {
+    std::printf("| goodput (req/s, TTFT <= %g s, mean ITL <= %g s) | %.3f (%lld of %lld ok) |\n",
+                f.slo_ttft, f.slo_itl, goodput, static_cast<long long>(good),
+                static_cast<long long>(ok));
+  }
+  std::printf("| loadgen CPU s (this process) | %.3f |\n", self_cpu);
+  for (const ProcCpu& p : procs) {
+    if (!p.before) continue;
+    const double cpu = *p.before;
+    std::printf("| %s CPU s (pid %lld) | %.3f |\n", p.name.c_str(), static_cast<long long>(p.pid),
+                cpu);
+    std::printf("| %s CPU utilisation (cores) | %.3f |\n", p.name.c_str(),
+                wall > 0 ? cpu / wall : 0);
+    std::printf("| tokens per %s CPU-second | %s |\n", p.name.c_str(),
+                cpu > 0 ? absl::StrFormat("%.0f", static_cast<double>(all_tokens) / cpu).c_str()
+                        : "n/a (under one clock tick)");
+    std::printf("| %s CPU us per token | %.2f |\n", p.name.c_str(),
+                all_tokens > 0 ? cpu * 1e6 / static_cast<double>(all_tokens) : 0.0);
+  }
+  for (const auto& [code, n] : errors) {
+    std::printf("| errors %s | %lld |\n", code.c_str(), static_cast<long long>(n));
+  }
+  for (const auto& [code, msg] : first_error) {
+    std::fprintf(stderr, "%s: first %s error: %s\n", kTool, code.c_str(), msg.c_str());
+  }
+
+  if (!f.json.empty()) {
+    nlohmann::json j;
+    j["config"] = fs.Effective();
+    j["config"]["load"] = load;
+    j["sent"] = sent;
+    j["wall_seconds"] = wall;
+    j["requests_ok"] = ok;
+    j["requests_failed"] = results.size() - static_cast<size_t>(ok);
+    j["short_generations"] = short_gens;
+    j["requests_per_second"] = rps;
+    j["output_tokens"] = tokens;
+    j["output_tokens_per_second"] = tps;
+    j["token_messages"] = messages;
+    j["seconds"] = {{"ttft", StatsJson(s_ttft)},
+                    {"itl", StatsJson(s_itl)},
+                    {"mean_itl_per_request", StatsJson(s_mean_itl)},
+                    {"e2e", StatsJson(s_e2e)},
+                    {"e2e_per_token", StatsJson(s_e2e_tok)}};
+    if (slo) {
+      j["goodput"] = {{"slo_ttft", f.slo_ttft},
+                      {"slo_itl_mean", f.slo_itl},
+                      {"requests", good},
+                      {"requests_per_second", goodput}};
+    }
+    j["errors"] = errors;
+    j["loadgen_cpu_seconds"] = self_cpu;
+    for (const ProcCpu& p : procs) {
+      if (!p.before) continue;
+      j[p.name + "_cpu"] = {{"pid", p.pid},
+                            {"cpu_seconds", *p.before},
+                            {"tokens_streamed", all_tokens},
+                            {"tokens_per_cpu_second",
+                             *p.before > 0 ? static_cast<double>(all_tokens) / *p.before : 0.0}};
+    }
+    std::ofstream file(f.json);
+    file << j.dump(2) << "\n";
+    if (!file) {
+      std::fprintf(stderr, "%s: error: cannot write %s\n", kTool, f.json.c_str());
+      return 1;
+    }
+  }
+  return errors.empty() ? 0 : 1;
 }
 
 }  // namespace
 }  // namespace sambay
 
-int main(int argc, char** argv) {
-  sambay::ParseFlags(argc, argv, "sambay-bench --model DIR [flags]");
-  absl::Status st = sambay::Run();
-  if (!st.ok()) return sambay::ReportError("sambay-bench", st);
-  return 0;
-}
+int main(int argc, char** argv) { return sambay::Run(argc, argv); }
