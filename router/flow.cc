@@ -21,104 +21,547 @@ bool Retryable(grpc::StatusCode c) {
          c == grpc::StatusCode::NOT_FOUND || c == grpc::StatusCode::FAILED_PRECONDITION;
 }
 
+pb::FinishReason FromDecodeFinish(const pb::DecodeResponse& msg) {
+  return msg.done().reason() == pb::DECODE_FINISH_STOP ? pb::FINISH_REASON_STOP
+                                                       : pb::FINISH_REASON_LENGTH;
+}
+
 }  // namespace
 
-RequestFlow::RequestFlow(WorkerRegistry& registry, PlacementPolicy& policy, RouterMetrics& metrics,
-                         const Tokenizer& tokenizer, PreparedRequest request, FlowOptions options,
-                         grpc::ServerContext* server_ctx, absl::Time received, double queue_seconds)
-    : registry_(registry),
-      policy_(policy),
-      metrics_(metrics),
-      req_(std::move(request)),
-      options_(options),
-      server_ctx_(server_ctx),
-      received_(received),
-      queue_seconds_(queue_seconds),
-      decoder_(tokenizer),
-      matcher_(req_.stop_strings) {
-  for (const auto& [s, id] : tokenizer.special_tokens()) special_ids_.insert(id);
-  usage_.set_prompt_tokens(static_cast<uint32_t>(req_.prompt.size()));
-  usage_.set_queue_seconds(queue_seconds_);
+RequestFlow::RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq)
+    : deps_(deps),
+      host_(*deps.host),
+      registry_(*deps.registry),
+      policy_(*deps.policy),
+      metrics_(*deps.metrics),
+      options_(deps.options),
+      cq_(cq),
+      accept_tag_{this, 0, FlowTag::kAccept},
+      done_tag_{this, 0, FlowTag::kDone},
+      write_tag_{this, 0, FlowTag::kWrite},
+      finish_tag_{this, 0, FlowTag::kFinish},
+      decoder_(*deps.tokenizer) {
+  for (const auto& [s, id] : deps.tokenizer->special_tokens()) special_ids_.insert(id);
+  if (deps_.live != nullptr) deps_.live->fetch_add(1);
 }
 
-std::unique_ptr<grpc::ClientContext> RequestFlow::NewContext() {
-  // Cancel and deadline of the client's call propagate to the worker call.
-  std::unique_ptr<grpc::ClientContext> ctx = grpc::ClientContext::FromServerContext(*server_ctx_);
-  ctx->AddMetadata("x-request-id", req_.request_id);
-  std::lock_guard<std::mutex> lock(mu_);
-  active_.push_back(ctx.get());
-  if (aborted_) ctx->TryCancel();
-  return ctx;
+RequestFlow::~RequestFlow() {
+  if (deps_.live != nullptr) deps_.live->fetch_sub(1);
 }
 
-void RequestFlow::Forget(grpc::ClientContext* ctx) {
-  std::lock_guard<std::mutex> lock(mu_);
-  active_.erase(std::remove(active_.begin(), active_.end(), ctx), active_.end());
+void RequestFlow::Listen(const FlowDeps& deps, grpc::ServerCompletionQueue* cq) {
+  std::shared_ptr<RequestFlow> flow(new RequestFlow(deps, cq));
+  flow->self_ = flow;
+  RequestFlow* f = flow.get();
+  // The done tag returns once the call is over (finished or cancelled), if it is ever accepted.
+  f->sctx_.AsyncNotifyWhenDone(&f->done_tag_);
+  f->server_pending_ = 1;
+  deps.service->RequestGenerate(&f->sctx_, &f->request_, &f->writer_, cq, cq, &f->accept_tag_);
+}
+
+void RequestFlow::Dispatch(void* tag, bool ok) {
+  const FlowTag* t = static_cast<const FlowTag*>(tag);
+  t->flow->Post([t, ok] { t->flow->OnTag(*t, ok); });
+}
+
+void RequestFlow::OnTag(const FlowTag& tag, bool ok) {
+  if (tag.call != 0) {
+    OnCallTag(tag, ok);
+    return;
+  }
+  --server_pending_;
+  switch (tag.kind) {
+    case FlowTag::kAccept:
+      OnAccept(ok);
+      return;
+    case FlowTag::kDone:
+      OnServerDone();
+      return;
+    case FlowTag::kWrite:
+      OnWriteDone(ok);
+      return;
+    case FlowTag::kFinish:
+      return;
+    default:
+      return;
+  }
+}
+
+void RequestFlow::OnAccept(bool ok) {
+  if (!ok) {
+    // The server is shutting down: no call, and no done tag will come.
+    ended_ = true;
+    finish_called_ = true;
+    return;
+  }
+  accepted_ = true;
+  ++server_pending_;  // the done tag
+  received_ = absl::Now();
+  // The next call on this queue.
+  Listen(deps_, cq_);
+  host_.FlowAccepted(shared_from_this());
+}
+
+void RequestFlow::OnServerDone() {
+  if (!sctx_.IsCancelled() || finish_called_) return;
+  server_cancelled_ = true;
+  if (ended_) return;
+  const bool deadline = absl::FromChrono(sctx_.deadline()) <= absl::Now();
+  if (!started_) {
+    host_.FlowDequeue(this);
+    status_ = deadline ? absl::DeadlineExceededError("the request's deadline passed while queued")
+                       : absl::CancelledError("cancelled while queued");
+    End();
+    return;
+  }
+  // Their ends report back through WorkerError, which sees server_cancelled_.
+  CancelAll();
+}
+
+void RequestFlow::OnCallTag(const FlowTag& tag, bool ok) {
+  auto it = calls_.find(tag.call);
+  if (it == calls_.end()) return;  // cannot happen: a call lives until its last tag
+  WorkerCallBase* call = it->second.get();
+  call->Returned();
+  const bool decode = tag.call == decode_id_;
+  const bool prefill = tag.call == prefill_id_;
+  switch (tag.kind) {
+    case FlowTag::kCallRead:
+      call->OnRead(ok);
+      if (ok && decode) OnDecodeRead(tag.call);
+      if (ok && prefill) OnPrefillRead(tag.call);
+      break;
+    case FlowTag::kCallFinish: {
+      call->OnFinished();
+      const grpc::Status st = call->status();
+      if (decode) OnDecodeDone(tag.call, st);
+      if (prefill) OnPrefillDone(tag.call, st);
+      break;
+    }
+    default:
+      break;
+  }
+  // A call is over once its finish tag and every other tag came back.
+  it = calls_.find(tag.call);
+  if (it != calls_.end() && it->second->over()) calls_.erase(it);
+}
+
+// ---- The serial queue --------------------------------------------------------------------
+
+void RequestFlow::Post(std::function<void()> fn) {
+  {
+    std::lock_guard<std::mutex> lock(qmu_);
+    queue_.push_back(std::move(fn));
+    if (draining_) return;  // the draining thread runs it
+    draining_ = true;
+  }
+  for (;;) {
+    std::function<void()> next;
+    {
+      std::lock_guard<std::mutex> lock(qmu_);
+      if (queue_.empty()) {
+        draining_ = false;
+        break;
+      }
+      next = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    next();
+  }
+  MaybeRelease();
+}
+
+void RequestFlow::MaybeRelease() {
+  // Runs after a drain, outside any handler. Once every operation started on the queue has
+  // returned, no tag can come any more; what remains are the host's references.
+  std::shared_ptr<RequestFlow> self;
+  {
+    std::lock_guard<std::mutex> lock(qmu_);
+    if (draining_ || !queue_.empty() || server_pending_ > 0 || !calls_.empty() || !finish_called_ ||
+        self_ == nullptr) {
+      return;
+    }
+    self = std::move(self_);
+  }
+  if (accepted_) host_.FlowGone(this);
+  // `self` may be the last reference: then the flow is deleted here.
+}
+
+void RequestFlow::Start() {
+  Post([this] {
+    if (ended_) return;
+    started_ = true;
+    usage_.set_prompt_tokens(static_cast<uint32_t>(req_.prompt.size()));
+    const double queue_s = absl::ToDoubleSeconds(absl::Now() - received_);
+    metrics_.queue_time.Observe(queue_s);
+    usage_.set_queue_seconds(queue_s);
+    metrics_.prompt_tokens.Increment(static_cast<double>(req_.prompt.size()));
+    Place();
+  });
 }
 
 void RequestFlow::Abort() {
-  std::lock_guard<std::mutex> lock(mu_);
-  aborted_ = true;
-  for (grpc::ClientContext* c : active_) c->TryCancel();
+  Post([this] {
+    if (ended_) return;
+    aborted_ = true;
+    if (!started_) {
+      host_.FlowDequeue(this);
+      finish_ = pb::FINISH_REASON_ABORT;
+      End();
+      return;
+    }
+    CancelAll();  // their ends report back through WorkerError, which sees aborted_
+  });
 }
 
-bool RequestFlow::Emit(const std::vector<int32_t>& ids,
-                       const std::vector<const pb::PositionLogprobs*>& logprobs) {
-  pb::GenerateResponse msg;
-  if (!sent_first_) msg.set_request_id(req_.request_id);
-  std::string text;
-  bool stopped = false;
-  for (size_t i = 0; i < ids.size() && !stopped; ++i) {
-    const int32_t id = ids[i];
-    if (static_cast<int64_t>(generated_.size()) >= req_.max_new_tokens) break;
-    generated_.push_back(id);
-    msg.add_token_ids(static_cast<uint32_t>(id));
-    if (req_.logprobs && i < logprobs.size() && logprobs[i] != nullptr) {
-      *msg.add_logprobs() = *logprobs[i];
-    }
-    if (special_ids_.count(id) == 0) {
-      auto piece = decoder_.Push(id);
-      if (piece.ok()) text += matcher_.Push(*piece, &stopped);
-    }
-    if (stopped || std::count(req_.stop_ids.begin(), req_.stop_ids.end(), id) > 0) {
-      finish_ = pb::FINISH_REASON_STOP;
-      stopped = true;
-    } else if (static_cast<int64_t>(generated_.size()) >= req_.max_new_tokens) {
-      finish_ = pb::FINISH_REASON_LENGTH;
-    }
+void RequestFlow::Reject(absl::Status status) {
+  Post([this, status = std::move(status)] {
+    status_ = status;
+    End();
+  });
+}
+
+// ---- Worker calls ------------------------------------------------------------------------
+
+std::unique_ptr<grpc::ClientContext> RequestFlow::NewContext() {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  // The client's deadline applies to the worker calls too (its cancel: OnServerDone).
+  if (gpr_time_cmp(sctx_.raw_deadline(), gpr_inf_future(sctx_.raw_deadline().clock_type)) != 0) {
+    ctx->set_deadline(sctx_.deadline());
   }
-  msg.set_text(text);
-  const absl::Time now = absl::Now();
-  if (!sent_first_) {
-    first_token_at_ = now;
-    metrics_.ttft.Observe(absl::ToDoubleSeconds(now - received_));
-    usage_.set_time_to_first_token_seconds(absl::ToDoubleSeconds(now - received_));
+  ctx->AddMetadata("x-request-id", req_.request_id);
+  return ctx;
+}
+
+void RequestFlow::CancelCall(uint64_t id) {
+  auto it = calls_.find(id);
+  if (it != calls_.end()) it->second->Cancel();
+}
+
+void RequestFlow::CancelAll() {
+  for (auto& [id, call] : calls_) call->Cancel();
+}
+
+// ---- Placement and attempts ----------------------------------------------------------------
+
+void RequestFlow::Place() {
+  if (aborted_) {
+    finish_ = pb::FINISH_REASON_ABORT;
+    End();
+    return;
+  }
+  const std::vector<WorkerSnapshot> workers = registry_.Healthy();
+  const int di = policy_.PickDecode(workers, bad_decode_);
+  // In place on a role-both decode worker when it is also the best (or only) prefill pick.
+  const int pi = di >= 0 ? policy_.PickPrefill(workers, bad_prefill_) : -1;
+  if (di < 0 || pi < 0) {
+    status_ = absl::UnavailableError(absl::StrCat(
+        "no healthy ", di < 0 ? "decode" : "prefill", " worker can take the request",
+        generated_.empty() ? "" : absl::StrCat(" (after ", generated_.size(), " tokens)")));
+    metrics_.Failure("no_worker");
+    End();
+    return;
+  }
+  auto add_worker = [&](const std::string& a) {
+    if (usage_.workers_size() == 0 || usage_.workers(usage_.workers_size() - 1) != a) {
+      usage_.add_workers(a);
+    }
+  };
+  const WorkerSnapshot& p = workers[pi];
+  const WorkerSnapshot& d = workers[di];
+  if (p.address == d.address) {
+    add_worker(d.address);
+    StartInPlace(d);
   } else {
-    // Several tokens in one message arrived together: count each gap once.
-    const double gap = absl::ToDoubleSeconds(now - last_token_at_) / msg.token_ids_size();
-    for (int i = 0; i < msg.token_ids_size(); ++i) metrics_.itl.Observe(gap);
+    add_worker(p.address);
+    add_worker(d.address);
+    StartSplit(p, d);
   }
-  sent_first_ = true;
-  last_token_at_ = now;
-  metrics_.generation_tokens.Increment(msg.token_ids_size());
-  if (!(*write_)(msg)) {
-    status_ = absl::CancelledError("the client went away");
+}
+
+void RequestFlow::StartInPlace(const WorkerSnapshot& w) {
+  decode_worker_ = w.address;
+  auto stub = registry_.Stub(w.address);
+  if (stub == nullptr) {
+    HandleOutcome(
+        WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), w.address, true));
+    return;
+  }
+  pb::DecodeRequest dr;
+  dr.set_request_id(req_.request_id);
+  auto* ids = dr.mutable_local_prompt()->mutable_ids();
+  ids->Add(req_.prompt.begin(), req_.prompt.end());
+  ids->Add(generated_.begin(), generated_.end());
+  dr.set_rng_draws(generated_.size());
+  *dr.mutable_sampling() = req_.sampling;
+  dr.set_max_new_tokens(static_cast<uint32_t>(req_.max_new_tokens - generated_.size()));
+  dr.mutable_stop_token_ids()->Add(req_.stop_ids.begin(), req_.stop_ids.end());
+  dr.set_return_logprobs(req_.logprobs);
+  dr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
+  consumed_ = ids->size();
+  inplace_first_ = true;
+  registry_.Adjust(w.address, -1, consumed_);
+  const uint64_t id = next_call_id_++;
+  auto call = std::make_unique<DecodeStream>(this, id, w.address, NewContext());
+  decode_ = call.get();
+  calls_.emplace(id, std::move(call));
+  decode_id_ = id;
+  prefill_id_ = 0;
+  prefill_ = nullptr;
+  stage_ = Stage::kInPlace;
+  decode_->Start([&](grpc::ClientContext* c, const pb::DecodeRequest& r,
+                     grpc::CompletionQueue* q) { return stub->PrepareAsyncDecode(c, r, q); },
+                 std::move(dr), cq_);
+}
+
+void RequestFlow::StartSplit(const WorkerSnapshot& p, const WorkerSnapshot& d) {
+  decode_worker_ = d.address;
+  prefill_worker_ = p.address;
+  auto dstub = registry_.Stub(d.address);
+  if (dstub == nullptr) {
+    HandleOutcome(
+        WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), d.address, true));
+    return;
+  }
+  if (registry_.Stub(p.address) == nullptr) {
+    HandleOutcome(
+        WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), p.address, false));
+    return;
+  }
+  consumed_ = static_cast<int64_t>(req_.prompt.size() + generated_.size());
+  const int64_t remaining = req_.max_new_tokens - static_cast<int64_t>(generated_.size());
+  const bool penalties =
+      (req_.sampling.has_repetition_penalty() && req_.sampling.repetition_penalty() != 1.0f) ||
+      req_.sampling.presence_penalty() != 0.0f;
+  // 1. Reserve on the decode worker.
+  handle_ = absl::StrCat(req_.request_id, "/", migrations_, ".", prefill_failures_, ".",
+                         absl::ToUnixNanos(absl::Now()));
+  pb::DecodeRequest dr;
+  dr.set_request_id(req_.request_id);
+  dr.set_handle(handle_);
+  dr.set_prompt_tokens(static_cast<uint32_t>(consumed_));
+  *dr.mutable_sampling() = req_.sampling;
+  if (penalties) {
+    dr.mutable_history()->Add(req_.prompt.begin(), req_.prompt.end());
+    dr.mutable_history()->Add(generated_.begin(), generated_.end());
+  }
+  // The prefill emits one token; the decode worker the rest.
+  dr.set_max_new_tokens(static_cast<uint32_t>(std::max<int64_t>(1, remaining - 1)));
+  dr.mutable_stop_token_ids()->Add(req_.stop_ids.begin(), req_.stop_ids.end());
+  dr.set_return_logprobs(req_.logprobs);
+  dr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
+  // Count the reservation now, so concurrent placements spread before the next probe.
+  registry_.Adjust(d.address, -1, 0);
+  const uint64_t id = next_call_id_++;
+  auto call = std::make_unique<DecodeStream>(this, id, d.address, NewContext());
+  decode_ = call.get();
+  calls_.emplace(id, std::move(call));
+  decode_id_ = id;
+  prefill_id_ = 0;
+  prefill_ = nullptr;
+  got_first_ = false;
+  decode_failed_ = false;
+  decode_status_ = grpc::Status::OK;
+  stage_ = Stage::kReserving;
+  decode_->Start([&](grpc::ClientContext* c, const pb::DecodeRequest& r,
+                     grpc::CompletionQueue* q) { return dstub->PrepareAsyncDecode(c, r, q); },
+                 std::move(dr), cq_);
+}
+
+void RequestFlow::OnDecodeRead(uint64_t id) {
+  if (id != decode_id_ || ended_) return;  // an abandoned call: its end is all that matters
+  const pb::DecodeResponse& msg = decode_->msg();
+  if (stage_ == Stage::kReserving) {
+    if (!msg.has_reserved()) {
+      decode_failed_ = true;
+      decode_status_ = grpc::Status(grpc::StatusCode::INTERNAL, "no reservation");
+      decode_->Cancel();
+      return;
+    }
+    // 2. Prefill on P with the reservation as destination; its first token goes out at once.
+    auto pstub = registry_.Stub(prefill_worker_);
+    if (pstub == nullptr) {
+      CancelCall(decode_id_);
+      decode_id_ = 0;
+      HandleOutcome(
+          WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), prefill_worker_, false));
+      return;
+    }
+    pb::PrefillRequest pr;
+    pr.set_request_id(req_.request_id);
+    pr.mutable_token_ids()->Add(req_.prompt.begin(), req_.prompt.end());
+    pr.mutable_token_ids()->Add(generated_.begin(), generated_.end());
+    *pr.mutable_sampling() = req_.sampling;
+    pr.set_rng_draws(generated_.size());
+    pr.mutable_destination()->set_address(decode_worker_);
+    pr.mutable_destination()->set_handle(handle_);
+    pr.set_return_logprobs(req_.logprobs);
+    pr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
+    registry_.Adjust(prefill_worker_, -1, consumed_);
+    const uint64_t pid = next_call_id_++;
+    auto call = std::make_unique<PrefillStream>(this, pid, prefill_worker_, NewContext());
+    prefill_ = call.get();
+    calls_.emplace(pid, std::move(call));
+    prefill_id_ = pid;
+    stage_ = Stage::kPrefilling;
+    prefill_->Start([&](grpc::ClientContext* c, const pb::PrefillRequest& r,
+                        grpc::CompletionQueue* q) { return pstub->PrepareAsyncPrefill(c, r, q); },
+                    std::move(pr), cq_);
+    return;
+  }
+  if (stage_ != Stage::kDecoding && stage_ != Stage::kInPlace) return;
+  if (stage_ == Stage::kInPlace && msg.has_tokens() && inplace_first_) {
+    inplace_first_ = false;
+    registry_.Adjust(decode_worker_, 0, -consumed_);
+  }
+  if (stage_ == Stage::kInPlace && msg.has_done()) {
+    usage_.set_prefill_seconds(usage_.prefill_seconds() + msg.done().prefill_seconds());
+  }
+  if (HandleDecodeMessage(msg)) {
+    decode_->Next();
+    return;
+  }
+  // Finished (or failed): release the decode worker and end.
+  CancelCall(decode_id_);
+  decode_id_ = 0;
+  End();
+}
+
+bool RequestFlow::HandleDecodeMessage(const pb::DecodeResponse& msg) {
+  if (msg.has_tokens()) {
+    std::vector<int32_t> t(msg.tokens().token_ids().begin(), msg.tokens().token_ids().end());
+    std::vector<const pb::PositionLogprobs*> lp;
+    for (const auto& l : msg.tokens().logprobs()) lp.push_back(&l);
+    return Emit(t, lp);
+  }
+  if (msg.has_done()) {
+    if (finish_ == pb::FINISH_REASON_UNSPECIFIED) finish_ = FromDecodeFinish(msg);
     return false;
   }
-  return finish_ == pb::FINISH_REASON_UNSPECIFIED;
+  return true;
+}
+
+void RequestFlow::OnDecodeDone(uint64_t id, const grpc::Status& st) {
+  if (id != decode_id_ || ended_) return;
+  decode_id_ = 0;
+  if (stage_ == Stage::kPrefilling) {
+    // The prefill is still running (its push fails now): its end decides what happens.
+    decode_failed_ = true;
+    if (decode_status_.ok()) decode_status_ = st;
+    return;
+  }
+  grpc::Status status = st;
+  if (stage_ == Stage::kReserving) {
+    if (decode_failed_ && !decode_status_.ok()) status = decode_status_;
+    if (status.ok()) status = grpc::Status(grpc::StatusCode::INTERNAL, "no reservation");
+  } else if (status.ok()) {
+    status_ = absl::InternalError("decode worker ended the stream without a finish");
+    End();
+    return;
+  }
+  HandleOutcome(WorkerError(status, decode_worker_, true));
+}
+
+void RequestFlow::OnPrefillRead(uint64_t id) {
+  if (id != prefill_id_ || ended_) return;
+  const pb::PrefillResponse& pmsg = prefill_->msg();
+  if (pmsg.has_first_token()) {
+    got_first_ = true;
+    registry_.Adjust(prefill_worker_, 0, -consumed_);
+    usage_.set_prefill_seconds(usage_.prefill_seconds() + pmsg.first_token().prefill_seconds());
+    std::vector<const pb::PositionLogprobs*> lp;
+    if (pmsg.first_token().has_logprobs()) lp.push_back(&pmsg.first_token().logprobs());
+    if (!Emit({static_cast<int32_t>(pmsg.first_token().token_id())}, lp)) {
+      // Finished at the first token (or failed): the decode reservation is not needed.
+      CancelAll();
+      decode_id_ = prefill_id_ = 0;
+      End();
+      return;
+    }
+  } else if (pmsg.has_transfer()) {
+    usage_.set_transfer_bytes(usage_.transfer_bytes() + pmsg.transfer().bytes());
+    usage_.set_transfer_seconds(usage_.transfer_seconds() + pmsg.transfer().transfer_seconds());
+  }
+  prefill_->Next();
+}
+
+void RequestFlow::OnPrefillDone(uint64_t id, const grpc::Status& st) {
+  if (id != prefill_id_ || ended_) return;
+  prefill_id_ = 0;
+  if (!st.ok()) {
+    CancelCall(decode_id_);
+    decode_id_ = 0;
+    if (!got_first_) {
+      registry_.Adjust(prefill_worker_, 0, -consumed_);
+      HandleOutcome(WorkerError(st, prefill_worker_, false));
+    } else {
+      // The first token was sent but the state did not reach the decode worker: continue
+      // elsewhere from the tokens sent so far.
+      HandleOutcome(WorkerError(st, decode_worker_, true));
+    }
+    return;
+  }
+  if (decode_failed_) {
+    // The decode call ended while the state was pushed: go on elsewhere.
+    grpc::Status ds = decode_status_.ok()
+                          ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "decode stream ended")
+                          : decode_status_;
+    CancelCall(decode_id_);
+    decode_id_ = 0;
+    HandleOutcome(WorkerError(ds, decode_worker_, true));
+    return;
+  }
+  // 3. The state is on D: stream its tokens.
+  stage_ = Stage::kDecoding;
+  decode_->Next();
+}
+
+void RequestFlow::HandleOutcome(Outcome o) {
+  stage_ = Stage::kIdle;
+  switch (o) {
+    case Outcome::kFinished:
+    case Outcome::kStop:
+      End();
+      return;
+    case Outcome::kRetryPrefill:
+      if (++prefill_failures_ > options_.prefill_retries) {
+        status_ = absl::UnavailableError("prefill failed on every worker tried");
+        metrics_.Failure("prefill_failed");
+        End();
+        return;
+      }
+      break;
+    case Outcome::kMigrate:
+      if (migrations_ >= options_.migration_limit) {
+        status_ = absl::UnavailableError(
+            absl::StrCat("the decode worker failed and the migration limit (",
+                         options_.migration_limit, ") is reached"));
+        metrics_.Failure("migration_limit");
+        End();
+        return;
+      }
+      ++migrations_;
+      metrics_.migrations.Increment();
+      Log(LogLevel::kInfo, "router", "migrating sequence",
+          {{"request_id", req_.request_id},
+           {"tokens_sent", generated_.size()},
+           {"migration", migrations_}});
+      break;
+    case Outcome::kRetryDecode:
+      break;
+  }
+  Place();
 }
 
 RequestFlow::Outcome RequestFlow::WorkerError(const grpc::Status& st, const std::string& worker,
                                               bool decode_side) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (aborted_) {
-      finish_ = pb::FINISH_REASON_ABORT;
-      return Outcome::kFinished;
-    }
+  if (aborted_) {
+    finish_ = pb::FINISH_REASON_ABORT;
+    return Outcome::kFinished;
   }
-  if (server_ctx_->IsCancelled()) {
-    status_ = absl::FromChrono(server_ctx_->deadline()) <= absl::Now()
+  if (!status_.ok()) return Outcome::kStop;  // e.g. the client went away
+  if (server_cancelled_) {
+    status_ = absl::FromChrono(sctx_.deadline()) <= absl::Now()
                   ? absl::DeadlineExceededError("the request's deadline passed")
                   : absl::CancelledError("the client cancelled");
     metrics_.Failure(status_.code() == absl::StatusCode::kDeadlineExceeded ? "deadline"
@@ -126,7 +569,7 @@ RequestFlow::Outcome RequestFlow::WorkerError(const grpc::Status& st, const std:
     return Outcome::kStop;
   }
   if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
-      absl::FromChrono(server_ctx_->deadline()) <= absl::Now() + absl::Milliseconds(50)) {
+      absl::FromChrono(sctx_.deadline()) <= absl::Now() + absl::Milliseconds(50)) {
     status_ = absl::DeadlineExceededError("the request's deadline passed");
     metrics_.Failure("deadline");
     return Outcome::kStop;
@@ -153,274 +596,146 @@ RequestFlow::Outcome RequestFlow::WorkerError(const grpc::Status& st, const std:
   return generated_.empty() ? Outcome::kRetryDecode : Outcome::kMigrate;
 }
 
-RequestFlow::Outcome RequestFlow::InPlace(const WorkerSnapshot& w) {
-  auto stub = registry_.Stub(w.address);
-  if (stub == nullptr)
-    return WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), w.address, true);
-  pb::DecodeRequest dr;
-  dr.set_request_id(req_.request_id);
-  auto* ids = dr.mutable_local_prompt()->mutable_ids();
-  ids->Add(req_.prompt.begin(), req_.prompt.end());
-  ids->Add(generated_.begin(), generated_.end());
-  dr.set_rng_draws(generated_.size());
-  *dr.mutable_sampling() = req_.sampling;
-  dr.set_max_new_tokens(static_cast<uint32_t>(req_.max_new_tokens - generated_.size()));
-  dr.mutable_stop_token_ids()->Add(req_.stop_ids.begin(), req_.stop_ids.end());
-  dr.set_return_logprobs(req_.logprobs);
-  dr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
-  auto ctx = NewContext();
-  registry_.Adjust(w.address, -1, static_cast<int64_t>(ids->size()));
-  auto reader = stub->Decode(ctx.get(), dr);
-  pb::DecodeResponse msg;
-  bool more = true;
-  bool first = true;
-  while (more && reader->Read(&msg)) {
-    if (msg.has_tokens()) {
-      if (first) registry_.Adjust(w.address, 0, -static_cast<int64_t>(ids->size()));
-      first = false;
-      std::vector<int32_t> t(msg.tokens().token_ids().begin(), msg.tokens().token_ids().end());
-      std::vector<const pb::PositionLogprobs*> lp;
-      for (const auto& l : msg.tokens().logprobs()) lp.push_back(&l);
-      more = Emit(t, lp);
-    } else if (msg.has_done()) {
-      usage_.set_prefill_seconds(usage_.prefill_seconds() + msg.done().prefill_seconds());
-      if (finish_ == pb::FINISH_REASON_UNSPECIFIED) {
-        finish_ = msg.done().reason() == pb::DECODE_FINISH_STOP ? pb::FINISH_REASON_STOP
-                                                                : pb::FINISH_REASON_LENGTH;
-      }
-      more = false;
-    }
-  }
-  if (finish_ != pb::FINISH_REASON_UNSPECIFIED || !status_.ok()) ctx->TryCancel();
-  const grpc::Status st = reader->Finish();
-  Forget(ctx.get());
-  if (!status_.ok()) return Outcome::kStop;
-  if (finish_ != pb::FINISH_REASON_UNSPECIFIED) return Outcome::kFinished;
-  if (st.ok()) {
-    status_ = absl::InternalError("worker ended the stream without a finish");
-    return Outcome::kStop;
-  }
-  return WorkerError(st, w.address, true);
-}
+// ---- Streaming to the client ---------------------------------------------------------------
 
-RequestFlow::Outcome RequestFlow::Split(const WorkerSnapshot& p, const WorkerSnapshot& d) {
-  auto dstub = registry_.Stub(d.address);
-  auto pstub = registry_.Stub(p.address);
-  if (dstub == nullptr) {
-    return WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), d.address, true);
-  }
-  if (pstub == nullptr) {
-    return WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), p.address, false);
-  }
-  const int64_t consumed = static_cast<int64_t>(req_.prompt.size() + generated_.size());
-  const int64_t remaining = req_.max_new_tokens - static_cast<int64_t>(generated_.size());
-  const bool penalties =
-      (req_.sampling.has_repetition_penalty() && req_.sampling.repetition_penalty() != 1.0f) ||
-      req_.sampling.presence_penalty() != 0.0f;
-  // 1. Reserve on the decode worker.
-  const std::string handle = absl::StrCat(req_.request_id, "/", migrations_, ".", prefill_failures_,
-                                          ".", absl::ToUnixNanos(absl::Now()));
-  pb::DecodeRequest dr;
-  dr.set_request_id(req_.request_id);
-  dr.set_handle(handle);
-  dr.set_prompt_tokens(static_cast<uint32_t>(consumed));
-  *dr.mutable_sampling() = req_.sampling;
-  if (penalties) {
-    dr.mutable_history()->Add(req_.prompt.begin(), req_.prompt.end());
-    dr.mutable_history()->Add(generated_.begin(), generated_.end());
-  }
-  // The prefill emits one token; the decode worker the rest.
-  dr.set_max_new_tokens(static_cast<uint32_t>(std::max<int64_t>(1, remaining - 1)));
-  dr.mutable_stop_token_ids()->Add(req_.stop_ids.begin(), req_.stop_ids.end());
-  dr.set_return_logprobs(req_.logprobs);
-  dr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
-  auto dctx = NewContext();
-  // Count the reservation now, so concurrent placements spread before the next probe.
-  registry_.Adjust(d.address, -1, 0);
-  auto dreader = dstub->Decode(dctx.get(), dr);
-  pb::DecodeResponse dmsg;
-  if (!dreader->Read(&dmsg) || !dmsg.has_reserved()) {
-    dctx->TryCancel();
-    const grpc::Status st = dreader->Finish();
-    Forget(dctx.get());
-    return WorkerError(st.ok() ? grpc::Status(grpc::StatusCode::INTERNAL, "no reservation") : st,
-                       d.address, true);
-  }
-  // Ends the decode call (used on every early exit below).
-  auto end_decode = [&] {
-    dctx->TryCancel();
-    const grpc::Status st = dreader->Finish();
-    Forget(dctx.get());
-    return st;
-  };
-
-  // 2. Prefill, first token, push.
-  pb::PrefillRequest pr;
-  pr.set_request_id(req_.request_id);
-  pr.mutable_token_ids()->Add(req_.prompt.begin(), req_.prompt.end());
-  pr.mutable_token_ids()->Add(generated_.begin(), generated_.end());
-  *pr.mutable_sampling() = req_.sampling;
-  pr.set_rng_draws(generated_.size());
-  pr.mutable_destination()->set_address(d.address);
-  pr.mutable_destination()->set_handle(handle);
-  pr.set_return_logprobs(req_.logprobs);
-  pr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
-  auto pctx = NewContext();
-  registry_.Adjust(p.address, -1, consumed);
-  auto preader = pstub->Prefill(pctx.get(), pr);
-  pb::PrefillResponse pmsg;
-  bool got_first = false, more = true;
-  while (preader->Read(&pmsg)) {
-    if (pmsg.has_first_token()) {
-      got_first = true;
-      registry_.Adjust(p.address, 0, -consumed);
-      usage_.set_prefill_seconds(usage_.prefill_seconds() + pmsg.first_token().prefill_seconds());
-      std::vector<const pb::PositionLogprobs*> lp;
-      if (pmsg.first_token().has_logprobs()) lp.push_back(&pmsg.first_token().logprobs());
-      more = Emit({static_cast<int32_t>(pmsg.first_token().token_id())}, lp);
-      if (!more) break;  // finished at the first token (or the client left)
-    } else if (pmsg.has_transfer()) {
-      usage_.set_transfer_bytes(usage_.transfer_bytes() + pmsg.transfer().bytes());
-      usage_.set_transfer_seconds(usage_.transfer_seconds() + pmsg.transfer().transfer_seconds());
-    }
-  }
-  if (!more) {
-    // Done after the first token: the decode reservation is not needed.
-    pctx->TryCancel();
-    preader->Finish();
-    Forget(pctx.get());
-    end_decode();
-    return status_.ok() ? Outcome::kFinished : Outcome::kStop;
-  }
-  const grpc::Status pst = preader->Finish();
-  Forget(pctx.get());
-  if (!pst.ok()) {
-    end_decode();
-    if (!got_first) {
-      registry_.Adjust(p.address, 0, -consumed);
-      return WorkerError(pst, p.address, false);
-    }
-    // The first token was sent but the state did not reach the decode worker: continue
-    // elsewhere from the tokens sent so far.
-    return WorkerError(pst, d.address, true);
-  }
-
-  // 3. The decode stream.
-  while (more && dreader->Read(&dmsg)) {
-    if (dmsg.has_tokens()) {
-      std::vector<int32_t> t(dmsg.tokens().token_ids().begin(), dmsg.tokens().token_ids().end());
-      std::vector<const pb::PositionLogprobs*> lp;
-      for (const auto& l : dmsg.tokens().logprobs()) lp.push_back(&l);
-      more = Emit(t, lp);
-    } else if (dmsg.has_done()) {
-      if (finish_ == pb::FINISH_REASON_UNSPECIFIED) {
-        finish_ = dmsg.done().reason() == pb::DECODE_FINISH_STOP ? pb::FINISH_REASON_STOP
-                                                                 : pb::FINISH_REASON_LENGTH;
-      }
-      more = false;
-    }
-  }
-  if (finish_ != pb::FINISH_REASON_UNSPECIFIED || !status_.ok()) {
-    end_decode();
-    return status_.ok() ? Outcome::kFinished : Outcome::kStop;
-  }
-  const grpc::Status dst = dreader->Finish();
-  Forget(dctx.get());
-  if (dst.ok()) {
-    status_ = absl::InternalError("decode worker ended the stream without a finish");
-    return Outcome::kStop;
-  }
-  return WorkerError(dst, d.address, true);
-}
-
-RequestFlow::Outcome RequestFlow::Attempt(const WorkerSnapshot& p, const WorkerSnapshot& d) {
-  auto add_worker = [&](const std::string& a) {
-    if (usage_.workers_size() == 0 || usage_.workers(usage_.workers_size() - 1) != a) {
-      usage_.add_workers(a);
-    }
-  };
-  if (p.address == d.address) {
-    add_worker(d.address);
-    return InPlace(d);
-  }
-  add_worker(p.address);
-  add_worker(d.address);
-  return Split(p, d);
-}
-
-void RequestFlow::WriteFinal() {
+bool RequestFlow::Emit(const std::vector<int32_t>& ids,
+                       const std::vector<const pb::PositionLogprobs*>& logprobs) {
+  if (!status_.ok() || finish_ != pb::FINISH_REASON_UNSPECIFIED) return false;
   pb::GenerateResponse msg;
-  if (!sent_first_) msg.set_request_id(req_.request_id);
-  // Incomplete UTF-8 at the end, then whatever the stop matcher still holds (nothing once a
-  // stop string matched).
+  std::string text;
   bool stopped = false;
-  std::string text = matcher_.Push(decoder_.Finish(), &stopped);
-  if (!stopped) text += matcher_.Flush();
-  msg.set_text(text);
-  msg.set_finish_reason(finish_);
-  usage_.set_completion_tokens(static_cast<uint32_t>(generated_.size()));
-  usage_.set_migrations(static_cast<uint32_t>(migrations_));
-  if (sent_first_) {
-    usage_.set_decode_seconds(absl::ToDoubleSeconds(last_token_at_ - first_token_at_));
+  int added = 0;
+  for (size_t i = 0; i < ids.size() && !stopped; ++i) {
+    const int32_t id = ids[i];
+    if (static_cast<int64_t>(generated_.size()) >= req_.max_new_tokens) break;
+    generated_.push_back(id);
+    ++added;
+    msg.add_token_ids(static_cast<uint32_t>(id));
+    if (req_.logprobs && i < logprobs.size() && logprobs[i] != nullptr) {
+      *msg.add_logprobs() = *logprobs[i];
+    }
+    if (special_ids_.count(id) == 0) {
+      auto piece = decoder_.Push(id);
+      if (piece.ok()) text += matcher_->Push(*piece, &stopped);
+    }
+    if (stopped || std::count(req_.stop_ids.begin(), req_.stop_ids.end(), id) > 0) {
+      finish_ = pb::FINISH_REASON_STOP;
+      stopped = true;
+    } else if (static_cast<int64_t>(generated_.size()) >= req_.max_new_tokens) {
+      finish_ = pb::FINISH_REASON_LENGTH;
+    }
   }
-  *msg.mutable_usage() = usage_;
-  (*write_)(msg);
+  msg.set_text(std::move(text));
+  const absl::Time now = absl::Now();
+  if (!sent_first_) {
+    first_token_at_ = now;
+    metrics_.ttft.Observe(absl::ToDoubleSeconds(now - received_));
+    usage_.set_time_to_first_token_seconds(absl::ToDoubleSeconds(now - received_));
+  } else if (added > 0) {
+    // Several tokens in one message arrived together: count each gap once.
+    const double gap = absl::ToDoubleSeconds(now - last_token_at_) / added;
+    for (int i = 0; i < added; ++i) metrics_.itl.Observe(gap);
+  }
+  sent_first_ = true;
+  last_token_at_ = now;
+  metrics_.generation_tokens.Increment(added);
+  Queue(msg);
+  return finish_ == pb::FINISH_REASON_UNSPECIFIED && status_.ok();
 }
 
-absl::Status RequestFlow::Run(const Writer& write) {
-  write_ = &write;
-  metrics_.prompt_tokens.Increment(static_cast<double>(req_.prompt.size()));
-  for (;;) {
-    const std::vector<WorkerSnapshot> workers = registry_.Healthy();
-    const int di = policy_.PickDecode(workers, bad_decode_);
-    int pi = -1;
-    if (di >= 0) {
-      // In place on a role-both decode worker when it is also the best (or only) prefill pick.
-      pi = policy_.PickPrefill(workers, bad_prefill_);
+void RequestFlow::Queue(const pb::GenerateResponse& msg) {
+  if (!has_pending_) {
+    pending_ = msg;
+    has_pending_ = true;
+  } else {
+    // Merge: tokens, text and logprobs append; finish and usage come only in the last one.
+    pending_.mutable_token_ids()->MergeFrom(msg.token_ids());
+    pending_.mutable_text()->append(msg.text());
+    pending_.mutable_logprobs()->MergeFrom(msg.logprobs());
+    if (msg.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) {
+      pending_.set_finish_reason(msg.finish_reason());
     }
-    if (di < 0 || pi < 0) {
-      status_ = absl::UnavailableError(absl::StrCat(
-          "no healthy ", di < 0 ? "decode" : "prefill", " worker can take the request",
-          generated_.empty() ? "" : absl::StrCat(" (after ", generated_.size(), " tokens)")));
-      metrics_.Failure("no_worker");
-      break;
-    }
-    const Outcome o = Attempt(workers[pi], workers[di]);
-    if (o == Outcome::kFinished || o == Outcome::kStop) break;
-    if (o == Outcome::kRetryPrefill && ++prefill_failures_ > options_.prefill_retries) {
-      status_ = absl::UnavailableError("prefill failed on every worker tried");
-      metrics_.Failure("prefill_failed");
-      break;
-    }
-    if (o == Outcome::kMigrate) {
-      if (migrations_ >= options_.migration_limit) {
-        status_ = absl::UnavailableError(
-            absl::StrCat("the decode worker failed and the migration limit (",
-                         options_.migration_limit, ") is reached"));
-        metrics_.Failure("migration_limit");
-        break;
-      }
-      ++migrations_;
-      metrics_.migrations.Increment();
-      Log(LogLevel::kInfo, "router", "migrating sequence",
-          {{"request_id", req_.request_id},
-           {"tokens_sent", generated_.size()},
-           {"migration", migrations_}});
-    }
+    if (msg.has_usage()) *pending_.mutable_usage() = msg.usage();
   }
+  PumpWrites();
+}
+
+void RequestFlow::PumpWrites() {
+  if (writing_ || finish_called_) return;
+  if (has_pending_) {
+    if (!wrote_any_) pending_.set_request_id(req_.request_id);
+    wrote_any_ = true;
+    inflight_.Swap(&pending_);
+    pending_.Clear();
+    has_pending_ = false;
+    writing_ = true;
+    ++server_pending_;
+    writer_.Write(inflight_, &write_tag_);
+    return;
+  }
+  if (ended_) {
+    finish_called_ = true;
+    ++server_pending_;
+    writer_.Finish(ToGrpcStatus(status_), &finish_tag_);
+  }
+}
+
+void RequestFlow::OnWriteDone(bool ok) {
+  writing_ = false;
+  if (!ok && !ended_) {
+    // The client is gone: stop the workers and end.
+    status_ = absl::CancelledError("the client went away");
+    has_pending_ = false;
+    CancelAll();
+    decode_id_ = prefill_id_ = 0;
+    End();
+    return;
+  }
+  if (!ok) has_pending_ = false;
+  PumpWrites();
+}
+
+void RequestFlow::End() {
+  if (ended_) return;
+  ended_ = true;
+  stage_ = Stage::kEnded;
+  CancelAll();
   if (finish_ != pb::FINISH_REASON_UNSPECIFIED && status_.ok()) {
-    WriteFinal();
+    pb::GenerateResponse msg;
+    // Incomplete UTF-8 at the end, then whatever the stop matcher still holds (nothing once a
+    // stop string matched).
+    bool stopped = false;
+    std::string text = matcher_->Push(decoder_.Finish(), &stopped);
+    if (!stopped) text += matcher_->Flush();
+    msg.set_text(text);
+    msg.set_finish_reason(finish_);
+    usage_.set_completion_tokens(static_cast<uint32_t>(generated_.size()));
+    usage_.set_migrations(static_cast<uint32_t>(migrations_));
+    if (sent_first_) {
+      usage_.set_decode_seconds(absl::ToDoubleSeconds(last_token_at_ - first_token_at_));
+    }
+    *msg.mutable_usage() = usage_;
+    Queue(msg);
   } else if (sent_first_ && !status_.ok() && status_.code() != absl::StatusCode::kCancelled) {
     metrics_.Finished("error");
   }
-  const absl::Time end = absl::Now();
-  metrics_.e2e.Observe(absl::ToDoubleSeconds(end - received_));
-  if (status_.ok()) {
-    metrics_.Finished(finish_ == pb::FINISH_REASON_STOP    ? "stop"
-                      : finish_ == pb::FINISH_REASON_ABORT ? "abort"
-                                                           : "length");
+  if (started_) {
+    metrics_.e2e.Observe(absl::ToDoubleSeconds(absl::Now() - received_));
+    if (status_.ok()) {
+      metrics_.Finished(finish_ == pb::FINISH_REASON_STOP    ? "stop"
+                        : finish_ == pb::FINISH_REASON_ABORT ? "abort"
+                                                             : "length");
+    }
   }
-  return status_;
+  // Rejected calls were logged by the admission (and have no request id yet when invalid).
+  if (started_)
+    Log(status_.ok() ? LogLevel::kDebug : LogLevel::kWarning, "router", "request ended",
+        {{"request_id", req_.request_id},
+         {"status", status_.ToString()},
+         {"tokens", generated_.size()},
+         {"seconds", absl::ToDoubleSeconds(absl::Now() - received_)}});
+  PumpWrites();
+  if (started_) host_.FlowEnded(this);  // last: it may start the next queued flow
 }
 
 }  // namespace sambay

@@ -1,9 +1,13 @@
-// RequestFlow: one Generate request through the workers (DESIGN §1), with failover.
+// RequestFlow: one Generate request through the workers (DESIGN §1), with failover, on gRPC's
+// asynchronous API: the server call and its worker calls (WorkerCall) all report to one
+// completion queue, whose thread handles each event in place, so the router spends no thread
+// per stream and no thread switch per token.
 //
 //   1. Place: decode worker D (most free capacity) and prefill worker P (least queued prefill).
 //   2. Split (P != D): open Decode(handle) on D and wait for `reserved`; call Prefill on P with
-//      destination {D, handle}; stream P's first token to the client at once; then stream D's
-//      tokens. In place (P == D, role both): Decode(local_prompt) on that worker.
+//      destination {D, handle}; stream P's first token to the client at once; when Prefill
+//      ends (state pushed), stream D's tokens. In place (P == D, role both): Decode(local_prompt)
+//      on that worker.
 //   3. Stop: the workers stop at stop ids and max_new_tokens; the router stops at stop strings
 //      (then releases the decode worker by cancelling its call).
 // Failures: a prefill that fails before its first token is retried on another prefill worker.
@@ -12,21 +16,32 @@
 // sampler's random stream continues where it stopped) and handed to another decode worker; the
 // client sees only a pause, never a duplicated or different token. At most migration_limit
 // migrations; with no worker left the stream ends UNAVAILABLE at once.
-// Worker calls are made with ClientContext::FromServerContext, so the client's cancel and
-// deadline propagate to them; Abort() cancels them and ends the stream with finish_reason ABORT.
+// Worker calls carry the client's deadline; the client's cancel (the server call's done event)
+// cancels them; Abort() cancels them and ends the stream with finish_reason ABORT.
+// Writes to the client: one in flight at a time; tokens that arrive meanwhile are merged into
+// the next message (so a slow client gets fewer, larger messages, never a reordering).
 //
-// Ownership: borrows the registry, policy, metrics and tokenizer (all outlive the flow).
-// Thread-safety: Run on one thread; Abort from any thread.
+// Lifetime: Listen() creates a flow waiting for the next Generate call on a completion queue; it
+// holds a reference to itself until every operation it started (server and worker side) has
+// returned. The host may hold weak references (Abort) and strong ones (its waiting queue).
+// Thread-safety: every event (tags from the queue, Start, Abort) is posted to the flow's own
+// serial queue and handled one at a time, by whichever thread posted while no other was
+// draining.
 #ifndef SAMBAY_ROUTER_FLOW_H_
 #define SAMBAY_ROUTER_FLOW_H_
 
-#include <grpcpp/client_context.h>
+#include <grpcpp/completion_queue.h>
 #include <grpcpp/server_context.h>
+#include <grpcpp/support/async_stream.h>
 
 #include <atomic>
+#include <cstdint>
+#include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -38,31 +53,81 @@
 #include "router/placement.h"
 #include "router/registry.h"
 #include "router/request.h"
-#include "sambay/v1/generate.pb.h"
+#include "router/worker_call.h"
+#include "sambay/v1/generate.grpc.pb.h"
+#include "sambay/v1/worker.pb.h"
 
 namespace sambay {
 
 struct FlowOptions {
   int migration_limit = 3;
   int prefill_retries = 2;
-  absl::Duration reserve_timeout = absl::Seconds(10);  // waiting for D's `reserved`
 };
 
-class RequestFlow {
+class RequestFlow;
+
+// What a flow needs from the service that admitted it.
+class FlowHost {
  public:
-  using Writer = std::function<bool(const sambay::v1::GenerateResponse&)>;
+  virtual ~FlowHost() = default;
+  // A Generate call arrived: validate it (false: rejected, `error` says why) and admit it
+  // (Start now, queue, or Reject). Called once per accepted call, from the flow's queue.
+  virtual void FlowAccepted(const std::shared_ptr<RequestFlow>& flow) = 0;
+  // The request is complete (its serving slot can go to the next one). Called once, only for a
+  // flow that was started.
+  virtual void FlowEnded(RequestFlow* flow) = 0;
+  // Removes a flow still waiting for a slot; false if it was not waiting (already started).
+  virtual bool FlowDequeue(RequestFlow* flow) = 0;
+  // gRPC and the worker calls are done with the flow: forget it (it is deleted once the last
+  // reference taken by the host is dropped).
+  virtual void FlowGone(RequestFlow* flow) = 0;
+};
 
-  RequestFlow(WorkerRegistry& registry, PlacementPolicy& policy, RouterMetrics& metrics,
-              const Tokenizer& tokenizer, PreparedRequest request, FlowOptions options,
-              grpc::ServerContext* server_ctx, absl::Time received, double queue_seconds);
+using GenerationAsyncBase =
+    sambay::v1::Generation::WithAsyncMethod_Generate<sambay::v1::Generation::Service>;
 
-  // Streams the generation through `write` (false = the client is gone). Returns the status to
-  // end the call with; on OK the last message written carried the finish reason and usage.
-  absl::Status Run(const Writer& write);
+// The services the flow needs (all outlive it).
+struct FlowDeps {
+  FlowHost* host = nullptr;
+  WorkerRegistry* registry = nullptr;
+  PlacementPolicy* policy = nullptr;
+  RouterMetrics* metrics = nullptr;
+  const Tokenizer* tokenizer = nullptr;
+  GenerationAsyncBase* service = nullptr;
+  std::atomic<int64_t>* live = nullptr;  // counts flow objects (optional)
+  FlowOptions options;
+};
+
+class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
+ public:
+  // Creates a flow waiting for the next Generate call on `cq` (it runs on `cq` from then on).
+  static void Listen(const FlowDeps& deps, grpc::ServerCompletionQueue* cq);
+  // Handles one event of the completion queue (the tag is a FlowTag).
+  static void Dispatch(void* tag, bool ok);
+  ~RequestFlow();
+
+  const std::string& request_id() const { return req_.request_id; }
+  const sambay::v1::GenerateRequest& request() const { return request_; }
+  grpc::ServerContext& server_context() { return sctx_; }
+  absl::Time received() const { return received_; }
+  // Set by the host before Start.
+  void SetPrepared(PreparedRequest request) {
+    req_ = std::move(request);
+    matcher_.emplace(req_.stop_strings);
+  }
+  // Admitted: place it and start streaming (thread-safe).
+  void Start();
   // Ends the stream with finish_reason ABORT (thread-safe; no-op once finished).
   void Abort();
+  // Ends the call with `status` before it started (thread-safe; a rejected admission).
+  void Reject(absl::Status status);
 
  private:
+  RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq);
+
+  using DecodeStream = WorkerCall<sambay::v1::DecodeRequest, sambay::v1::DecodeResponse>;
+  using PrefillStream = WorkerCall<sambay::v1::PrefillRequest, sambay::v1::PrefillResponse>;
+
   enum class Outcome {
     kFinished,      // finish_ set
     kRetryPrefill,  // the prefill worker failed before the first token
@@ -70,33 +135,74 @@ class RequestFlow {
     kMigrate,       // the decode worker failed mid-stream
     kStop,          // end now with status_ (fatal error, client gone, abort)
   };
+  // Where the current attempt is.
+  enum class Stage { kIdle, kReserving, kPrefilling, kDecoding, kInPlace, kEnded };
 
-  Outcome Attempt(const WorkerSnapshot& prefill, const WorkerSnapshot& decode);
-  Outcome InPlace(const WorkerSnapshot& w);
-  Outcome Split(const WorkerSnapshot& p, const WorkerSnapshot& d);
-  // Streams tokens; returns false if the stream must end (finished, client gone).
+  // The serial event queue.
+  void Post(std::function<void()> fn);
+  // Drops the self-reference once gRPC and every worker call are done with the flow.
+  void MaybeRelease();
+
+  // Event handlers (on the queue).
+  void OnTag(const FlowTag& tag, bool ok);
+  void OnAccept(bool ok);
+  void OnServerDone();
+  void OnWriteDone(bool ok);
+  void OnCallTag(const FlowTag& tag, bool ok);
+  void Place();
+  void StartInPlace(const WorkerSnapshot& w);
+  void StartSplit(const WorkerSnapshot& p, const WorkerSnapshot& d);
+  void OnDecodeRead(uint64_t id);
+  void OnDecodeDone(uint64_t id, const grpc::Status& st);
+  void OnPrefillRead(uint64_t id);
+  void OnPrefillDone(uint64_t id, const grpc::Status& st);
+  void HandleOutcome(Outcome o);
+  // Streams tokens; returns false if the stream must end (finished or failed).
   bool Emit(const std::vector<int32_t>& ids,
             const std::vector<const sambay::v1::PositionLogprobs*>& logprobs);
+  // Decode-stream tokens or done; returns false if the stream must end.
+  bool HandleDecodeMessage(const sambay::v1::DecodeResponse& msg);
   Outcome WorkerError(const grpc::Status& st, const std::string& worker, bool decode_side);
   std::unique_ptr<grpc::ClientContext> NewContext();
-  void Forget(grpc::ClientContext* ctx);
-  void WriteFinal();
+  void CancelCall(uint64_t id);
+  void CancelAll();
+  // Ends the request: final message (when finished), metrics, slot freed, worker calls
+  // cancelled; the server call finishes once the writes are flushed. Idempotent.
+  void End();
+  void Queue(const sambay::v1::GenerateResponse& msg);
+  void PumpWrites();
 
+  const FlowDeps deps_;
+  FlowHost& host_;
   WorkerRegistry& registry_;
   PlacementPolicy& policy_;
   RouterMetrics& metrics_;
-  const PreparedRequest req_;
   const FlowOptions options_;
-  grpc::ServerContext* server_ctx_;
-  const absl::Time received_;
-  const double queue_seconds_;
-  const Writer* write_ = nullptr;
+  grpc::ServerCompletionQueue* const cq_;
 
+  // The server call.
+  grpc::ServerContext sctx_;
+  sambay::v1::GenerateRequest request_;
+  grpc::ServerAsyncWriter<sambay::v1::GenerateResponse> writer_{&sctx_};
+  FlowTag accept_tag_, done_tag_, write_tag_, finish_tag_;
+  int server_pending_ = 0;  // server-side operations started and not yet returned
+  bool accepted_ = false, server_cancelled_ = false;
+  PreparedRequest req_;
+  absl::Time received_;
+
+  std::shared_ptr<RequestFlow> self_;  // until MaybeRelease
+
+  // The serial queue.
+  std::mutex qmu_;
+  std::deque<std::function<void()>> queue_;
+  bool draining_ = false;
+
+  // Everything below is touched only by handlers on the queue.
   StreamDecoder decoder_;
-  StopMatcher matcher_;
+  std::optional<StopMatcher> matcher_;  // set with the prepared request
   std::set<int32_t> special_ids_;
   std::vector<int32_t> generated_;
-  bool sent_first_ = false;
+  bool started_ = false, sent_first_ = false, aborted_ = false, ended_ = false;
   absl::Time first_token_at_, last_token_at_;
   sambay::v1::FinishReason finish_ = sambay::v1::FINISH_REASON_UNSPECIFIED;
   absl::Status status_;
@@ -104,9 +210,25 @@ class RequestFlow {
   std::set<std::string> bad_prefill_, bad_decode_;
   int migrations_ = 0, prefill_failures_ = 0;
 
-  std::mutex mu_;  // active_, aborted_
-  std::vector<grpc::ClientContext*> active_;
-  bool aborted_ = false;
+  // Worker calls not yet done (gRPC still refers to them), by id.
+  std::map<uint64_t, std::unique_ptr<WorkerCallBase>> calls_;
+  uint64_t next_call_id_ = 1;
+  // The current attempt.
+  Stage stage_ = Stage::kIdle;
+  uint64_t decode_id_ = 0, prefill_id_ = 0;
+  std::string handle_;  // the decode reservation's handle
+  DecodeStream* decode_ = nullptr;
+  PrefillStream* prefill_ = nullptr;
+  std::string decode_worker_, prefill_worker_;
+  int64_t consumed_ = 0;        // tokens the attempt prefills
+  bool got_first_ = false;      // the attempt's prefill produced its first token
+  bool decode_failed_ = false;  // the decode call ended while the prefill was running
+  grpc::Status decode_status_;  // ... with this status
+  bool inplace_first_ = true;   // in place: no token yet (queued prefill tokens counted)
+
+  // Writes to the client.
+  sambay::v1::GenerateResponse pending_, inflight_;
+  bool has_pending_ = false, writing_ = false, wrote_any_ = false, finish_called_ = false;
 };
 
 }  // namespace sambay

@@ -2,7 +2,6 @@
 // places each request's prefill and decode on workers, hands the state between them, fails over.
 // See docs/router.md.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
@@ -18,6 +17,7 @@
 #include "absl/time/clock.h"
 #include "common/flags.h"
 #include "common/grpc_channel.h"
+#include "common/health_service.h"
 #include "common/log.h"
 #include "common/server_util.h"
 #include "engine/config.h"
@@ -54,6 +54,7 @@ struct Flags {
   std::string placement = "least-loaded";
   int64_t max_concurrent = 256;
   int64_t max_queue = 1024;
+  int64_t io_threads = 0;
   int64_t migration_limit = 3;
   int64_t prefill_retries = 2;
   int64_t max_context = 0;
@@ -96,6 +97,9 @@ void Register(FlagSet& fs, Flags& f) {
   fs.AddInt("max-concurrent", &f.max_concurrent, "Most requests served at once.");
   fs.AddInt("max-queue", &f.max_queue,
             "Most requests waiting for a serving slot; beyond it RESOURCE_EXHAUSTED.");
+  fs.AddInt("io-threads", &f.io_threads,
+            "Threads streaming Generate calls (one completion queue each; 0 = one per core, at "
+            "most 8).");
   fs.AddInt("migration-limit", &f.migration_limit,
             "Most times one sequence moves to another decode worker after failures.");
   fs.AddInt("prefill-retries", &f.prefill_retries,
@@ -133,6 +137,9 @@ absl::Status Check(const Flags& f) {
   }
   if (f.max_concurrent < 1) return absl::InvalidArgumentError("--max-concurrent: must be >= 1");
   if (f.max_queue < 0) return absl::InvalidArgumentError("--max-queue: must be >= 0");
+  if (f.io_threads < 0 || f.io_threads > 256) {
+    return absl::InvalidArgumentError("--io-threads: must be in [0, 256]");
+  }
   if (f.migration_limit < 0) return absl::InvalidArgumentError("--migration-limit: >= 0");
   if (f.prefill_retries < 0) return absl::InvalidArgumentError("--prefill-retries: >= 0");
   if (f.fail_threshold < 1) return absl::InvalidArgumentError("--fail-threshold: >= 1");
@@ -216,27 +223,34 @@ int Run(int argc, char** argv) {
   so.flow.prefill_retries = static_cast<int>(f.prefill_retries);
   GenerationService service(registry, **policy, metrics, **tokenizer, limits, so);
 
-  grpc::EnableDefaultHealthCheckService(true);
+  HealthService health_service;
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
   builder.AddListeningPort(absl::StrCat(f.host, ":", f.port), grpc::InsecureServerCredentials(),
                            &grpc_port);
   builder.RegisterService(&service);
+  builder.RegisterService(&health_service);
   RpcLimits server_limits = rpc;
   // The transport cap is well above --max-request-bytes so that the handler, not gRPC, rejects
   // an oversized request (INVALID_ARGUMENT naming it, not a retryable RESOURCE_EXHAUSTED).
   server_limits.max_message_bytes = std::max<int64_t>(64 << 20, 4 * f.max_request_bytes);
   ConfigureServer(builder, server_limits);
   grpc::ResourceQuota quota("sambay-router");
-  quota.SetMaxThreads(static_cast<int>(f.max_concurrent + f.max_queue + 64));
+  quota.SetMaxThreads(64);  // the synchronous methods (Generate runs on the io threads)
   builder.SetResourceQuota(quota);
+  const int io_threads = static_cast<int>(
+      f.io_threads > 0 ? f.io_threads
+                       : std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 8));
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs;
+  for (int i = 0; i < io_threads; ++i) cqs.push_back(builder.AddCompletionQueue());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
     return Fatal(
         absl::UnavailableError(absl::StrCat("--port: cannot listen on ", f.host, ":", f.port)));
   }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  service.Serve(std::move(cqs));
+  HealthService* health = &health_service;
   health->SetServingStatus("", true);
   health->SetServingStatus(kReadinessService, false);
   std::atomic<bool> draining{false};
@@ -264,7 +278,9 @@ int Run(int argc, char** argv) {
   while (service.active() > 0 && absl::Now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  health_service.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  service.StopServing(absl::Seconds(5));
   server->Wait();
   Log(LogLevel::kInfo, "router", "stopped", {{"unfinished", service.active()}});
   return 0;

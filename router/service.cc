@@ -21,7 +21,7 @@ uint64_t RandomU64() {
   return gen();
 }
 
-std::string RequestIdFor(const grpc::ServerContext* ctx, const pb::GenerateRequest& req) {
+std::string RequestIdFor(const grpc::ServerContextBase* ctx, const pb::GenerateRequest& req) {
   if (!req.request_id().empty()) return req.request_id();
   auto it = ctx->client_metadata().find("x-request-id");
   if (it != ctx->client_metadata().end() && !it->second.empty() && it->second.size() <= 128) {
@@ -42,83 +42,137 @@ GenerationService::GenerationService(WorkerRegistry& registry, PlacementPolicy& 
       limits_(std::move(limits)),
       options_(options) {}
 
-absl::Status GenerationService::Enter(grpc::ServerContext* ctx) {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (draining_) {
-    metrics_.Reject("draining");
-    return absl::UnavailableError("the router is draining: retry on another replica");
+void GenerationService::Serve(std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs) {
+  cqs_ = std::move(cqs);
+  FlowDeps deps;
+  deps.host = this;
+  deps.registry = &registry_;
+  deps.policy = &policy_;
+  deps.metrics = &metrics_;
+  deps.tokenizer = &tokenizer_;
+  deps.service = this;
+  deps.live = &live_flows_;
+  deps.options = options_.flow;
+  for (auto& cq : cqs_) {
+    RequestFlow::Listen(deps, cq.get());
+    threads_.emplace_back([q = cq.get()] {
+      void* tag = nullptr;
+      bool ok = false;
+      while (q->Next(&tag, &ok)) RequestFlow::Dispatch(tag, ok);
+    });
   }
-  if (running_ < options_.max_concurrent) {
-    ++running_;
-  } else if (waiting_ < options_.max_queue) {
-    ++waiting_;
-    metrics_.waiting.Set(static_cast<double>(waiting_));
-    while (running_ >= options_.max_concurrent) {
-      cv_.wait_for(lock, std::chrono::milliseconds(50));
-      if (ctx->IsCancelled()) {
-        --waiting_;
-        metrics_.waiting.Set(static_cast<double>(waiting_));
-        cv_.notify_all();
-        return absl::CancelledError("cancelled while queued");
-      }
-    }
-    --waiting_;
-    ++running_;
-    metrics_.waiting.Set(static_cast<double>(waiting_));
-  } else {
-    metrics_.Reject("queue_full");
-    return absl::ResourceExhaustedError(absl::StrCat("the router's queue is full (",
-                                                     options_.max_concurrent, " running, ",
-                                                     options_.max_queue, " waiting): retry later"));
-  }
-  metrics_.running.Set(static_cast<double>(running_));
-  return absl::OkStatus();
 }
 
-void GenerationService::Leave() {
-  std::lock_guard<std::mutex> lock(mu_);
-  --running_;
-  metrics_.running.Set(static_cast<double>(running_));
-  cv_.notify_all();
+void GenerationService::StopServing(absl::Duration timeout) {
+  // Server::Shutdown ended the calls and the pending accepts: the flows finish on their own.
+  const absl::Time deadline = absl::Now() + timeout;
+  while (live_flows_.load() > 0 && absl::Now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  for (auto& cq : cqs_) cq->Shutdown();
+  for (auto& t : threads_) t.join();
+  threads_.clear();
 }
 
-grpc::Status GenerationService::Generate(grpc::ServerContext* ctx, const pb::GenerateRequest* req,
-                                         grpc::ServerWriter<pb::GenerateResponse>* writer) {
-  const absl::Time received = absl::Now();
-  const std::string rid = RequestIdFor(ctx, *req);
-  auto prepared = PrepareRequest(*req, tokenizer_, limits_, RandomU64());
+void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
+  const pb::GenerateRequest& req = flow->request();
+  const std::string rid = RequestIdFor(&flow->server_context(), req);
+  auto prepared = PrepareRequest(req, tokenizer_, limits_, RandomU64());
   if (!prepared.ok()) {
     metrics_.Reject("invalid");
     Log(LogLevel::kInfo, "router", "request rejected",
         {{"request_id", rid}, {"error", prepared.status().ToString()}});
-    return ToGrpcStatus(prepared.status());
+    flow->Reject(prepared.status());
+    return;
   }
   prepared->request_id = rid;
-  if (absl::Status s = Enter(ctx); !s.ok()) return ToGrpcStatus(s);
-  const double queue_s = absl::ToDoubleSeconds(absl::Now() - received);
-  metrics_.queue_time.Observe(queue_s);
-  RequestFlow flow(registry_, policy_, metrics_, tokenizer_, *std::move(prepared), options_.flow,
-                   ctx, received, queue_s);
+  flow->SetPrepared(*std::move(prepared));
+  absl::Status rejected;
+  bool start = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    flows_.emplace(rid, &flow);
+    flows_.emplace(rid, FlowRef{flow.get(), flow});
+    if (draining_) {
+      metrics_.Reject("draining");
+      rejected = absl::UnavailableError("the router is draining: retry on another replica");
+    } else if (running_ < options_.max_concurrent) {
+      ++running_;
+      start = true;
+    } else if (static_cast<int64_t>(waiting_.size()) < options_.max_queue) {
+      waiting_.push_back(flow);
+    } else {
+      metrics_.Reject("queue_full");
+      rejected = absl::ResourceExhaustedError(
+          absl::StrCat("the router's queue is full (", options_.max_concurrent, " running, ",
+                       options_.max_queue, " waiting): retry later"));
+    }
+    UpdateGauges();
   }
-  const absl::Status st = flow.Run([&](const pb::GenerateResponse& m) { return writer->Write(m); });
+  if (!rejected.ok()) {
+    flow->Reject(rejected);
+  } else if (start) {
+    StartFlow(flow);
+  }
+}
+
+void GenerationService::UpdateGauges() {
+  metrics_.running.Set(static_cast<double>(running_));
+  metrics_.waiting.Set(static_cast<double>(waiting_.size()));
+}
+
+void GenerationService::StartFlow(std::shared_ptr<RequestFlow> flow) {
+  thread_local std::vector<std::shared_ptr<RequestFlow>>* pending = nullptr;
+  if (pending != nullptr) {
+    pending->push_back(std::move(flow));
+    return;
+  }
+  std::vector<std::shared_ptr<RequestFlow>> list{std::move(flow)};
+  pending = &list;
+  while (!list.empty()) {
+    std::shared_ptr<RequestFlow> next = std::move(list.back());
+    list.pop_back();
+    next->Start();
+  }
+  pending = nullptr;
+}
+
+void GenerationService::FlowEnded(RequestFlow* flow) {
+  std::shared_ptr<RequestFlow> next;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto it = flows_.lower_bound(rid); it != flows_.end() && it->first == rid; ++it) {
-      if (it->second == &flow) {
-        flows_.erase(it);
-        break;
-      }
+    --running_;
+    if (!waiting_.empty()) {
+      next = std::move(waiting_.front());
+      waiting_.pop_front();
+      ++running_;
+    }
+    UpdateGauges();
+  }
+  if (next != nullptr) StartFlow(std::move(next));
+}
+
+bool GenerationService::FlowDequeue(RequestFlow* flow) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
+    if (it->get() == flow) {
+      waiting_.erase(it);
+      UpdateGauges();
+      return true;
     }
   }
-  Leave();
-  Log(st.ok() ? LogLevel::kDebug : LogLevel::kWarning, "router", "request ended",
-      {{"request_id", rid},
-       {"status", st.ToString()},
-       {"seconds", absl::ToDoubleSeconds(absl::Now() - received)}});
-  return ToGrpcStatus(st);
+  return false;
+}
+
+void GenerationService::FlowGone(RequestFlow* flow) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (flow->request_id().empty()) return;  // rejected before it had one
+  for (auto it = flows_.lower_bound(flow->request_id());
+       it != flows_.end() && it->first == flow->request_id(); ++it) {
+    if (it->second.flow == flow) {
+      flows_.erase(it);
+      break;
+    }
+  }
 }
 
 grpc::Status GenerationService::Abort(grpc::ServerContext* ctx, const pb::AbortRequest* req,
@@ -126,14 +180,16 @@ grpc::Status GenerationService::Abort(grpc::ServerContext* ctx, const pb::AbortR
   if (req->request_id().empty()) {
     return ToGrpcStatus(absl::InvalidArgumentError("request_id: required"));
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  bool any = false;
-  for (auto it = flows_.lower_bound(req->request_id());
-       it != flows_.end() && it->first == req->request_id(); ++it) {
-    it->second->Abort();
-    any = true;
+  std::vector<std::shared_ptr<RequestFlow>> found;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto it = flows_.lower_bound(req->request_id());
+         it != flows_.end() && it->first == req->request_id(); ++it) {
+      if (auto f = it->second.ref.lock()) found.push_back(std::move(f));
+    }
   }
-  resp->set_aborted(any);
+  for (auto& f : found) f->Abort();
+  resp->set_aborted(!found.empty());
   return grpc::Status::OK;
 }
 
@@ -207,7 +263,7 @@ void GenerationService::StartDrain() {
 
 int64_t GenerationService::active() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return running_ + waiting_;
+  return static_cast<int64_t>(flows_.size());
 }
 
 }  // namespace sambay
