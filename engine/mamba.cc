@@ -11,7 +11,8 @@ namespace sambay {
 
 void MambaForward(const ModelConfig& c, int layer, const MambaWeights& w,
                   absl::Span<const SegmentPlan> segs, const float* u, int64_t rows, float* out,
-                  float* memory, ThreadPool& pool) {
+                  float* memory, ThreadPool& pool,
+                  const std::function<void(float* data, int64_t count)>& reduce_xdbl) {
   const int64_t di = c.d_inner;
   const int64_t K = c.d_conv;
   const int64_t S = c.d_state;
@@ -55,6 +56,7 @@ void MambaForward(const ModelConfig& c, int layer, const MambaWeights& w,
   // 3. x_dbl = x_proj(xc) -> dt_low | B | C; 4. delta = softplus(dt_proj(dt_low) + bias).
   std::vector<float> xdbl(rows * xpd);
   cpu::Linear(w.x_proj, xc.data(), rows, xdbl.data(), pool);
+  if (reduce_xdbl) reduce_xdbl(xdbl.data(), rows * xpd);
   std::vector<float> dt_low(rows * R);
   for (int64_t r = 0; r < rows; ++r) {
     std::memcpy(dt_low.data() + r * R, xdbl.data() + r * xpd, R * sizeof(float));

@@ -5,7 +5,15 @@
 // token per sequence); read logits. YOCO: layers 0..N/2+1 run on every new token and write the
 // sequence state; the cross-decoder (N/2+2..N-1) runs only on rows whose logits are requested.
 //
-// Ownership: owns the weights (and the mapped checkpoint) and a thread pool.
+// Tensor parallelism (ModelOptions::tp = N > 1, DESIGN §3, docs/tensor-parallel.md): the
+// weights are split over N ranks at load (engine/tp_plan.h), each rank is a thread with its own
+// share of the threads, and the ranks meet in an in-process all-reduce (engine/tp_group.h).
+// The API is the same; NewState returns states sharded like the weights, Forward accepts a
+// state of any layout (e.g. freshly imported, logical) and converts it on first use, and state
+// export/import use logical tensors, so a TP=N model hands sequences to a TP=M one.
+//
+// Ownership: owns the weights (and the mapped checkpoint) and a thread pool (TP: the rank
+// group).
 // Thread-safety: the model is immutable after Load; Forward serializes callers with a mutex
 // (the pool runs one job at a time). States passed to Forward must not be used elsewhere
 // during the call.
@@ -27,8 +35,14 @@
 
 namespace sambay {
 
+class TpGroup;  // engine/tp_group.h
+
 struct ModelOptions {
-  int num_threads = 0;  // 0 = all hardware threads
+  int num_threads = 0;  // 0 = all hardware threads (with tp > 1: shared by the ranks)
+  // Tensor-parallel ranks (threads), 1 = off. The model's KV heads / 2 (differential-attention
+  // KV pairs), d_inner and intermediate_size must be divisible by tp; else Load fails with
+  // InvalidArgument naming the size.
+  int tp = 1;
 };
 
 enum class LogitsMode { kNone, kLast, kAll };
@@ -41,6 +55,7 @@ struct ForwardSegment {
 
 class Model {
  public:
+  ~Model();
   // Loads dir/config.json and the safetensors weights. `report` (optional) receives unknown
   // tensors and warnings.
   static absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
@@ -52,8 +67,10 @@ class Model {
   // Hex digest of config + tensor names/shapes/dtypes + a sample of weight bytes: two processes
   // with the same fingerprint run the same model.
   const std::string& fingerprint() const { return fingerprint_; }
-  int num_threads() const { return pool_->num_threads(); }
+  int num_threads() const { return num_threads_; }
+  int tp_size() const;
 
+  // A fresh state (no tokens), sharded like the weights when tp_size() > 1.
   std::unique_ptr<SequenceState> NewState() const;
 
   // Runs all segments as one batch. Appends to `logits` (row-major, vocab columns) one row per
@@ -64,6 +81,8 @@ class Model {
   // are bit-identical to running it alone. A multi-token segment is bit-identical to the same
   // chunk run alone (row count decides the kernels), so a scheduler runs a prefill chunk in its
   // own call to keep results independent of what else is running.
+  // A state in another TP layout than this model's (SequenceState::shards) is first converted
+  // in place (ReshardState); its values do not change.
   absl::Status Forward(absl::Span<const ForwardSegment> segments, std::vector<float>* logits);
 
   // Prefill of one sequence in chunks of at most `chunk` tokens (0 = one chunk); writes the
@@ -78,13 +97,15 @@ class Model {
                           std::vector<float>* logits);
 
  private:
-  Model() = default;
+  Model();
   absl::Status Validate(absl::Span<const ForwardSegment> segments) const;
 
   ModelConfig config_;
   ModelWeights weights_;
   std::string fingerprint_;
-  std::unique_ptr<ThreadPool> pool_;
+  int num_threads_ = 1;
+  std::unique_ptr<ThreadPool> pool_;  // TP = 1
+  std::unique_ptr<TpGroup> tp_;       // TP > 1
   std::mutex mu_;
 };
 

@@ -31,8 +31,20 @@ SequenceState::SequenceState(const ModelConfig& c) : global(c.kv_dim()) {
   }
 }
 
+SequenceState::SequenceState(const ModelConfig& c, const TpPlan& plan) : global(c.kv_dim()) {
+  mamba.resize(c.num_layers);
+  swa.resize(c.num_layers);
+  if (plan.tp == 1) {
+    *this = SequenceState(c);
+    return;
+  }
+  shards.reserve(plan.ranks.size());
+  for (const TpRankSlice& r : plan.ranks) shards.emplace_back(r.config);
+}
+
 int64_t SequenceState::memory_bytes() const {
   int64_t b = global.allocated_bytes();
+  for (const SequenceState& s : shards) b += s.memory_bytes();
   for (const auto& m : mamba) b += static_cast<int64_t>((m.conv.size() + m.ssm.size()) * 4);
   for (const auto& s : swa) b += static_cast<int64_t>((s.k.size() + s.v.size()) * 4);
   return b;
@@ -47,6 +59,7 @@ void SequenceState::Reset() {
     std::fill(m.ssm.begin(), m.ssm.end(), 0.0f);
   }
   global.Resize(0);
+  for (SequenceState& s : shards) s.Reset();
 }
 
 }  // namespace sambay

@@ -7,6 +7,12 @@
 //   Cross/GMU layers keep nothing.
 // Plus the sampler's position: last sampled token and RNG state, exported with the tensors.
 //
+// Tensor parallelism (engine/tp_plan.h): the state of a TP=N model is sharded like its weights.
+// Its per-layer tensors are then empty and shards[r] holds rank r's slice of every tensor, as a
+// SequenceState of rank r's shard config (its d_inner channels, its KV heads). Export gathers
+// the shards into logical tensors and import scatters them (engine/state_io.h), so the wire
+// format does not depend on the TP size.
+//
 // Ownership: value-like, owns all its buffers (moveable, not copyable).
 // Thread-safety: none; a state is used by one forward pass at a time.
 #ifndef SAMBAY_ENGINE_STATE_H_
@@ -18,6 +24,7 @@
 #include <vector>
 
 #include "engine/config.h"
+#include "engine/tp_plan.h"
 
 namespace sambay {
 
@@ -57,7 +64,11 @@ class BlockKv {
 
 class SequenceState {
  public:
+  // A logical (unsharded) state, as used by TP=1 models.
   explicit SequenceState(const ModelConfig& config);
+  // A state for a model split by `plan`: one shard per rank and no logical buffers (a logical
+  // state when plan.tp == 1).
+  SequenceState(const ModelConfig& config, const TpPlan& plan);
   SequenceState(SequenceState&&) = default;
   SequenceState& operator=(SequenceState&&) = default;
 
@@ -72,7 +83,14 @@ class SequenceState {
   std::vector<RingKv> swa;
   BlockKv global;
 
-  // Bytes held now (allocated buffers).
+  // Empty for a logical state; else one state per TP rank (see above). The fields above
+  // (num_tokens, last_token, rng_state) are authoritative; each shard's num_tokens follows
+  // num_tokens, its last_token and rng_state are unused.
+  std::vector<SequenceState> shards;
+  // 1 for a logical state, else the number of shards.
+  int tp_size() const { return shards.empty() ? 1 : static_cast<int>(shards.size()); }
+
+  // Bytes held now (allocated buffers, shards included).
   int64_t memory_bytes() const;
 
   // Returns the state to "no tokens consumed" (buffers kept, zeroed where it matters).

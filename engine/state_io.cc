@@ -99,6 +99,44 @@ auto RowPtr(State& s, const ModelConfig& c, const EntrySpec& e, int64_t r, int64
   return s.global.v(r);
 }
 
+// Calls fn(ptr, cols) for each contiguous piece of row r of entry e, in column order: one piece
+// for a logical state; for a state sharded by `plan`, the ranks' column slices (conv, SWA and
+// global K/V are split by columns) or the one rank holding an SSM row (split by channel rows).
+template <typename State, typename Fn>
+void ForEachPiece(State& s, const ModelConfig& c, const TpPlan* plan, const EntrySpec& e, int64_t r,
+                  int64_t n, Fn fn) {
+  if (s.shards.empty()) {
+    fn(RowPtr(s, c, e, r, n), e.cols);
+    return;
+  }
+  if (e.kind == StateTensorKind::kSsmState) {
+    const int q = plan->DInnerOwner(r);
+    EntrySpec local = e;
+    local.rows = plan->ranks[q].d_inner1 - plan->ranks[q].d_inner0;
+    fn(RowPtr(s.shards[q], plan->ranks[q].config, local, r - plan->ranks[q].d_inner0, n), e.cols);
+    return;
+  }
+  for (size_t q = 0; q < s.shards.size(); ++q) {
+    const TpRankSlice& slice = plan->ranks[q];
+    EntrySpec local = e;
+    local.cols = e.kind == StateTensorKind::kConvState ? slice.d_inner1 - slice.d_inner0
+                                                       : slice.kv1 - slice.kv0;
+    fn(RowPtr(s.shards[q], slice.config, local, r, n), local.cols);
+  }
+}
+
+// Grows the global K/V (of every shard) to hold at least `rows` tokens.
+void EnsureGlobalRows(SequenceState& s, int64_t rows) {
+  if (s.global.size() < rows && s.shards.empty()) s.global.Resize(rows);
+  for (SequenceState& sh : s.shards) {
+    if (sh.global.size() < rows) sh.global.Resize(rows);
+  }
+}
+
+int64_t GlobalRows(const SequenceState& s) {
+  return s.shards.empty() ? s.global.size() : s.shards[0].global.size();
+}
+
 std::string EntryName(const EntrySpec& e) {
   return absl::StrCat("layer ", e.layer, " ", StateTensorKindName(e.kind));
 }
@@ -145,22 +183,20 @@ class Reader {
   size_t pos_ = 0;
 };
 
-absl::Status CheckStateMatchesConfig(const ModelConfig& c, const SequenceState& s) {
-  const auto bad = [](const std::string& what) {
-    return Invalid("export: state does not match the model: ", what);
+// The buffers of `s` (a logical state of `c`, or one shard of its shard config) hold n tokens.
+absl::Status CheckBuffers(const ModelConfig& c, const SequenceState& s, int64_t n,
+                          const std::string& where) {
+  const auto bad = [&](const std::string& what) {
+    return Invalid("export: state does not match the model: ", where, what);
   };
-  if (s.num_tokens < 0) return bad(absl::StrCat("num_tokens is ", s.num_tokens));
-  if (s.last_token < -1 || s.last_token >= c.vocab_size) {
-    return bad(absl::StrCat("last_token ", s.last_token, " is outside [-1, ", c.vocab_size, ")"));
-  }
   if (static_cast<int64_t>(s.mamba.size()) != c.num_layers ||
       static_cast<int64_t>(s.swa.size()) != c.num_layers) {
     return bad(absl::StrCat("layer vectors have ", s.mamba.size(), "/", s.swa.size(),
                             " entries, model has ", c.num_layers, " layers"));
   }
-  if (s.global.size() != s.num_tokens || s.global.kv_dim() != c.kv_dim()) {
+  if (s.global.size() != n || s.global.kv_dim() != c.kv_dim()) {
     return bad(absl::StrCat("global K/V holds ", s.global.size(), " tokens of ", s.global.kv_dim(),
-                            ", expected ", s.num_tokens, " of ", c.kv_dim()));
+                            ", expected ", n, " of ", c.kv_dim()));
   }
   for (int i = 0; i < c.num_layers; ++i) {
     const bool m = c.layers[i] == LayerKind::kMamba, w = c.layers[i] == LayerKind::kSwa;
@@ -172,6 +208,37 @@ absl::Status CheckStateMatchesConfig(const ModelConfig& c, const SequenceState& 
                               ") buffers do not have the config's sizes"));
     }
   }
+  return absl::OkStatus();
+}
+
+// Checks `s` against the config; for a sharded state, sets *plan to its TP plan.
+absl::Status CheckStateMatchesConfig(const ModelConfig& c, const SequenceState& s,
+                                     std::optional<TpPlan>* plan) {
+  const auto bad = [](const std::string& what) {
+    return Invalid("export: state does not match the model: ", what);
+  };
+  if (s.num_tokens < 0) return bad(absl::StrCat("num_tokens is ", s.num_tokens));
+  if (s.last_token < -1 || s.last_token >= c.vocab_size) {
+    return bad(absl::StrCat("last_token ", s.last_token, " is outside [-1, ", c.vocab_size, ")"));
+  }
+  if (s.shards.empty()) return CheckBuffers(c, s, s.num_tokens, "");
+  auto p = MakeTpPlan(c, s.tp_size());
+  if (!p.ok()) {
+    return bad(absl::StrCat("it has ", s.shards.size(), " shards: ", p.status().message()));
+  }
+  // The logical part of a sharded state holds no tensors.
+  ModelConfig empty = c;
+  empty.layers.assign(c.num_layers, LayerKind::kGmu);
+  SAMBAY_RETURN_IF_ERROR(CheckBuffers(empty, s, 0, "sharded state: "));
+  for (size_t r = 0; r < s.shards.size(); ++r) {
+    const std::string where = absl::StrCat("shard ", r, ": ");
+    if (!s.shards[r].shards.empty() || s.shards[r].num_tokens != s.num_tokens) {
+      return bad(
+          absl::StrCat(where, "num_tokens ", s.shards[r].num_tokens, ", expected ", s.num_tokens));
+    }
+    SAMBAY_RETURN_IF_ERROR(CheckBuffers(p->ranks[r].config, s.shards[r], s.num_tokens, where));
+  }
+  *plan = std::move(*p);
   return absl::OkStatus();
 }
 
@@ -276,7 +343,9 @@ absl::StatusOr<std::vector<std::string>> ExportState(const ModelConfig& config,
   if (fingerprint.size() > kMaxStateFingerprintBytes) {
     return Invalid("export: fingerprint has ", fingerprint.size(), " bytes, at most 64 allowed");
   }
-  SAMBAY_RETURN_IF_ERROR(CheckStateMatchesConfig(config, state));
+  std::optional<TpPlan> plan;
+  SAMBAY_RETURN_IF_ERROR(CheckStateMatchesConfig(config, state, &plan));
+  const TpPlan* tp = plan ? &*plan : nullptr;
   const int64_t n = state.num_tokens;
   const std::vector<EntrySpec> entries = ExpectedEntries(config, n);
 
@@ -313,9 +382,11 @@ absl::StatusOr<std::vector<std::string>> ExportState(const ModelConfig& config,
     PutU64(d, static_cast<uint64_t>(e.rows));
     PutU64(d, static_cast<uint64_t>(e.cols));
     w.Append(d.data(), d.size());
+    // A sharded state is gathered here: each logical row is written piece by piece.
     for (int64_t r = 0; r < e.rows; ++r) {
-      w.Append(reinterpret_cast<const char*>(RowPtr(state, config, e, r, n)),
-               static_cast<size_t>(e.cols) * 4);
+      ForEachPiece(state, config, tp, e, r, n, [&](const float* p, int64_t cols) {
+        w.Append(reinterpret_cast<const char*>(p), static_cast<size_t>(cols) * 4);
+      });
     }
   }
   return w.Finish();
@@ -329,6 +400,7 @@ struct StateImporter::Impl {
   ModelConfig config;
   std::string fingerprint;
   int64_t max_tokens;
+  std::optional<TpPlan> plan;  // set when importing into a sharded (TP > 1) state
   absl::Status error;
   Phase phase = Phase::kHeader;
   int64_t chunks = 0;
@@ -448,7 +520,8 @@ absl::Status StateImporter::Impl::ParseHeader(absl::string_view payload, size_t*
         static_cast<int>(i);
   }
   seen.assign(expected.size(), false);
-  state = std::make_unique<SequenceState>(config);
+  state = plan ? std::make_unique<SequenceState>(config, *plan)
+               : std::make_unique<SequenceState>(config);
   header = std::move(h);
   phase = expected.empty() ? Phase::kDone : Phase::kDescriptor;
   return absl::OkStatus();
@@ -516,21 +589,27 @@ absl::Status StateImporter::Impl::Consume(absl::string_view in) {
       if (pending.size() == want) SAMBAY_RETURN_IF_ERROR(CheckDescriptor());
       continue;
     }
-    // kData: copy into the rows of the fresh state.
+    // kData: copy into the rows of the fresh state (scattered over its shards, if sharded).
     const EntrySpec& e = expected[current];
     const int64_t row_bytes = e.cols * 4;
     const int64_t r = data_offset / row_bytes;
     const int64_t within = data_offset % row_bytes;
-    const size_t take =
-        static_cast<size_t>(std::min<int64_t>(static_cast<int64_t>(in.size()), row_bytes - within));
-    if ((e.kind == StateTensorKind::kGlobalK || e.kind == StateTensorKind::kGlobalV) &&
-        state->global.size() <= r) {
-      state->global.Resize(r + 1);
+    const int64_t take = std::min<int64_t>(static_cast<int64_t>(in.size()), row_bytes - within);
+    if (e.kind == StateTensorKind::kGlobalK || e.kind == StateTensorKind::kGlobalV) {
+      EnsureGlobalRows(*state, r + 1);
     }
-    char* dst = reinterpret_cast<char*>(RowPtr(*state, config, e, r, n));
-    std::memcpy(dst + within, in.data(), take);
-    in.remove_prefix(take);
-    data_offset += static_cast<int64_t>(take);
+    int64_t piece_begin = 0;  // bytes
+    ForEachPiece(*state, config, plan ? &*plan : nullptr, e, r, n, [&](float* p, int64_t cols) {
+      const int64_t pb = piece_begin, pe = piece_begin + cols * 4;
+      piece_begin = pe;
+      const int64_t lo = std::max(pb, within), hi = std::min(pe, within + take);
+      if (lo < hi) {
+        std::memcpy(reinterpret_cast<char*>(p) + (lo - pb), in.data() + (lo - within),
+                    static_cast<size_t>(hi - lo));
+      }
+    });
+    in.remove_prefix(static_cast<size_t>(take));
+    data_offset += take;
     if (data_offset == e.rows * row_bytes) EntryDone();
   }
   return absl::OkStatus();
@@ -554,11 +633,20 @@ absl::Status StateImporter::Impl::AddChunk(absl::string_view chunk) {
 }
 
 StateImporter::StateImporter(const ModelConfig& config, const std::string& fingerprint,
-                             int64_t max_tokens)
+                             int64_t max_tokens, int tp)
     : impl_(std::make_unique<Impl>()) {
   impl_->config = config;
   impl_->fingerprint = fingerprint;
   impl_->max_tokens = std::max<int64_t>(0, max_tokens);
+  if (tp != 1) {
+    auto plan = MakeTpPlan(config, tp);
+    if (plan.ok()) {
+      impl_->plan = std::move(*plan);
+    } else {
+      impl_->error =
+          absl::InvalidArgumentError(absl::StrCat("state import: ", plan.status().message()));
+    }
+  }
 }
 StateImporter::~StateImporter() = default;
 StateImporter::StateImporter(StateImporter&&) noexcept = default;
@@ -585,13 +673,14 @@ absl::StatusOr<std::unique_ptr<SequenceState>> StateImporter::Finish() {
   }
   const StateHeaderInfo& h = *m.header;
   const int64_t want = StateStreamBytes(m.config, h.fingerprint.size(), h.num_tokens);
-  if (m.bytes != want || m.state->global.size() != h.num_tokens) {
+  if (m.bytes != want || GlobalRows(*m.state) != h.num_tokens) {
     return m.Fail(absl::InternalError(
         absl::StrCat("state import: received ", m.bytes, " bytes, expected ", want)));
   }
   m.state->num_tokens = h.num_tokens;
   m.state->last_token = h.last_token;
   m.state->rng_state = h.rng_state;
+  for (SequenceState& sh : m.state->shards) sh.num_tokens = h.num_tokens;
   m.phase = Impl::Phase::kFinished;
   return std::move(m.state);
 }
@@ -605,7 +694,7 @@ int64_t StateImporter::payload_bytes_received() const { return impl_->bytes; }
 absl::StatusOr<std::unique_ptr<SequenceState>> ImportState(const ModelConfig& config,
                                                            const std::string& fingerprint,
                                                            const std::vector<std::string>& chunks,
-                                                           int64_t max_tokens) {
+                                                           int64_t max_tokens, int tp) {
   // Every frame and CRC first, before anything is allocated.
   int64_t total = 0;
   for (size_t i = 0; i < chunks.size(); ++i) {
@@ -615,9 +704,47 @@ absl::StatusOr<std::unique_ptr<SequenceState>> ImportState(const ModelConfig& co
   }
   // The global K/V alone takes 8 * kv_dim bytes per token: no larger claim can be honest.
   const int64_t by_bytes = total / std::max<int64_t>(1, 8 * config.kv_dim());
-  StateImporter importer(config, fingerprint, std::min(max_tokens, by_bytes));
+  StateImporter importer(config, fingerprint, std::min(max_tokens, by_bytes), tp);
   for (const std::string& c : chunks) SAMBAY_RETURN_IF_ERROR(importer.AddChunk(c));
   return importer.Finish();
+}
+
+absl::Status ReshardState(const ModelConfig& config, int tp, SequenceState& state) {
+  if (state.shards.size() == (tp == 1 ? 0 : static_cast<size_t>(tp))) return absl::OkStatus();
+  std::optional<TpPlan> from;
+  SAMBAY_RETURN_IF_ERROR(CheckStateMatchesConfig(config, state, &from));
+  std::optional<TpPlan> to;
+  if (tp != 1) {
+    auto p = MakeTpPlan(config, tp);
+    if (!p.ok()) return p.status();
+    to = std::move(*p);
+  }
+  const int64_t n = state.num_tokens;
+  SequenceState out = to ? SequenceState(config, *to) : SequenceState(config);
+  EnsureGlobalRows(out, n);
+  std::vector<float> row;
+  for (const EntrySpec& e : ExpectedEntries(config, n)) {
+    row.resize(static_cast<size_t>(e.cols));
+    for (int64_t r = 0; r < e.rows; ++r) {
+      int64_t at = 0;
+      ForEachPiece(state, config, from ? &*from : nullptr, e, r, n,
+                   [&](const float* p, int64_t cols) {
+                     std::memcpy(row.data() + at, p, static_cast<size_t>(cols) * 4);
+                     at += cols;
+                   });
+      at = 0;
+      ForEachPiece(out, config, to ? &*to : nullptr, e, r, n, [&](float* p, int64_t cols) {
+        std::memcpy(p, row.data() + at, static_cast<size_t>(cols) * 4);
+        at += cols;
+      });
+    }
+  }
+  out.num_tokens = n;
+  out.last_token = state.last_token;
+  out.rng_state = state.rng_state;
+  for (SequenceState& sh : out.shards) sh.num_tokens = n;
+  state = std::move(out);
+  return absl::OkStatus();
 }
 
 }  // namespace sambay

@@ -20,6 +20,11 @@
 // Imports fill a fresh SequenceState owned by the importer until Finish() hands it over, so a
 // failed import never touches a live state.
 //
+// Tensor parallelism: a sharded state (SequenceState::shards, a TP > 1 model's) is gathered by
+// ExportState into the same logical tensors, so the bytes do not depend on the TP size; an
+// importer built with tp > 1 scatters the tensors into a state sharded for that TP size, and
+// ReshardState converts a state between layouts in place.
+//
 // Ownership: ExportState returns owned chunk strings; StateImporter copies its config and
 // fingerprint. Thread-safety: the free functions are thread-safe (ExportState only reads the
 // state, which must not be modified concurrently); a StateImporter is used by one thread at a
@@ -99,7 +104,10 @@ absl::StatusOr<std::vector<std::string>> ExportState(
 class StateImporter {
  public:
   // max_tokens: the largest num_tokens this receiver accepts (negative counts as 0).
-  StateImporter(const ModelConfig& config, const std::string& fingerprint, int64_t max_tokens);
+  // tp: the TP size of the model that will use the state (Model::tp_size()); the state is
+  // built sharded for it. A tp the config cannot split fails every call with InvalidArgument.
+  StateImporter(const ModelConfig& config, const std::string& fingerprint, int64_t max_tokens,
+                int tp = 1);
   ~StateImporter();
   StateImporter(StateImporter&&) noexcept;
   StateImporter& operator=(StateImporter&&) noexcept;
@@ -124,7 +132,12 @@ class StateImporter {
 absl::StatusOr<std::unique_ptr<SequenceState>> ImportState(
     const ModelConfig& config, const std::string& fingerprint,
     const std::vector<std::string>& chunks,
-    int64_t max_tokens = std::numeric_limits<int64_t>::max());
+    int64_t max_tokens = std::numeric_limits<int64_t>::max(), int tp = 1);
+
+// Converts `state` (of a model with `config`) in place to the layout of a TP=tp model: logical
+// for tp 1, else sharded by MakeTpPlan(config, tp). Exact (a copy). No-op if it already has that
+// layout. InvalidArgument if the state does not match the config or tp cannot split it.
+absl::Status ReshardState(const ModelConfig& config, int tp, SequenceState& state);
 
 }  // namespace sambay
 

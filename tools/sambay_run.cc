@@ -7,6 +7,8 @@
 //   sambay-run generate --model DIR --prompt "text" | --chat "text" [--system "text"]
 //   sambay-run tokenize --model DIR --prompt "text" | --chat "text"
 //   sambay-run info     --model DIR
+// Every command that runs the model takes --threads N and --tp N (tensor parallelism over N
+// rank threads; the ids are those of --tp 1 up to float rounding, docs/tensor-parallel.md).
 // generate with --ids prints the new ids space-separated on one line of stdout; with --prompt
 // or --chat it streams the generated text (stopping at the model's stop tokens unless
 // --ignore-eos). Everything else goes to stderr. Errors: one line on stderr, exit code 1.
@@ -50,7 +52,9 @@ ABSL_FLAG(std::string, chat, "", "a user message, formatted with the Phi-4 chat 
 ABSL_FLAG(std::string, system, "", "with --chat: an optional system message");
 ABSL_FLAG(bool, ignore_eos, false,
           "generate with --prompt/--chat: do not stop at the model's stop tokens");
-ABSL_FLAG(int32_t, threads, 0, "compute threads; 0 = all cores");
+ABSL_FLAG(int32_t, threads, 0, "compute threads; 0 = all cores (shared by the TP ranks)");
+ABSL_FLAG(int32_t, tp, 1,
+          "tensor-parallel ranks (threads of this process, in-process all-reduce); 1 = off");
 
 namespace sambay {
 namespace {
@@ -105,6 +109,7 @@ absl::StatusOr<std::unique_ptr<Model>> LoadModel() {
   LoadReport report;
   ModelOptions opts;
   opts.num_threads = absl::GetFlag(FLAGS_threads);
+  opts.tp = absl::GetFlag(FLAGS_tp);
   std::unique_ptr<Model> model;
   SAMBAY_ASSIGN_OR_RETURN(model, Model::Load(dir, opts, &report));
   if (!report.unknown_tensors.empty()) {
@@ -204,8 +209,8 @@ absl::Status RunGenerate() {
     std::fprintf(stderr, "sambay-run: warning: %lld generated ids have no text in the tokenizer\n",
                  static_cast<long long>(no_text));
   }
-  std::fprintf(stderr, "sambay-run: %zu prompt + %zu new tokens in %.3f s (%d threads)\n",
-               ids.size(), out.size(), secs, model->num_threads());
+  std::fprintf(stderr, "sambay-run: %zu prompt + %zu new tokens in %.3f s (%d threads, tp %d)\n",
+               ids.size(), out.size(), secs, model->num_threads(), model->tp_size());
   return absl::OkStatus();
 }
 
@@ -231,11 +236,11 @@ absl::Status RunInfo() {
   std::printf(
       "fingerprint %s\nlayers %d hidden %lld heads %d kv_heads %d head_dim %lld "
       "vocab %lld window %lld d_inner %lld d_state %lld dt_rank %lld\n"
-      "schedule %s\nmatrix_bytes %lld\n",
+      "schedule %s\nmatrix_bytes %lld\ntp %d\n",
       model->fingerprint().c_str(), c.num_layers, (long long)c.hidden_size, c.num_heads,
       c.num_kv_heads, (long long)c.head_dim, (long long)c.vocab_size, (long long)c.sliding_window,
       (long long)c.d_inner, (long long)c.d_state, (long long)c.dt_rank, schedule.c_str(),
-      (long long)model->weights().matrix_bytes);
+      (long long)model->weights().matrix_bytes, model->tp_size());
   return absl::OkStatus();
 }
 

@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "common/server_util.h"
 #include "engine/model.h"
+#include "engine/tp_plan.h"
 #include "worker/metrics.h"
 #include "worker/scheduler.h"
 #include "worker/service.h"
@@ -43,6 +44,7 @@ struct Flags {
   int64_t state_memory_mib = 4096;
   int64_t prefill_chunk = 512;
   int64_t threads = 0;
+  int64_t tp = 1;
   double lease_timeout = 30;
   double drain_timeout = 60;
   int64_t max_message_mib = 32;
@@ -70,7 +72,10 @@ void Register(FlagSet& fs, Flags& f) {
             "of its prompt + max_new_tokens.");
   fs.AddInt("prefill-chunk", &f.prefill_chunk,
             "Most prompt tokens run per scheduler step (chunked prefill).");
-  fs.AddInt("threads", &f.threads, "Engine threads (0 = all cores).");
+  fs.AddInt("threads", &f.threads, "Engine threads (0 = all cores); shared by the TP ranks.");
+  fs.AddInt("tp", &f.tp,
+            "Tensor-parallel ranks: the model is split over this many threads of this process "
+            "(in-process all-reduce); 1 = off. See docs/tensor-parallel.md.");
   fs.AddDouble("lease-timeout", &f.lease_timeout,
                "Seconds a Decode reservation waits for its whole state before it is freed.");
   fs.AddDouble("drain-timeout", &f.drain_timeout,
@@ -108,6 +113,9 @@ absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
   if (f.state_memory_mib < 1) return absl::InvalidArgumentError("--state-memory-mib: must be >= 1");
   if (f.prefill_chunk < 1) return absl::InvalidArgumentError("--prefill-chunk: must be >= 1");
   if (f.threads < 0) return absl::InvalidArgumentError("--threads: must be >= 0");
+  if (f.tp < 1 || f.tp > kMaxTpSize) {
+    return absl::InvalidArgumentError(absl::StrCat("--tp: must be in [1, ", kMaxTpSize, "]"));
+  }
   if (!(f.lease_timeout > 0)) return absl::InvalidArgumentError("--lease-timeout: must be > 0");
   if (!(f.drain_timeout >= 0)) return absl::InvalidArgumentError("--drain-timeout: must be >= 0");
   if (f.max_message_mib < 1 || f.max_message_mib > 1024) {
@@ -141,7 +149,10 @@ int Run(int argc, char** argv) {
       {{"version", SAMBAY_VERSION}, {"config", fs.Effective()}});
 
   const absl::Time t0 = absl::Now();
-  auto model = Model::Load(f.model, ModelOptions{static_cast<int>(f.threads)});
+  ModelOptions mo;
+  mo.num_threads = static_cast<int>(f.threads);
+  mo.tp = static_cast<int>(f.tp);
+  auto model = Model::Load(f.model, mo);
   if (!model.ok()) return Fatal(model.status());
   const ModelConfig& cfg = (*model)->config();
   SchedulerOptions so;
@@ -158,6 +169,7 @@ int Run(int argc, char** argv) {
       {{"fingerprint", (*model)->fingerprint()},
        {"seconds", absl::ToDoubleSeconds(absl::Now() - t0)},
        {"threads", (*model)->num_threads()},
+       {"tp", (*model)->tp_size()},
        {"max_context", so.max_context}});
 
   WorkerMetrics metrics((*model)->fingerprint(), f.role, SAMBAY_VERSION);

@@ -237,7 +237,8 @@ grpc::Status WorkerService::PushState(grpc::ServerContext* ctx,
         {{"request_id", rid}, {"handle", msg.handle()}, {"error", s.ToString()}});
     return ToGrpcStatus(s);
   };
-  StateImporter importer(model_.config(), model_.fingerprint(), seq->request().prompt_tokens);
+  StateImporter importer(model_.config(), model_.fingerprint(), seq->request().prompt_tokens,
+                         model_.tp_size());
   const absl::Time start = absl::Now();
   absl::Duration import_time;
   int64_t bytes = 0, chunks = 0;
@@ -397,7 +398,7 @@ grpc::Status WorkerService::GetInfo(grpc::ServerContext* ctx, const pb::GetInfoR
   resp->set_num_layers(static_cast<uint32_t>(c.num_layers));
   if (roles_.prefill) resp->add_roles("prefill");
   if (roles_.decode) resp->add_roles("decode");
-  resp->set_tp_size(1);
+  resp->set_tp_size(static_cast<uint32_t>(model_.tp_size()));
   const SchedulerOptions& o = scheduler_.options();
   resp->set_max_running(static_cast<uint32_t>(o.max_running));
   resp->set_max_context_tokens(static_cast<uint32_t>(o.max_context));

@@ -18,21 +18,8 @@ namespace {
 using sambay::testing::ReadFileBytes;
 using sambay::testing::TempDir;
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-RunResult RunTool(const std::string& args, const TempDir& tmp) {
-  const std::string out = tmp.Sub("stdout.txt"), err = tmp.Sub("stderr.txt");
-  const std::string cmd = absl::StrCat(SAMBAY_BIN_DIR, "/", args, " >", out, " 2>", err);
-  const int rc = std::system(cmd.c_str());
-  RunResult r;
-  r.exit_code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
-  r.out = ReadFileBytes(out);
-  r.err = ReadFileBytes(err);
-  return r;
-}
+using sambay::testing::RunResult;
+using sambay::testing::RunTool;
 
 int CountLines(const std::string& s) {
   return static_cast<int>(std::count(s.begin(), s.end(), '\n'));

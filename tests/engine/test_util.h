@@ -2,6 +2,8 @@
 #ifndef SAMBAY_TESTS_ENGINE_TEST_UTIL_H_
 #define SAMBAY_TESTS_ENGINE_TEST_UTIL_H_
 
+#include <sys/wait.h>
+
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -50,6 +52,24 @@ class TempDir {
  private:
   std::string path_;
 };
+
+#ifdef SAMBAY_BIN_DIR
+// Runs `SAMBAY_BIN_DIR/<args>` through the shell with stdout and stderr captured in `tmp`.
+struct RunResult {
+  int exit_code = -1;
+  std::string out, err;
+};
+inline RunResult RunTool(const std::string& args, const TempDir& tmp) {
+  const std::string out = tmp.Sub("stdout.txt"), err = tmp.Sub("stderr.txt");
+  const std::string cmd = std::string(SAMBAY_BIN_DIR) + "/" + args + " >" + out + " 2>" + err;
+  const int rc = std::system(cmd.c_str());
+  RunResult r;
+  r.exit_code = WIFEXITED(rc) ? WEXITSTATUS(rc) : 128;
+  r.out = ReadFileBytes(out);
+  r.err = ReadFileBytes(err);
+  return r;
+}
+#endif  // SAMBAY_BIN_DIR
 
 // ||a - b|| / ||b|| over n values.
 inline double RelErr(const float* a, const float* b, int64_t n) {
