@@ -1,0 +1,125 @@
+// Compiled only into sambay_cuda with NCCL (SAMBAY_HAVE_NCCL): empty elsewhere, so a glob of
+// engine/comm/*.cc into the CPU engine stays harmless.
+#if defined(SAMBAY_HAVE_NCCL)
+
+#include "engine/comm/nccl_communicator.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+namespace sambay {
+namespace {
+
+ncclDataType_t NcclType(CommDtype t) { return t == CommDtype::kF32 ? ncclFloat32 : ncclBfloat16; }
+
+absl::Status NcclStatus(ncclResult_t r, const char* what) {
+  if (r == ncclSuccess) return absl::OkStatus();
+  const std::string msg = absl::StrCat(what, ": ", ncclGetErrorString(r));
+  if (r == ncclInvalidArgument || r == ncclInvalidUsage) return absl::InvalidArgumentError(msg);
+  return absl::InternalError(msg);
+}
+
+absl::Status CudaStatus(cudaError_t e, const char* what) {
+  if (e == cudaSuccess) return absl::OkStatus();
+  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(e)));
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator::CreateGroup(
+    const std::vector<int>& devices) {
+  if (devices.empty()) return absl::InvalidArgumentError("devices: empty group");
+  int present = 0;
+  if (cudaGetDeviceCount(&present) != cudaSuccess) {
+    (void)cudaGetLastError();
+    present = 0;
+  }
+  std::set<int> seen;
+  for (int d : devices) {
+    if (d < 0 || d >= present) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("devices: device ", d, " is not present (", present, " device(s))"));
+    }
+    if (!seen.insert(d).second) {
+      return absl::InvalidArgumentError(absl::StrCat("devices: device ", d, " appears twice"));
+    }
+  }
+  const int n = static_cast<int>(devices.size());
+  std::vector<ncclComm_t> comms(n, nullptr);
+  absl::Status s = NcclStatus(ncclCommInitAll(comms.data(), n, devices.data()), "ncclCommInitAll");
+  if (!s.ok()) return s;
+  std::vector<std::unique_ptr<NcclCommunicator>> out;
+  for (int i = 0; i < n; ++i) {
+    cudaStream_t stream = nullptr;
+    void* buf = nullptr;
+    s = CudaStatus(cudaSetDevice(devices[i]), "cudaSetDevice");
+    if (s.ok()) s = CudaStatus(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream");
+    if (s.ok()) s = CudaStatus(cudaMalloc(&buf, sizeof(float)), "cudaMalloc");
+    if (s.ok()) s = CudaStatus(cudaMemset(buf, 0, sizeof(float)), "cudaMemset");
+    if (!s.ok()) {
+      if (stream != nullptr) (void)cudaStreamDestroy(stream);
+      for (int j = i; j < n; ++j) (void)ncclCommDestroy(comms[j]);
+      return s;  // the ranks made so far are destroyed by `out`
+    }
+    out.emplace_back(new NcclCommunicator(i, n, devices[i], comms[i], stream, buf));
+  }
+  return out;
+}
+
+NcclCommunicator::~NcclCommunicator() {
+  (void)cudaSetDevice(device_);
+  if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
+  if (comm_ != nullptr) (void)ncclCommDestroy(comm_);
+  if (barrier_buf_ != nullptr) (void)cudaFree(barrier_buf_);
+  if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+}
+
+absl::Status NcclCommunicator::Finish(ncclResult_t r, const char* what) {
+  absl::Status s = NcclStatus(r, what);
+  if (!s.ok()) return s;
+  return CudaStatus(cudaStreamSynchronize(stream()), what);
+}
+
+absl::Status NcclCommunicator::AllReduceSum(void* buf, size_t count, CommDtype dtype) {
+  if (count == 0) return absl::OkStatus();
+  if (buf == nullptr) return absl::InvalidArgumentError("AllReduceSum: buf is null");
+  absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
+  if (!s.ok()) return s;
+  return Finish(ncclAllReduce(buf, buf, count, NcclType(dtype), ncclSum, comm_, stream()),
+                "ncclAllReduce");
+}
+
+absl::Status NcclCommunicator::AllGather(const void* in, void* out, size_t count, CommDtype dtype) {
+  if (count == 0) return absl::OkStatus();
+  if (in == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError("AllGather: in or out is null");
+  }
+  absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
+  if (!s.ok()) return s;
+  return Finish(ncclAllGather(in, out, count, NcclType(dtype), comm_, stream()), "ncclAllGather");
+}
+
+absl::Status NcclCommunicator::Broadcast(void* buf, size_t count, CommDtype dtype, int root) {
+  if (root < 0 || root >= size_) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Broadcast: root ", root, " is outside [0, ", size_, ")"));
+  }
+  if (count == 0) return absl::OkStatus();
+  if (buf == nullptr) return absl::InvalidArgumentError("Broadcast: buf is null");
+  absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
+  if (!s.ok()) return s;
+  return Finish(ncclBroadcast(buf, buf, count, NcclType(dtype), root, comm_, stream()),
+                "ncclBroadcast");
+}
+
+absl::Status NcclCommunicator::Barrier() {
+  absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
+  if (!s.ok()) return s;
+  return Finish(ncclAllReduce(barrier_buf_, barrier_buf_, 1, ncclFloat32, ncclSum, comm_, stream()),
+                "ncclAllReduce (barrier)");
+}
+
+}  // namespace sambay
+
+#endif  // SAMBAY_HAVE_NCCL

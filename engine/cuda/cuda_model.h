@@ -1,0 +1,130 @@
+// CudaModel: the whole SambaY forward (spec §2-§5) on one GPU, from the weights a CPU Model
+// loaded, with continuous batching of decode over state slots.
+//
+// Weights: every matrix is uploaded as bf16 (converted from F32/F16 checkpoints), every small
+// vector as fp32. Sequence state lives in slot arrays on the device: Mamba conv state (bf16)
+// and SSM state (fp32, or bf16 with CudaModelOptions::ssm_state_bf16 as in the HF reference),
+// SWA K/V rings (bf16), and the global layer's K/V in fixed-size blocks of a shared pool with a
+// per-slot block table (allocated as a sequence grows, returned by FreeSlot). The residual
+// stream is fp32; LayerNorm inputs are rounded to bf16 and GEMM inputs are bf16 (spec §10).
+//
+// A Forward runs segments (a prefill chunk of one sequence, or one token for each of many
+// sequences) through layers 0..N/2+1 for all rows and the cross-decoder only for the rows whose
+// logits are wanted (YOCO), like Model::Forward.
+//
+// Ownership: owns its CudaContext, device weights and state. The CPU Model passed to Create is
+// only read during Create. Thread-safety: none; one thread drives a CudaModel.
+#ifndef SAMBAY_ENGINE_CUDA_CUDA_MODEL_H_
+#define SAMBAY_ENGINE_CUDA_CUDA_MODEL_H_
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/config.h"
+#include "engine/cuda/cuda_util.h"
+#include "engine/cuda/gemm.h"
+#include "engine/cuda/ops.h"
+#include "engine/model.h"
+
+namespace sambay::cuda {
+
+struct CudaModelOptions {
+  int device = 0;
+  int max_slots = 8;             // sequences held at once
+  int64_t max_context = 4096;    // tokens per sequence (width of the block table)
+  int64_t kv_blocks = 0;         // blocks in the global K/V pool; 0 = enough for every slot full
+  int block_tokens = 256;        // tokens per K/V block
+  int64_t max_chunk = 1024;      // rows per forward pass (prefill chunk size)
+  int64_t max_logits_rows = 64;  // logits rows per forward pass (>= max_slots is enforced)
+  bool ssm_state_bf16 = false;   // store the SSM state in bf16 between calls (HF / vLLM)
+  // Decode steps (one token per sequence, logits for all) replay a CUDA graph captured once per
+  // batch size; split-K is then sized for max_context instead of the current context.
+  bool cuda_graphs = false;
+};
+
+struct ForwardPlan;  // cuda_model_impl.h
+
+struct CudaSegment {
+  int slot = 0;
+  absl::Span<const int32_t> tokens;
+  LogitsMode logits = LogitsMode::kLast;
+};
+
+class CudaModel {
+ public:
+  static absl::StatusOr<std::unique_ptr<CudaModel>> Create(const Model& cpu,
+                                                           const CudaModelOptions& options);
+  ~CudaModel();
+  CudaModel(const CudaModel&) = delete;
+  CudaModel& operator=(const CudaModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+  const CudaModelOptions& options() const { return options_; }
+  CudaContext& context() { return *ctx_; }
+
+  // A free slot with zeroed state; ResourceExhausted when all are in use.
+  absl::StatusOr<int> AllocSlot();
+  absl::Status FreeSlot(int slot);
+  // dst (allocated) becomes a copy of src (allocated): state, K/V blocks, token count.
+  absl::Status CloneSlot(int src, int dst);
+  absl::StatusOr<int64_t> NumTokens(int slot) const;
+  int64_t free_blocks() const { return static_cast<int64_t>(free_blocks_.size()); }
+
+  // Runs the segments as one batch; appends logits rows (vocab floats each) to `logits` in
+  // segment order (kLast: 1, kAll: len, kNone: 0). With logits == nullptr they stay on the
+  // device (device_logits()). Errors (nothing modified): bad slot, repeated slot, empty
+  // segment, token out of range, too many rows, context over max_context (InvalidArgument);
+  // K/V pool exhausted (ResourceExhausted).
+  absl::Status Forward(absl::Span<const CudaSegment> segments, std::vector<float>* logits);
+  // Chunked prefill (max_chunk rows per pass); last_logits receives [vocab].
+  absl::Status Prefill(int slot, absl::Span<const int32_t> tokens, std::vector<float>* last_logits);
+  // One decode step: tokens[i] is consumed by slots[i]; logits [slots.size(), vocab].
+  absl::Status DecodeStep(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
+                          std::vector<float>* logits);
+  // Decode step with greedy sampling on the device: next[i] = argmax of slot i's logits.
+  absl::Status DecodeStepGreedy(absl::Span<const int> slots, absl::Span<const int32_t> tokens,
+                                std::vector<int32_t>* next);
+  // Samples one token per logits row of the last Forward on the device (temperature, top-k,
+  // top-p; kernels.h); params has one entry per row (uniform: the draw in [0, 1), e.g. from the
+  // sequence's Sampler RNG). Penalties and min-p are not applied here.
+  absl::Status SampleLast(const SampleParamsHost& params, std::vector<int32_t>* out);
+  // The logits of the last Forward, fp32 [rows, vocab] on the device.
+  const float* device_logits() const;
+
+  // Bytes of weight matrices one decode step reads (embedding rows excluded, LM head included).
+  int64_t weight_bytes() const { return weight_bytes_; }
+  // Bytes of sequence state one decode step reads and writes for one sequence at `context`.
+  int64_t StateBytesPerStep(int64_t context) const;
+
+  // Switches decode graphs on or off (CudaModelOptions::cuda_graphs); graphs stay cached.
+  void set_cuda_graphs(bool on) { options_.cuda_graphs = on; }
+
+  struct Impl;
+
+ private:
+  CudaModel() = default;
+  absl::Status Upload(const Model& cpu);
+  absl::Status AllocState();
+  absl::Status CheckSlot(int slot, const char* what) const;
+  // Enqueues every kernel of one forward pass on the context's stream (no sync, no host copy).
+  absl::Status Enqueue(const ForwardPlan& plan);
+
+  ModelConfig config_;
+  CudaModelOptions options_;
+  std::unique_ptr<CudaContext> ctx_;
+  std::unique_ptr<Impl> impl_;
+  int64_t weight_bytes_ = 0;
+  int64_t max_blocks_ = 0;  // per slot
+  int64_t max_rows_ = 0;
+  std::vector<int32_t> host_block_table_;  // [max_slots, max_blocks]
+  std::vector<int32_t> free_blocks_;
+  std::vector<bool> slot_used_;
+  std::vector<int64_t> slot_tokens_;
+};
+
+}  // namespace sambay::cuda
+
+#endif  // SAMBAY_ENGINE_CUDA_CUDA_MODEL_H_

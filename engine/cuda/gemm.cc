@@ -1,0 +1,134 @@
+#include "engine/cuda/gemm.h"
+
+#include <cstdint>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+
+namespace sambay::cuda {
+
+// Row-major y[M, N] = x[M, K] W[N, K]^T is column-major y^T[N, M] = op(A) B with A = W seen as
+// column-major [K, N] (ld K) transposed, B = x seen as column-major [K, M] (ld lda).
+struct GemmCache::Plan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  ~Plan() {
+    if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
+    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
+    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
+    if (op != nullptr) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+GemmCache::GemmCache() = default;
+GemmCache::~GemmCache() = default;
+
+namespace {
+
+// Largest power of two (<= 256) dividing both the address and the row stride in bytes.
+int Alignment(const void* p, int64_t ld_bytes) {
+  const uint64_t v = reinterpret_cast<uintptr_t>(p) | static_cast<uint64_t>(ld_bytes) | 256u;
+  return static_cast<int>(v & (~v + 1));
+}
+
+absl::Status Check(bool ok, const char* arg, const std::string& why) {
+  if (ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("Gemm: ", arg, " ", why));
+}
+
+}  // namespace
+
+absl::Status Gemm(CudaContext& ctx, GemmCache& cache, const GemmArgs& in) {
+  GemmArgs a = in;
+  if (a.lda == 0) a.lda = a.K;
+  if (a.ldy == 0) a.ldy = a.N;
+  absl::Status s;
+  if (!(s = Check(a.x != nullptr, "x", "is null")).ok()) return s;
+  if (!(s = Check(a.w != nullptr, "w", "is null")).ok()) return s;
+  if (!(s = Check(a.y != nullptr, "y", "is null")).ok()) return s;
+  if (!(s = Check(a.M > 0 && a.N > 0 && a.K > 0, "M/N/K",
+                  absl::StrCat("must be positive, got ", a.M, "/", a.N, "/", a.K)))
+           .ok()) {
+    return s;
+  }
+  if (!(s = Check(a.lda >= a.K, "lda", absl::StrCat(a.lda, " < K ", a.K))).ok()) return s;
+  if (!(s = Check(a.ldy >= a.N, "ldy", absl::StrCat(a.ldy, " < N ", a.N))).ok()) return s;
+  if (!(s = Check(a.beta == 0.0f || a.beta == 1.0f, "beta", "must be 0 or 1")).ok()) return s;
+  if (!(s = Check(a.beta == 0.0f || a.out == GemmOut::kF32, "beta", "= 1 needs an fp32 output"))
+           .ok()) {
+    return s;
+  }
+  if (!(s = Check(a.M < (int64_t{1} << 31) && a.N < (int64_t{1} << 31) && a.K < (int64_t{1} << 31),
+                  "M/N/K", "must be < 2^31"))
+           .ok()) {
+    return s;
+  }
+  const int out_size = a.out == GemmOut::kF32 ? 4 : 2;
+  const int al_x = Alignment(a.x, a.lda * 2);
+  const int al_w = Alignment(a.w, a.K * 2);
+  const int al_y = Alignment(a.y, a.ldy * out_size);
+  const GemmCache::Key key{a.M,  a.N,  a.K, a.lda, a.ldy, static_cast<int>(a.out), a.beta != 0.0f,
+                           al_x, al_w, al_y};
+  auto it = cache.plans().find(key);
+  if (it == cache.plans().end()) {
+    auto plan = std::make_unique<GemmCache::Plan>();
+    SAMBAY_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescCreate(&plan->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    SAMBAY_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+    SAMBAY_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatmulDescSetAttribute(plan->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+    const cudaDataType_t ct = a.out == GemmOut::kF32 ? CUDA_R_32F : CUDA_R_16BF;
+    SAMBAY_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->a, CUDA_R_16BF, a.K, a.N, a.K));
+    SAMBAY_CUBLAS_RETURN_IF_ERROR(
+        cublasLtMatrixLayoutCreate(&plan->b, CUDA_R_16BF, a.K, a.M, a.lda));
+    SAMBAY_CUBLAS_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(&plan->c, ct, a.N, a.M, a.ldy));
+    cublasLtMatmulPreference_t pref = nullptr;
+    SAMBAY_CUBLAS_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&pref));
+    const size_t ws = ctx.workspace_bytes();
+    const uint32_t ua = static_cast<uint32_t>(al_w), ub = static_cast<uint32_t>(al_x),
+                   uc = static_cast<uint32_t>(al_y);
+    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
+        pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                                                &ua, sizeof(ua));
+    }
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                                                &ub, sizeof(ub));
+    }
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                                                &uc, sizeof(uc));
+    }
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+                                                &uc, sizeof(uc));
+    }
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      st = cublasLtMatmulAlgoGetHeuristic(ctx.lt(), plan->op, plan->a, plan->b, plan->c, plan->c,
+                                          pref, 1, &result, &found);
+    }
+    cublasLtMatmulPreferenceDestroy(pref);
+    SAMBAY_CUBLAS_RETURN_IF_ERROR(st);
+    if (found == 0) {
+      return absl::InternalError(absl::StrCat("Gemm: cuBLASLt has no algorithm for M=", a.M, " N=",
+                                              a.N, " K=", a.K, " lda=", a.lda, " ldy=", a.ldy));
+    }
+    plan->algo = result.algo;
+    it = cache.plans().emplace(key, std::move(plan)).first;
+  }
+  const GemmCache::Plan& p = *it->second;
+  const float alpha = 1.0f;
+  SAMBAY_CUBLAS_RETURN_IF_ERROR(cublasLtMatmul(ctx.lt(), p.op, &alpha, a.w, p.a, a.x, p.b, &a.beta,
+                                               a.y, p.c, a.y, p.c, &p.algo, ctx.workspace(),
+                                               ctx.workspace_bytes(), ctx.stream()));
+  return absl::OkStatus();
+}
+
+}  // namespace sambay::cuda

@@ -1,0 +1,105 @@
+// Validated CUDA ops of the SambaY forward (spec §3): the API the CUDA model and the tests use.
+//
+// Each function checks every argument on the host (null pointers, sizes, ranges, and the host
+// mirrors of device index arrays: token ids, segments, slots, block tables) and returns
+// InvalidArgument naming the op and the argument before anything is launched; then it
+// enqueues the kernel(s) of engine/cuda/kernels.h on `stream` and returns the launch status.
+// Shapes and layouts are documented in kernels.h.
+//
+// Stateless; thread-safe as long as concurrent calls use different output buffers.
+#ifndef SAMBAY_ENGINE_CUDA_OPS_H_
+#define SAMBAY_ENGINE_CUDA_OPS_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "engine/cuda/kernels.h"
+
+namespace sambay::cuda {
+
+// A batch layout: segments and the row -> segment map, as host mirrors (for validation and
+// planning) and device copies (for the kernels).
+struct Segments {
+  std::vector<SegDev> host;
+  std::vector<int32_t> host_row_seg;
+  const SegDev* dev = nullptr;
+  const int32_t* dev_row_seg = nullptr;
+  int64_t rows() const { return static_cast<int64_t>(host_row_seg.size()); }
+  int64_t size() const { return static_cast<int64_t>(host.size()); }
+};
+
+// Fills host and host_row_seg from (slot, start, len) triples laid out back to back.
+void BuildSegments(absl::Span<const int32_t> slots, absl::Span<const int64_t> starts,
+                   absl::Span<const int32_t> lens, Segments* s);
+
+// Segments cover rows 0..rows-1 contiguously in order, len > 0, start >= 0, slots in
+// [0, num_slots) and distinct, device copies present.
+absl::Status ValidateSegments(const char* op, const Segments& s, int64_t num_slots);
+
+absl::Status LayerNorm(cudaStream_t stream, const float* x, int64_t rows, int64_t dim,
+                       const float* w, const float* b, float eps, bf16* y);
+
+// host_ids: the host copy of dev_ids (checked against vocab).
+absl::Status Embedding(cudaStream_t stream, const bf16* table, int64_t vocab, int64_t dim,
+                       absl::Span<const int32_t> host_ids, const int32_t* dev_ids, float* x);
+
+absl::Status CausalConv1d(cudaStream_t stream, const bf16* x, int64_t ldx, const Segments& segs,
+                          int64_t num_slots, bf16* conv_state, const float* w, const float* bias,
+                          int64_t di, int K, bf16* y);
+absl::Status CausalConv1dUpdate(cudaStream_t stream, const bf16* x, int64_t ldx,
+                                absl::Span<const int32_t> host_slots, const int32_t* dev_slots,
+                                int64_t num_slots, bf16* conv_state, const float* w,
+                                const float* bias, int64_t di, int K, bf16* y);
+
+// Prefill: a.segs/a.nsegs from `segs`; decode update: segs == nullptr, a.slots with host_slots.
+absl::Status SelectiveScan(cudaStream_t stream, ScanArgs a, const Segments* segs,
+                           absl::Span<const int32_t> host_slots, int64_t num_slots);
+
+absl::Status SwiGlu(cudaStream_t stream, const bf16* in, int64_t rows, int64_t n, bf16* out);
+absl::Status GmuGate(cudaStream_t stream, const bf16* g, const bf16* m, int64_t count, bf16* out);
+absl::Status BiasToBf16(cudaStream_t stream, const float* in, int64_t rows, int64_t cols,
+                        const float* bias, bf16* out);
+absl::Status AddBias(cudaStream_t stream, float* x, int64_t rows, int64_t cols, const float* bias);
+absl::Status GatherRows(cudaStream_t stream, const void* src, int64_t src_rows, int64_t cols,
+                        bool elem4, absl::Span<const int32_t> host_idx, const int32_t* dev_idx,
+                        void* dst);
+
+// host_block_table: mirror of block_table [num_slots, max_blocks]; every position written must
+// map to a block id in [0, num_blocks).
+absl::Status StoreKvBlocks(cudaStream_t stream, const bf16* qkv, int64_t ld, int64_t k_off,
+                           int64_t kvd, const Segments& segs, int64_t num_slots, bf16* k_pool,
+                           bf16* v_pool, int64_t num_blocks, const int32_t* block_table,
+                           absl::Span<const int32_t> host_block_table, int64_t max_blocks,
+                           int block_tokens);
+absl::Status StoreKvRing(cudaStream_t stream, const bf16* qkv, int64_t ld, int64_t k_off,
+                         int64_t kvd, const Segments& segs, int64_t num_slots, bf16* k_ring,
+                         bf16* v_ring, int64_t window);
+
+// Bytes of `partial` workspace DiffAttention needs.
+int64_t DiffAttentionWorkspaceBytes(int64_t rows, int num_heads, int head_dim, int splits);
+// a.segs / a.row_seg / a.rows come from `segs`. For kBlocks every attended position must be
+// covered by host_block_table; `partial_bytes` is the size of a.partial.
+absl::Status DiffAttention(cudaStream_t stream, AttnArgs a, const Segments& segs, int64_t num_slots,
+                           absl::Span<const int32_t> host_block_table, int64_t num_blocks,
+                           int64_t partial_bytes);
+
+absl::Status Argmax(cudaStream_t stream, const float* logits, int64_t rows, int64_t vocab,
+                    int32_t* out);
+// Host mirrors of the per-row parameters are checked (temperature finite >= 0, top_p in (0, 1],
+// uniform in [0, 1)); the dev_* arrays are their device copies.
+struct SampleParamsHost {
+  std::vector<float> temperature;
+  std::vector<int32_t> top_k;
+  std::vector<float> top_p;
+  std::vector<float> uniform;
+};
+absl::Status SampleTopKTopP(cudaStream_t stream, const float* logits, int64_t rows, int64_t vocab,
+                            const SampleParamsHost& host, const float* dev_temperature,
+                            const int32_t* dev_top_k, const float* dev_top_p,
+                            const float* dev_uniform, int32_t* out);
+
+}  // namespace sambay::cuda
+
+#endif  // SAMBAY_ENGINE_CUDA_OPS_H_

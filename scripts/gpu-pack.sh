@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Builds the CUDA binaries on this (GPU-less) machine and packs them for the device machine into
+# carry/gpu/ (git-ignored), which a `run` call carries (docs/gpu.md):
+#   carry/gpu/bin/      cuda_tests, sambay-gpu-bench, sambay-mkmodel (stripped)
+#   carry/gpu/libs.tar.xz   the shared libraries they need that are not glibc, the CUDA toolkit
+#                           or the driver (Abseil, Highway, OpenBLAS, libgfortran, libstdc++ ...)
+#   carry/gpu/MANIFEST      what was packed, from which commit, the sizes
+# The CUDA libraries (cudart, cuBLAS/cuBLASLt, NCCL) are far too large to carry (~760 MB): the
+# device image has them; scripts/gpu-check.sh finds them there.
+# Fails if carry/gpu/ would exceed the 60 MiB budget (the limit for the whole tree is 64 MiB).
+# Environment: BUILD_DIR (default build-gpu), JOBS (default 2). Arguments go to CMake, e.g.
+# -DSAMBAY_NCCL=OFF for a device image without libnccl.so.2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build-gpu}
+JOBS=${JOBS:-2}
+BINS=(cuda_tests sambay-gpu-bench sambay-mkmodel)
+
+GEN=()
+command -v ninja >/dev/null && GEN=(-G Ninja)
+cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DSAMBAY_CUDA=ON \
+  -DSAMBAY_WERROR=ON "$@"
+cmake --build "$BUILD_DIR" -j "$JOBS" --target "${BINS[@]}"
+
+rm -rf carry/gpu
+mkdir -p carry/gpu/bin
+for b in "${BINS[@]}"; do
+  cp "$BUILD_DIR/bin/$b" carry/gpu/bin/
+  strip --strip-unneeded "carry/gpu/bin/$b"
+done
+
+# Shared libraries: everything ldd resolves except glibc's own, the dynamic loader, the CUDA
+# toolkit (/usr/local/cuda*) and the driver (libcuda). libstdc++ and libgcc_s go to compat/:
+# the device's newer ones are preferred (tools like compute-sanitizer need them); gpu-check.sh
+# puts compat/ first only if the binaries do not start without it.
+libdir=$(mktemp -d)
+trap 'rm -rf "$libdir"' EXIT
+mkdir -p "$libdir/compat"
+for b in "${BINS[@]}"; do
+  ldd "$BUILD_DIR/bin/$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3}'
+done | sort -u | while read -r lib; do
+  name=$(basename "$lib")
+  case "$lib" in
+    /usr/local/cuda*) continue ;;
+  esac
+  case "$name" in
+    libc.so.*|libm.so.*|libpthread.so.*|libdl.so.*|librt.so.*|ld-linux*|libcuda.so.*) continue ;;
+  esac
+  case "$name" in
+    libstdc++.so.*|libgcc_s.so.*) cp -L "$lib" "$libdir/compat/$name" ;;
+    *) cp -L "$lib" "$libdir/$name" ;;
+  esac
+done
+tar -C "$libdir" -cJf carry/gpu/libs.tar.xz .
+
+{
+  echo "packed: $(date -u '+%Y-%m-%d %H:%M UTC') from $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
+  echo "build: $BUILD_DIR ($(grep -E '^SAMBAY_CUDA_ARCHITECTURES' "$BUILD_DIR/CMakeCache.txt" || true))"
+  echo "binaries:"; ls -l carry/gpu/bin | tail -n +2
+  echo "libraries (libs.tar.xz):"; (cd "$libdir" && find . -type f | sort)
+} > carry/gpu/MANIFEST
+
+size=$(du -sb carry/gpu | cut -f1)
+echo "carry/gpu: $((size / 1024 / 1024)) MiB"
+if (( size > 60 * 1024 * 1024 )); then
+  echo "error: carry/gpu is over the 60 MiB budget (the whole carried tree may be 64 MiB)" >&2
+  exit 1
+fi
+tree_size=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
+echo "working tree that travels: $((tree_size / 1024 / 1024)) MiB + carry/gpu $((size / 1024 / 1024)) MiB (limit 64 MiB)"
+if (( tree_size + size > 64 * 1024 * 1024 )); then
+  echo "error: the working tree plus carry/gpu exceed 64 MiB" >&2
+  exit 1
+fi

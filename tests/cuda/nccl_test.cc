@@ -1,0 +1,104 @@
+// NcclCommunicator on real GPUs: TP=1 on one GPU, TP=2 where two exist (one thread per rank).
+// Skips without a CUDA device (and is empty without NCCL).
+#include <thread>
+#include <vector>
+
+#include "tests/cuda/cuda_test_util.h"
+#if defined(SAMBAY_HAVE_NCCL)
+#include "engine/comm/nccl_communicator.h"
+#endif
+
+namespace sambay {
+namespace {
+
+#if defined(SAMBAY_HAVE_NCCL)
+using cuda::testing::Download;
+using cuda::testing::Upload;
+
+// Rank r's input: r + i / 8 (exact in fp32 and in sums of a few ranks).
+std::vector<float> RankData(int r, size_t n) {
+  std::vector<float> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<float>(r) + static_cast<float>(i % 64) / 8;
+  return v;
+}
+
+void RunRank(NcclCommunicator& comm, size_t n, std::vector<std::string>* errors) {
+  auto fail = [&](const std::string& what) { errors->push_back(what); };
+  if (cudaSetDevice(comm.device()) != cudaSuccess) return fail("cudaSetDevice");
+  const int R = comm.size();
+  const int r = comm.rank();
+  cuda::DeviceBuffer buf = Upload(RankData(r, n));
+  if (!comm.AllReduceSum(buf.data(), n, CommDtype::kF32).ok()) return fail("AllReduceSum");
+  std::vector<float> got = Download<float>(buf, n);
+  for (size_t i = 0; i < n; ++i) {
+    float want = 0;
+    for (int k = 0; k < R; ++k) want += RankData(k, n)[i];
+    if (got[i] != want) return fail("AllReduceSum value");
+  }
+  cuda::DeviceBuffer in = Upload(RankData(r, n));
+  auto out = cuda::DeviceBuffer::Alloc(n * R * sizeof(float));
+  if (!out.ok()) return fail("alloc");
+  if (!comm.AllGather(in.data(), out->data(), n, CommDtype::kF32).ok()) return fail("AllGather");
+  got = Download<float>(*out, n * R);
+  for (int k = 0; k < R; ++k) {
+    const std::vector<float> want = RankData(k, n);
+    for (size_t i = 0; i < n; ++i) {
+      if (got[k * n + i] != want[i]) return fail("AllGather value");
+    }
+  }
+  cuda::DeviceBuffer bc = Upload(RankData(r, n));
+  if (!comm.Broadcast(bc.data(), n, CommDtype::kF32, R - 1).ok()) return fail("Broadcast");
+  if (Download<float>(bc, n) != RankData(R - 1, n)) return fail("Broadcast value");
+  std::vector<uint16_t> ones(n, 0x3f80);  // bf16 1.0
+  cuda::DeviceBuffer b16 = Upload(ones);
+  if (!comm.AllReduceSum(b16.data(), n, CommDtype::kBF16).ok()) return fail("bf16 AllReduce");
+  const std::vector<uint16_t> s16 = Download<uint16_t>(b16, n);
+  const uint16_t want16 = F32ToBf16(static_cast<float>(R));
+  for (size_t i = 0; i < n; ++i) {
+    if (s16[i] != want16) return fail("bf16 AllReduce value");
+  }
+  if (!comm.Barrier().ok()) return fail("Barrier");
+  if (comm.Broadcast(bc.data(), n, CommDtype::kF32, R).code() !=
+      absl::StatusCode::kInvalidArgument) {
+    return fail("Broadcast root out of range accepted");
+  }
+}
+
+void RunGroup(int tp) {
+  std::vector<int> devices;
+  for (int d = 0; d < tp; ++d) devices.push_back(d);
+  auto group = NcclCommunicator::CreateGroup(devices);
+  ASSERT_TRUE(group.ok()) << group.status();
+  ASSERT_EQ(group->size(), static_cast<size_t>(tp));
+  std::vector<std::vector<std::string>> errors(tp);
+  std::vector<std::thread> threads;
+  for (int r = 0; r < tp; ++r) {
+    threads.emplace_back([&, r] { RunRank(*(*group)[r], 1000 + 3, &errors[r]); });
+  }
+  for (auto& t : threads) t.join();
+  for (int r = 0; r < tp; ++r) {
+    EXPECT_TRUE(errors[r].empty()) << "rank " << r << ": " << errors[r].front();
+  }
+}
+
+TEST(NcclCommunicatorTest, Tp1OnOneGpu) {
+  SAMBAY_REQUIRE_GPU();
+  RunGroup(1);
+}
+
+TEST(NcclCommunicatorTest, Tp2OnTwoGpus) {
+  SAMBAY_REQUIRE_GPU();
+  if (cuda::DeviceCount() < 2) GTEST_SKIP() << "needs two GPUs";
+  RunGroup(2);
+}
+
+TEST(NcclCommunicatorTest, RejectsBadGroups) {
+  SAMBAY_REQUIRE_GPU();
+  EXPECT_EQ(NcclCommunicator::CreateGroup({}).status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(NcclCommunicator::CreateGroup({0, 0}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+#endif  // SAMBAY_HAVE_NCCL
+
+}  // namespace
+}  // namespace sambay

@@ -1,0 +1,301 @@
+// sambay-gpu-bench: CUDA engine throughput on a checkpoint, beside the HBM and matrix-unit
+// floors measured on the same GPU in the same run.
+//
+//   sambay-gpu-bench --model DIR [--device 0] [--concurrency 1,8,32,64] [--prompt 2048]
+//                    [--decode-steps 256] [--prefill-lengths 2048,32768] [--prefill-chunk 2048]
+//                    [--json FILE]
+//
+// First the two ceilings: device-to-device copy bandwidth (cudaMemcpyAsync of 1 GiB, bytes read
+// plus written per second, best of 10) and a bf16 GEMM rate (8192^3 through the engine's
+// cuBLASLt path, random data, best of 10). Then:
+//   decode: one sequence prefilled with --prompt tokens is cloned into every slot; at each
+//   concurrency c, --decode-steps greedy decode steps (argmax on the device) are timed after
+//   two warm-up steps, once enqueued directly and once replayed from a CUDA graph. HBM floor per
+//   step = (weight matrix bytes + c * state bytes one step reads and writes at the mean context) /
+//   copy bandwidth. prefill: one sequence of each length, chunked; matrix-unit floor = the FLOPs of
+//   the pass (GEMMs of layers 0..N/2+1 over every token, attention QK and PV, the cross-decoder and
+//   LM head on the last token) / the measured GEMM rate.
+// Prints a Markdown table on stdout; --json writes the same numbers.
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/flags/flag.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "engine/cuda/cuda_model.h"
+#include "engine/cuda/gemm.h"
+#include "engine/dtype.h"
+#include "engine/model.h"
+#include "nlohmann/json.hpp"
+#include "tools/cli_util.h"
+
+ABSL_FLAG(std::string, model, "", "model directory");
+ABSL_FLAG(int32_t, device, 0, "CUDA device");
+ABSL_FLAG(std::string, concurrency, "1,8,32,64", "decode batch sizes");
+ABSL_FLAG(int32_t, prompt, 2048, "prompt tokens per sequence before decode");
+ABSL_FLAG(int32_t, decode_steps, 256, "timed decode steps per concurrency");
+ABSL_FLAG(std::string, prefill_lengths, "2048,32768", "prefill prompt lengths");
+ABSL_FLAG(int64_t, prefill_chunk, 2048, "prefill chunk size (rows per forward pass)");
+ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
+ABSL_FLAG(int32_t, threads, 8, "CPU threads for loading the checkpoint");
+
+namespace sambay {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double Since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Best of `reps` event-timed runs of fn (seconds).
+template <typename Fn>
+absl::StatusOr<double> BestTime(cudaStream_t st, int reps, const Fn& fn) {
+  cudaEvent_t a, b;
+  SAMBAY_CUDA_RETURN_IF_ERROR(cudaEventCreate(&a));
+  SAMBAY_CUDA_RETURN_IF_ERROR(cudaEventCreate(&b));
+  double best = 1e30;
+  for (int r = 0; r < reps + 1; ++r) {  // the first run is a warm-up
+    SAMBAY_CUDA_RETURN_IF_ERROR(cudaEventRecord(a, st));
+    SAMBAY_RETURN_IF_ERROR(fn());
+    SAMBAY_CUDA_RETURN_IF_ERROR(cudaEventRecord(b, st));
+    SAMBAY_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(b));
+    float ms = 0;
+    SAMBAY_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, a, b));
+    if (r > 0) best = std::min(best, ms / 1e3);
+  }
+  (void)cudaEventDestroy(a);
+  (void)cudaEventDestroy(b);
+  return best;
+}
+
+absl::StatusOr<cuda::DeviceBuffer> RandomBf16(size_t n, uint64_t seed) {
+  std::vector<uint16_t> h(n);
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  for (auto& v : h) v = F32ToBf16(d(rng));
+  SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer b, cuda::DeviceBuffer::Alloc(n * 2));
+  SAMBAY_RETURN_IF_ERROR(b.CopyFromHost(h.data(), n * 2));
+  return b;
+}
+
+std::vector<int32_t> Ids(int64_t n, int64_t vocab, uint64_t seed) {
+  std::vector<int32_t> ids(n);
+  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>((seed * 7919 + i * 104729) % vocab);
+  return ids;
+}
+
+// FLOPs of a prefill of n tokens (one sequence, YOCO: cross-decoder on the last token only).
+double PrefillFlops(const ModelConfig& c, const ModelWeights& w, int64_t n) {
+  double self = 0, cross = 0;
+  auto mat = [](const WeightView& v) { return static_cast<double>(v.rows) * v.cols; };
+  for (int i = 0; i < c.num_layers; ++i) {
+    const LayerWeights& l = w.layers[i];
+    double p = mat(l.fc1) + mat(l.fc2);
+    if (l.kind == LayerKind::kMamba) {
+      p +=
+          mat(l.mamba.in_proj) + mat(l.mamba.x_proj) + mat(l.mamba.dt_proj) + mat(l.mamba.out_proj);
+    } else if (l.kind == LayerKind::kGmu) {
+      p += mat(l.gmu.in_proj) + mat(l.gmu.out_proj);
+    } else {
+      p += mat(l.attn.wqkv) + mat(l.attn.out_proj);
+    }
+    (i < c.first_cross_layer ? self : cross) += p;
+  }
+  // Attention: per (query, key): 2 stripes x (QK 2 hd + PV 2 * 2 hd) per pair = 6 q_dim.
+  const double per_pair_key = 6.0 * static_cast<double>(c.q_dim());
+  double keys = 0;
+  for (int i = 0; i < c.first_cross_layer; ++i) {
+    if (c.layers[i] == LayerKind::kSwa) {
+      const double W = static_cast<double>(c.sliding_window);
+      const double m = std::min<double>(n, W);
+      keys += m * (m + 1) / 2 + (n - m) * W;
+    } else if (c.layers[i] == LayerKind::kGlobal) {
+      keys += static_cast<double>(n) * (n + 1) / 2;
+    }
+  }
+  const double head = static_cast<double>(c.vocab_size) * c.hidden_size;
+  return 2.0 * self * n + per_pair_key * keys + 2.0 * (cross + head) +
+         per_pair_key * (c.num_layers - c.first_cross_layer) / 2.0 * n;
+}
+
+absl::Status Run(const std::string& command) {
+  ModelOptions mo;
+  mo.num_threads = absl::GetFlag(FLAGS_threads);
+  std::unique_ptr<Model> model;
+  SAMBAY_ASSIGN_OR_RETURN(model, Model::Load(absl::GetFlag(FLAGS_model), mo));
+  const ModelConfig& c = model->config();
+  std::vector<int32_t> conc, lens;
+  SAMBAY_ASSIGN_OR_RETURN(conc, ParseIds(absl::GetFlag(FLAGS_concurrency), "--concurrency"));
+  SAMBAY_ASSIGN_OR_RETURN(lens,
+                          ParseIds(absl::GetFlag(FLAGS_prefill_lengths), "--prefill-lengths"));
+  const int64_t prompt = absl::GetFlag(FLAGS_prompt);
+  const int steps = absl::GetFlag(FLAGS_decode_steps);
+  if (conc.empty() || prompt < 1 || steps < 1) {
+    return absl::InvalidArgumentError("--concurrency, --prompt and --decode-steps must be set");
+  }
+  const int max_c = *std::max_element(conc.begin(), conc.end());
+  const int64_t max_prefill = lens.empty() ? 0 : *std::max_element(lens.begin(), lens.end());
+
+  cuda::CudaModelOptions o;
+  o.device = absl::GetFlag(FLAGS_device);
+  o.max_slots = max_c + 2;  // + the cloned base sequence + the prefill sequence
+  o.block_tokens = 256;
+  const int64_t decode_ctx = prompt + steps + 8;
+  o.max_context = std::max<int64_t>(decode_ctx, max_prefill);
+  o.kv_blocks = (max_c + 1) * ((decode_ctx + 255) / 256) + (max_prefill + 255) / 256 + 4;
+  o.max_chunk = absl::GetFlag(FLAGS_prefill_chunk);
+  o.max_logits_rows = max_c + 2;
+  const auto t_up = Clock::now();
+  std::unique_ptr<cuda::CudaModel> gpu;
+  SAMBAY_ASSIGN_OR_RETURN(gpu, cuda::CudaModel::Create(*model, o));
+  const double upload_s = Since(t_up);
+  cuda::CudaContext& ctx = gpu->context();
+  cudaStream_t st = ctx.stream();
+
+  // Ceilings.
+  const size_t copy_bytes = size_t{1} << 30;
+  SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer src, RandomBf16(copy_bytes / 2, 1));
+  SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer dst, cuda::DeviceBuffer::Alloc(copy_bytes));
+  double t = 0;
+  SAMBAY_ASSIGN_OR_RETURN(t, BestTime(st, 10, [&]() -> absl::Status {
+                            SAMBAY_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(
+                                dst.data(), src.data(), copy_bytes, cudaMemcpyDeviceToDevice, st));
+                            return absl::OkStatus();
+                          }));
+  const double bw = 2.0 * copy_bytes / t;
+  const int64_t G = 8192;
+  SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer ga, RandomBf16(G * G, 2));
+  SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer gb, RandomBf16(G * G, 3));
+  SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer gc, cuda::DeviceBuffer::Alloc(G * G * 2));
+  cuda::GemmCache cache;
+  cuda::GemmArgs ga_args;
+  ga_args.x = ga.as<cuda::bf16>();
+  ga_args.M = G;
+  ga_args.K = G;
+  ga_args.w = gb.as<cuda::bf16>();
+  ga_args.N = G;
+  ga_args.y = gc.data();
+  SAMBAY_ASSIGN_OR_RETURN(t, BestTime(st, 10, [&] { return cuda::Gemm(ctx, cache, ga_args); }));
+  const double flops_rate = 2.0 * G * G * G / t;
+  src = cuda::DeviceBuffer();
+  dst = cuda::DeviceBuffer();
+  ga = cuda::DeviceBuffer();
+  gb = cuda::DeviceBuffer();
+  gc = cuda::DeviceBuffer();
+
+  const double wbytes = static_cast<double>(gpu->weight_bytes());
+  char date[64];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+  std::printf("sambay-gpu-bench  %s\nGPU: %s (%d SMs)\ncommand: %s\n", date,
+              ctx.device_name().c_str(), ctx.sm_count(), command.c_str());
+  std::printf(
+      "model: %d layers, hidden %lld, vocab %lld; weight matrices read per decode step %.3f GB; "
+      "upload %.1f s\ncopy bandwidth %.0f GB/s (read + write); bf16 GEMM 8192^3: %.0f TFLOP/s\n\n",
+      c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size, wbytes / 1e9, upload_s,
+      bw / 1e9, flops_rate / 1e12);
+  nlohmann::json js;
+  js["date"] = date;
+  js["gpu"] = ctx.device_name();
+  js["command"] = command;
+  js["copy_bandwidth_GBps"] = bw / 1e9;
+  js["gemm_tflops"] = flops_rate / 1e12;
+  js["weight_bytes"] = wbytes;
+
+  std::printf(
+      "| phase | concurrency / prompt | tokens/s | time per step or prompt | floor | "
+      "floor / time |\n|---|---|---|---|---|---|\n");
+  std::fflush(stdout);
+  // Decode: prefill one base sequence, clone it into the slots.
+  SAMBAY_ASSIGN_OR_RETURN(const int base, gpu->AllocSlot());
+  std::vector<float> logits;
+  SAMBAY_RETURN_IF_ERROR(gpu->Prefill(base, Ids(prompt, c.vocab_size, 1), &logits));
+  std::vector<int> slots;
+  for (int i = 0; i < max_c; ++i) {
+    SAMBAY_ASSIGN_OR_RETURN(const int s, gpu->AllocSlot());
+    slots.push_back(s);
+  }
+  for (int n : conc) {
+    for (bool graphs : {false, true}) {
+      gpu->set_cuda_graphs(graphs);
+      std::vector<int> batch(slots.begin(), slots.begin() + n);
+      for (int s : batch) SAMBAY_RETURN_IF_ERROR(gpu->CloneSlot(base, s));
+      std::vector<int32_t> toks(n, 1), next;
+      for (int w = 0; w < 2; ++w) {  // with graphs: the first runs directly, the second captures
+        SAMBAY_RETURN_IF_ERROR(gpu->DecodeStepGreedy(batch, toks, &next));
+        toks = next;
+      }
+      const auto t0 = Clock::now();
+      for (int s = 0; s < steps; ++s) {
+        SAMBAY_RETURN_IF_ERROR(gpu->DecodeStepGreedy(batch, toks, &next));
+        toks = next;
+      }
+      const double per_step = Since(t0) / steps;
+      const int64_t mean_ctx = prompt + 2 + steps / 2;
+      const double state = static_cast<double>(n) * gpu->StateBytesPerStep(mean_ctx);
+      const double floor = (wbytes + state) / bw;
+      std::printf("| decode%s | %d (context %lld..%lld) | %.0f | %.3f ms/step | %.3f ms | %.2f |\n",
+                  graphs ? " (graph)" : "", n, (long long)(prompt + 2),
+                  (long long)(prompt + 2 + steps), n / per_step, 1e3 * per_step, 1e3 * floor,
+                  floor / per_step);
+      std::fflush(stdout);
+      js["decode"].push_back({{"concurrency", n},
+                              {"cuda_graph", graphs},
+                              {"prompt", prompt},
+                              {"steps", steps},
+                              {"tokens_per_s", n / per_step},
+                              {"step_ms", 1e3 * per_step},
+                              {"hbm_floor_ms", 1e3 * floor},
+                              {"state_bytes_per_step", state}});
+    }
+  }
+  gpu->set_cuda_graphs(false);
+  for (int s : slots) SAMBAY_RETURN_IF_ERROR(gpu->FreeSlot(s));
+  SAMBAY_RETURN_IF_ERROR(gpu->FreeSlot(base));
+
+  for (int32_t n : lens) {
+    SAMBAY_ASSIGN_OR_RETURN(const int s, gpu->AllocSlot());
+    const auto ids = Ids(n, c.vocab_size, 3);
+    const auto t0 = Clock::now();
+    SAMBAY_RETURN_IF_ERROR(gpu->Prefill(s, ids, &logits));
+    const double secs = Since(t0);
+    SAMBAY_RETURN_IF_ERROR(gpu->FreeSlot(s));
+    const double floor = PrefillFlops(c, model->weights(), n) / flops_rate;
+    std::printf("| prefill | %d tokens (chunk %lld) | %.0f | %.3f s | %.3f s | %.2f |\n", n,
+                (long long)o.max_chunk, n / secs, secs, floor, floor / secs);
+    std::fflush(stdout);
+    js["prefill"].push_back({{"tokens", n},
+                             {"chunk", o.max_chunk},
+                             {"tokens_per_s", n / secs},
+                             {"seconds", secs},
+                             {"matrix_floor_s", floor}});
+  }
+  const std::string path = absl::GetFlag(FLAGS_json);
+  if (!path.empty()) {
+    std::ofstream out(path);
+    out << js.dump(2) << "\n";
+    if (!out) return absl::DataLossError(absl::StrCat("cannot write ", path));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+}  // namespace sambay
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  const std::string command = absl::StrJoin(args, " ");
+  sambay::ParseFlags(argc, argv, "sambay-gpu-bench --model DIR [flags]");
+  absl::Status st = sambay::Run(command);
+  if (!st.ok()) return sambay::ReportError("sambay-gpu-bench", st);
+  return 0;
+}
