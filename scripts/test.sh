@@ -2,7 +2,8 @@
 # Builds with warnings as errors and runs every test:
 #   1. the Release build in build/ and all of its CTest tests (unit, golden, CLI, reference);
 #   2. an AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/ running the C++
-#      test binaries again (the worker integration tests against a sanitized sambay-worker).
+#      test binaries again (the worker, router and client integration tests against sanitized
+#      sambay-worker and sambay-router processes).
 # Exits non-zero on the first failure. Environment: JOBS (default: number of cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +22,9 @@ build-asan/bin/engine_tests --gtest_brief=1
 # The worker tests start build-asan/bin/sambay-worker processes: the server runs sanitized too
 # (a report makes it exit non-zero, which the tests check).
 build-asan/bin/worker_tests --gtest_brief=1
+# The router and client tests start the sanitized sambay-router (and workers) the same way.
+build-asan/bin/router_tests --gtest_brief=1
+build-asan/bin/client_tests --gtest_brief=1
 
 echo "== Release tests"
 ctest --test-dir build --output-on-failure -j "$JOBS"

@@ -41,7 +41,7 @@ WorkerMetrics::WorkerMetrics(const std::string& fingerprint, const std::string& 
                 "Sequences admitted but not decoding: queued or running prefills, reservations "
                 "waiting for their state, states being pushed.")),
       slots_used(G(*registry_, "sambay_worker_slots_used", "Sequence slots in use.")),
-      slots_total(G(*registry_, "sambay_worker_slots_total", "Sequence slots (--max-running).")),
+      slots_total(G(*registry_, "sambay_worker_slots_limit", "Sequence slots (--max-running).")),
       state_used_bytes(G(*registry_, "sambay_worker_state_memory_used_bytes",
                          "State memory reserved by admitted sequences.")),
       state_total_bytes(G(*registry_, "sambay_worker_state_memory_total_bytes",

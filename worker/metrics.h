@@ -5,7 +5,7 @@
 //   sambay_worker_info{fingerprint,role,version}          gauge, always 1
 //   sambay_worker_running_sequences                         gauge  sequences in the decode batch
 //   sambay_worker_waiting_sequences                         gauge  admitted, not decoding yet
-//   sambay_worker_slots_used / _slots_total                 gauge  admitted sequences / limit
+//   sambay_worker_slots_used / _slots_limit                 gauge  admitted sequences / limit
 //   sambay_worker_state_memory_used_bytes / _total_bytes    gauge  reserved state memory / budget
 //   sambay_worker_prefill_seconds                           histogram  one prompt's prefill
 //   sambay_worker_decode_step_seconds                       histogram  one batched forward step

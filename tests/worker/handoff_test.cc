@@ -496,11 +496,11 @@ TEST_F(HandoffTest, HealthAndMetricsEndpoints) {
     ASSERT_TRUE(text.ok()) << text.status();
     for (const char* name :
          {"sambay_worker_running_sequences", "sambay_worker_waiting_sequences",
-          "sambay_worker_slots_used", "sambay_worker_slots_total",
+          "sambay_worker_slots_used", "sambay_worker_slots_limit",
           "sambay_worker_state_memory_used_bytes", "sambay_worker_state_memory_total_bytes"}) {
       EXPECT_TRUE(MetricValue(*text, name).has_value()) << w->name() << ": no " << name;
     }
-    EXPECT_EQ(MetricValue(*text, "sambay_worker_slots_total"), 16) << w->name();
+    EXPECT_EQ(MetricValue(*text, "sambay_worker_slots_limit"), 16) << w->name();
     EXPECT_EQ(MetricSum(*text, "sambay_worker_info"), 1) << w->name();
   }
 }

@@ -42,7 +42,7 @@ TEST(MetricsEndpointTest, DocumentedSeriesArePresent) {
   Worker& worker = **w;
   auto text = worker.Metrics();
   ASSERT_TRUE(text.ok()) << text.status();
-  EXPECT_EQ(MetricValue(*text, "sambay_worker_slots_total"), 5);
+  EXPECT_EQ(MetricValue(*text, "sambay_worker_slots_limit"), 5);
   EXPECT_EQ(MetricValue(*text, "sambay_worker_state_memory_total_bytes"), 3 << 20);
   for (const char* gauge : {"sambay_worker_running_sequences", "sambay_worker_waiting_sequences",
                             "sambay_worker_slots_used", "sambay_worker_state_memory_used_bytes"}) {
