@@ -90,6 +90,11 @@ class SequenceState {
   // 1 for a logical state, else the number of shards.
   int tp_size() const { return shards.empty() ? 1 : static_cast<int>(shards.size()); }
 
+  // Opaque resource of a non-CPU backend holding this sequence's tensors (e.g. a CUDA state
+  // slot, worker/engine_backend.h), released with the state; null on the CPU path. The tensors
+  // above are then only a staging copy, filled on export. Not part of the wire format.
+  std::shared_ptr<void> device;
+
   // Bytes held now (allocated buffers, shards included).
   int64_t memory_bytes() const;
 

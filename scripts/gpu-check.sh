@@ -2,8 +2,9 @@
 # Every GPU step of issue 7 in one script, run ON THE DEVICE MACHINE from the repository root
 # with carry/gpu/ (made here by scripts/gpu-pack.sh) carried along (docs/gpu.md):
 #   1. the GPU, driver and the libraries the carried binaries resolve;
-#   2. cuda_tests (ops vs CPU ops, CUDA model vs CPU model, NCCL), then the op tests again
-#      under compute-sanitizer memcheck (if present);
+#   2. cuda_tests (ops vs CPU ops, CUDA model vs CPU model, slot <-> CPU state transfer, NCCL),
+#      then worker_tests' CudaWorker* (sambay-worker --device cuda handing off to and from a
+#      CPU worker, vs sambay-run), then the op tests again under compute-sanitizer memcheck;
 #   3. the benchmark model: sambay-mkmodel --preset phi4-mini-flash --dtype bf16;
 #   4. sambay-gpu-bench (decode at concurrency 1/8/32/64 with 2K prompts, prefill 2K and 32K);
 #   5. tools/gpu/torch_eager.py, the PyTorch eager peer, same shapes, same GPU;
@@ -84,6 +85,15 @@ if has tests; then
     fi
     echo "$r $t ($(( $(date +%s) - t0 )) s, exit $rc)" | tee -a "$OUT/tests.txt"
   done
+  rm -f "$OUT/t.log"
+  say "2a. sambay-worker --device cuda: worker_tests --gtest_filter='CudaWorker*'"
+  t0=$(date +%s)
+  SAMBAY_TEST_BIN_DIR=$PWD/$BIN timeout 600 "$BIN/worker_tests" --gtest_filter='CudaWorker*' \
+    > "$OUT/t.log" 2>&1
+  rc=$?
+  cat "$OUT/t.log"
+  if (( rc != 0 )); then r=FAIL; status=1; else r=PASS; fi
+  echo "$r worker_tests CudaWorker* ($(( $(date +%s) - t0 )) s, exit $rc)" | tee -a "$OUT/tests.txt"
   rm -f "$OUT/t.log"
 fi
 if has sanitize && command -v compute-sanitizer >/dev/null; then

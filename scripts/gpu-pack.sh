@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the CUDA binaries on this (GPU-less) machine and packs them for the device machine into
 # carry/gpu/ (git-ignored), which a `run` call carries (docs/gpu.md):
-#   carry/gpu/bin/      cuda_tests, sambay-gpu-bench, sambay-mkmodel (stripped)
+#   carry/gpu/bin/      cuda_tests, sambay-gpu-bench, sambay-mkmodel, and for the GPU worker test
+#                       worker_tests, sambay-worker, sambay-run (stripped)
+#   carry/gpu/models/tiny   the bundled tiny model (worker_tests finds it beside bin/)
 #   carry/gpu/libs.tar.xz   the shared libraries they need that are not glibc, the CUDA toolkit
 #                           or the driver (Abseil, Highway, OpenBLAS, libgfortran, libstdc++ ...)
 #   carry/gpu/MANIFEST      what was packed, from which commit, the sizes
@@ -14,13 +16,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 JOBS=${JOBS:-2}
-BINS=(cuda_tests sambay-gpu-bench sambay-mkmodel)
+BINS=(cuda_tests sambay-gpu-bench sambay-mkmodel worker_tests sambay-worker sambay-run)
 
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
 cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DSAMBAY_CUDA=ON \
   -DSAMBAY_WERROR=ON "$@"
-cmake --build "$BUILD_DIR" -j "$JOBS" --target "${BINS[@]}"
+cmake --build "$BUILD_DIR" -j "$JOBS" --target "${BINS[@]}" tiny_model
 
 rm -rf carry/gpu
 mkdir -p carry/gpu/bin
@@ -28,6 +30,8 @@ for b in "${BINS[@]}"; do
   cp "$BUILD_DIR/bin/$b" carry/gpu/bin/
   strip --strip-unneeded "carry/gpu/bin/$b"
 done
+mkdir -p carry/gpu/models
+cp -r "$BUILD_DIR/models/tiny" carry/gpu/models/
 
 # Shared libraries: everything ldd resolves except glibc's own, the dynamic loader, the CUDA
 # toolkit (/usr/local/cuda*) and the driver (libcuda). libstdc++ and libgcc_s go to compat/:

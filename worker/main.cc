@@ -7,8 +7,10 @@
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -19,9 +21,15 @@
 #include "common/server_util.h"
 #include "engine/model.h"
 #include "engine/tp_plan.h"
+#include "worker/engine_backend.h"
 #include "worker/metrics.h"
 #include "worker/scheduler.h"
 #include "worker/service.h"
+
+#ifdef SAMBAY_HAVE_CUDA
+#include "engine/cuda/cuda_util.h"
+#include "worker/cuda_backend.h"
+#endif
 
 #ifndef SAMBAY_VERSION
 #define SAMBAY_VERSION "dev"
@@ -45,6 +53,8 @@ struct Flags {
   int64_t prefill_chunk = 512;
   int64_t threads = 0;
   int64_t tp = 1;
+  std::string device = "cpu";
+  int64_t gpu = 0;
   double lease_timeout = 30;
   double drain_timeout = 60;
   int64_t max_message_mib = 32;
@@ -76,6 +86,10 @@ void Register(FlagSet& fs, Flags& f) {
   fs.AddInt("tp", &f.tp,
             "Tensor-parallel ranks: the model is split over this many threads of this process "
             "(in-process all-reduce); 1 = off. See docs/tensor-parallel.md.");
+  fs.AddString("device", &f.device,
+               "cpu, or cuda: run the model on GPU --gpu through the CUDA backend (a build with "
+               "CUDA and a GPU; bf16 weights and state, see docs/gpu.md).");
+  fs.AddInt("gpu", &f.gpu, "CUDA device index for --device cuda.");
   fs.AddDouble("lease-timeout", &f.lease_timeout,
                "Seconds a Decode reservation waits for its whole state before it is freed.");
   fs.AddDouble("drain-timeout", &f.drain_timeout,
@@ -116,6 +130,14 @@ absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
   if (f.tp < 1 || f.tp > kMaxTpSize) {
     return absl::InvalidArgumentError(absl::StrCat("--tp: must be in [1, ", kMaxTpSize, "]"));
   }
+  if (f.device != "cpu" && f.device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device: must be cpu or cuda, got \"", f.device, "\""));
+  }
+  if (f.gpu < 0) return absl::InvalidArgumentError("--gpu: must be >= 0");
+  if (f.device == "cuda" && f.tp != 1) {
+    return absl::InvalidArgumentError("--tp: must be 1 with --device cuda");
+  }
   if (!(f.lease_timeout > 0)) return absl::InvalidArgumentError("--lease-timeout: must be > 0");
   if (!(f.drain_timeout >= 0)) return absl::InvalidArgumentError("--drain-timeout: must be >= 0");
   if (f.max_message_mib < 1 || f.max_message_mib > 1024) {
@@ -148,13 +170,32 @@ int Run(int argc, char** argv) {
   Log(LogLevel::kInfo, "worker", "starting",
       {{"version", SAMBAY_VERSION}, {"config", fs.Effective()}});
 
+  // --device cuda fails here, before the model is loaded, when it cannot work.
+  if (f.device == "cuda") {
+#ifdef SAMBAY_HAVE_CUDA
+    const int n = cuda::DeviceCount();
+    if (n == 0) {
+      return Fatal(absl::FailedPreconditionError("--device cuda: no CUDA device is present"));
+    }
+    if (f.gpu >= n) {
+      return Fatal(absl::FailedPreconditionError(
+          absl::StrCat("--gpu: device ", f.gpu, " does not exist (", n, " CUDA devices)")));
+    }
+#else
+    return Fatal(absl::FailedPreconditionError(
+        "--device cuda: this sambay-worker was built without the CUDA backend "
+        "(configure with -DSAMBAY_CUDA=ON on a machine with the CUDA toolkit)"));
+#endif
+  }
+
   const absl::Time t0 = absl::Now();
   ModelOptions mo;
   mo.num_threads = static_cast<int>(f.threads);
   mo.tp = static_cast<int>(f.tp);
-  auto model = Model::Load(f.model, mo);
-  if (!model.ok()) return Fatal(model.status());
-  const ModelConfig& cfg = (*model)->config();
+  auto loaded = Model::Load(f.model, mo);
+  if (!loaded.ok()) return Fatal(loaded.status());
+  std::unique_ptr<Model> model = *std::move(loaded);
+  const ModelConfig cfg = model->config();
   SchedulerOptions so;
   so.max_running = f.max_running;
   so.max_context = f.max_context == 0 ? cfg.max_position_embeddings : f.max_context;
@@ -165,14 +206,39 @@ int Run(int argc, char** argv) {
   so.state_budget_bytes = f.state_memory_mib << 20;
   so.prefill_chunk = f.prefill_chunk;
   so.lease = absl::Seconds(f.lease_timeout);
+  std::unique_ptr<EngineBackend> engine;
+  if (f.device == "cuda") {
+#ifdef SAMBAY_HAVE_CUDA
+    // One state slot per admitted sequence; the global K/V pool sized by the state budget
+    // (bf16 blocks: the scheduler's fp32 accounting never admits more than it holds).
+    cuda::CudaModelOptions co;
+    co.device = static_cast<int>(f.gpu);
+    co.max_slots = static_cast<int>(f.max_running);
+    co.max_context = so.max_context;
+    co.max_chunk = so.prefill_chunk;
+    co.max_logits_rows = std::max<int64_t>(64, f.max_running);
+    const int64_t block_bytes = co.block_tokens * cfg.kv_dim() * 2 * 2;
+    const int64_t per_seq = (so.max_context + co.block_tokens - 1) / co.block_tokens;
+    co.kv_blocks = std::clamp<int64_t>((so.state_budget_bytes + block_bytes - 1) / block_bytes,
+                                       per_seq, per_seq * co.max_slots);
+    auto cuda_engine = CudaBackend::Create(*model, co);
+    if (!cuda_engine.ok()) return Fatal(cuda_engine.status());
+    engine = *std::move(cuda_engine);
+#endif
+  } else {
+    engine = std::make_unique<CpuBackend>(*model);
+  }
+  if (engine == nullptr) return Fatal(absl::InternalError("no engine backend"));
   Log(LogLevel::kInfo, "worker", "model loaded",
-      {{"fingerprint", (*model)->fingerprint()},
+      {{"fingerprint", engine->fingerprint()},
        {"seconds", absl::ToDoubleSeconds(absl::Now() - t0)},
-       {"threads", (*model)->num_threads()},
-       {"tp", (*model)->tp_size()},
+       {"device", engine->device_name()},
+       {"threads", model->num_threads()},
+       {"tp", engine->tp_size()},
        {"max_context", so.max_context}});
+  if (f.device == "cuda") model.reset();  // the weights live on the GPU now
 
-  WorkerMetrics metrics((*model)->fingerprint(), f.role, SAMBAY_VERSION);
+  WorkerMetrics metrics(engine->fingerprint(), f.role, SAMBAY_VERSION);
   auto metrics_port = metrics.Serve(f.metrics_host, static_cast<int>(f.metrics_port));
   if (!metrics_port.ok()) return Fatal(metrics_port.status());
 
@@ -181,8 +247,8 @@ int Run(int argc, char** argv) {
   limits.keepalive_seconds = f.keepalive_seconds;
   limits.keepalive_timeout_seconds = f.keepalive_timeout_seconds;
 
-  Scheduler scheduler(**model, so, &metrics);
-  WorkerService service(**model, scheduler, metrics, roles, limits, SAMBAY_VERSION);
+  Scheduler scheduler(*engine, so, &metrics);
+  WorkerService service(*engine, scheduler, metrics, roles, limits, SAMBAY_VERSION);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();

@@ -61,7 +61,19 @@ absl::Status CheckIds(absl::Span<const int32_t> ids, int64_t vocab, const char* 
 }  // namespace
 
 Scheduler::Scheduler(Model& model, const SchedulerOptions& options, WorkerMetrics* metrics)
-    : model_(model), options_(options), metrics_(metrics) {
+    : owned_engine_(std::make_unique<CpuBackend>(model)),
+      model_(*owned_engine_),
+      options_(options),
+      metrics_(metrics) {
+  Start();
+}
+
+Scheduler::Scheduler(EngineBackend& engine, const SchedulerOptions& options, WorkerMetrics* metrics)
+    : model_(engine), options_(options), metrics_(metrics) {
+  Start();
+}
+
+void Scheduler::Start() {
   SAMBAY_CHECK(options_.max_running > 0 && options_.max_context > 0 &&
                options_.state_budget_bytes > 0 && options_.prefill_chunk > 0);
   fixed_bytes_ = model_.NewState()->memory_bytes();

@@ -1,6 +1,6 @@
 // Scheduler: continuous batching of one model replica (DESIGN §1, docs/worker.md).
 //
-// One engine thread runs steps. A step is ONE batched Model::Forward over:
+// One engine thread runs steps. A step is ONE batched EngineBackend::Forward over:
 //   * every running sequence, one decode token each (they all advance together), and
 //   * the next chunk (at most prefill_chunk tokens) of the oldest admitted prompt.
 // Sequences join the running batch and leave it only at step boundaries. A long prompt is cut
@@ -16,7 +16,8 @@
 // released) when it finishes, fails, is cancelled or released, when its lease expires, or,
 // for a Prefill, when the handler Retires it after the push.
 //
-// Ownership: borrows the model and metrics (must outlive the scheduler); owns the engine
+// Ownership: borrows the engine backend (or the CPU model) and metrics (must outlive the
+// scheduler); owns the engine
 // thread and the sequences' states while they run.
 // Thread-safety: every public method is thread-safe.
 #ifndef SAMBAY_WORKER_SCHEDULER_H_
@@ -37,6 +38,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "engine/model.h"
+#include "worker/engine_backend.h"
 #include "worker/metrics.h"
 #include "worker/sequence.h"
 
@@ -63,7 +65,9 @@ struct LoadSnapshot {
 
 class Scheduler {
  public:
+  // The CPU model through a CpuBackend owned by the scheduler.
   Scheduler(Model& model, const SchedulerOptions& options, WorkerMetrics* metrics);
+  Scheduler(EngineBackend& engine, const SchedulerOptions& options, WorkerMetrics* metrics);
   ~Scheduler();  // ends every sequence with UNAVAILABLE and joins the engine thread
 
   const SchedulerOptions& options() const { return options_; }
@@ -113,6 +117,7 @@ class Scheduler {
   using Phase = Sequence::Sched::Phase;
   using SeqPtr = std::shared_ptr<Sequence>;
 
+  void Start();  // constructor body: sizes, gauges, the engine thread
   void Loop();
   // Runs one forward step over `decode` and the next chunk of `prefill` (may be null), then
   // samples; returns the sequences that finished (with how) for the caller to end.
@@ -127,7 +132,8 @@ class Scheduler {
   void ExpireLeasesLocked(absl::Time now);
   void UpdateGaugesLocked();
 
-  Model& model_;
+  std::unique_ptr<EngineBackend> owned_engine_;  // with the Model& constructor
+  EngineBackend& model_;
   const SchedulerOptions options_;
   WorkerMetrics* metrics_;
   int64_t fixed_bytes_ = 0;

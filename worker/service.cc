@@ -112,7 +112,7 @@ std::optional<SeqEvent> NextEvent(grpc::ServerContext* ctx, Scheduler& scheduler
 
 }  // namespace
 
-WorkerService::WorkerService(Model& model, Scheduler& scheduler, WorkerMetrics& metrics,
+WorkerService::WorkerService(EngineBackend& model, Scheduler& scheduler, WorkerMetrics& metrics,
                              WorkerRoles roles, RpcLimits peer_limits, std::string version)
     : model_(model),
       scheduler_(scheduler),
@@ -178,7 +178,7 @@ grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillR
 
   // 2. Export and push to the destination; the state is freed before the reply.
   const absl::Time t0 = absl::Now();
-  auto chunks = ExportState(model_.config(), model_.fingerprint(), *state, chunk_bytes);
+  auto chunks = model_.Export(*state, chunk_bytes);
   state.reset();
   if (!chunks.ok()) {
     metrics_.Failure("internal");

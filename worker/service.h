@@ -21,6 +21,7 @@
 #include "common/grpc_channel.h"
 #include "engine/model.h"
 #include "sambay/v1/worker.grpc.pb.h"
+#include "worker/engine_backend.h"
 #include "worker/metrics.h"
 #include "worker/scheduler.h"
 
@@ -33,8 +34,9 @@ struct WorkerRoles {
 
 class WorkerService final : public sambay::v1::Worker::Service {
  public:
-  WorkerService(Model& model, Scheduler& scheduler, WorkerMetrics& metrics, WorkerRoles roles,
-                RpcLimits peer_limits, std::string version);
+  // `engine` is the scheduler's (EngineBackend; the CPU Model or a GPU).
+  WorkerService(EngineBackend& engine, Scheduler& scheduler, WorkerMetrics& metrics,
+                WorkerRoles roles, RpcLimits peer_limits, std::string version);
 
   grpc::Status Prefill(grpc::ServerContext* ctx, const sambay::v1::PrefillRequest* req,
                        grpc::ServerWriter<sambay::v1::PrefillResponse>* writer) override;
@@ -65,7 +67,7 @@ class WorkerService final : public sambay::v1::Worker::Service {
   };
 
   std::atomic<int> inflight_{0};
-  Model& model_;
+  EngineBackend& model_;
   Scheduler& scheduler_;
   WorkerMetrics& metrics_;
   const WorkerRoles roles_;

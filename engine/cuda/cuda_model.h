@@ -71,6 +71,18 @@ class CudaModel {
   // dst (allocated) becomes a copy of src (allocated): state, K/V blocks, token count.
   absl::Status CloneSlot(int src, int dst);
   absl::StatusOr<int64_t> NumTokens(int slot) const;
+  // Slot <-> CPU state transfer (cuda_state.cc), so a slot can travel in the CPU wire format
+  // (engine/state_io.h): export = DownloadSlot + ExportState, import = StateImporter +
+  // UploadSlot. bf16 device tensors (conv state, SWA rings, global K/V blocks) become the CPU
+  // state's fp32 tensors and back (round to nearest even); the SSM state is fp32 or bf16
+  // (ssm_state_bf16). SWA rings are copied whole (both sides index the ring by position %
+  // window), the global K/V for all num_tokens positions through the block table.
+  // DownloadSlot: `out` must be a logical (TP=1) state of this config; its num_tokens is set,
+  // last_token and rng_state are left alone. UploadSlot: `slot` (allocated) takes in's tensors
+  // and num_tokens; InvalidArgument for a sharded or mismatched state or num_tokens over
+  // max_context, ResourceExhausted when the K/V pool cannot hold it (the slot is unchanged).
+  absl::Status DownloadSlot(int slot, SequenceState* out);
+  absl::Status UploadSlot(const SequenceState& in, int slot);
   int64_t free_blocks() const { return static_cast<int64_t>(free_blocks_.size()); }
 
   // Runs the segments as one batch; appends logits rows (vocab floats each) to `logits` in

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <sstream>
 
@@ -35,8 +36,13 @@ std::chrono::system_clock::time_point DeadlineIn(absl::Duration d) {
 
 }  // namespace
 
-std::string BinDir() { return SAMBAY_BIN_DIR; }
-std::string TinyModelDir() { return std::string(SAMBAY_BIN_DIR) + "/../models/tiny"; }
+// SAMBAY_TEST_BIN_DIR overrides the build's bin/ (e.g. carry/gpu/bin on the device machine,
+// scripts/gpu-check.sh); the tiny model is then looked up beside it, in ../models/tiny.
+std::string BinDir() {
+  const char* e = std::getenv("SAMBAY_TEST_BIN_DIR");
+  return e != nullptr && *e != '\0' ? std::string(e) : std::string(SAMBAY_BIN_DIR);
+}
+std::string TinyModelDir() { return BinDir() + "/../models/tiny"; }
 
 ScratchDir::ScratchDir() {
   std::string tmpl = ::testing::TempDir();

@@ -1,0 +1,64 @@
+// CudaBackend: an EngineBackend over a CudaModel on one GPU (only in builds with
+// SAMBAY_HAVE_CUDA). Each live sequence holds one CudaModel state slot through
+// SequenceState::device; the slot is taken (and an imported state uploaded, UploadSlot) on the
+// sequence's first Forward and returned when the state is destroyed. Export downloads the slot
+// (DownloadSlot) into the state's CPU tensors and writes the CPU wire format, so handoff works
+// between CPU and GPU workers in either direction (bf16 device state: docs/gpu.md).
+//
+// Ownership: owns the CudaModel; states it handed out must be destroyed before it.
+// Thread-safety: thread-safe; one mutex serializes every call into the CudaModel (the engine
+// thread's Forward, export from handler threads, slot release from wherever a state dies).
+#ifndef SAMBAY_WORKER_CUDA_BACKEND_H_
+#define SAMBAY_WORKER_CUDA_BACKEND_H_
+
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "engine/cuda/cuda_model.h"
+#include "engine/model.h"
+#include "worker/engine_backend.h"
+
+namespace sambay {
+
+class CudaBackend final : public EngineBackend {
+ public:
+  // Uploads the CPU model's weights to options.device (the Model may be freed afterwards).
+  // FailedPrecondition when no CUDA device is present or options.device does not exist.
+  static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const Model& cpu,
+                                                             const cuda::CudaModelOptions& options);
+  ~CudaBackend() override;
+
+  const ModelConfig& config() const override { return config_; }
+  const std::string& fingerprint() const override { return fingerprint_; }
+  int tp_size() const override { return 1; }
+  std::string device_name() const override { return device_name_; }
+
+  std::unique_ptr<SequenceState> NewState() const override;
+  absl::Status Forward(absl::Span<const ForwardSegment> segments,
+                       std::vector<float>* logits) override;
+  absl::StatusOr<std::vector<std::string>> Export(SequenceState& state,
+                                                  size_t max_chunk_bytes) override;
+
+  // Free state slots / K/V blocks now (for tests and logs).
+  int64_t free_blocks();
+
+ private:
+  struct Slot;
+  CudaBackend() = default;
+  // With mu_ held: the state's slot, taking one (and uploading the state) if it has none.
+  absl::StatusOr<int> SlotOf(SequenceState& state);
+  void Free(int slot);
+
+  ModelConfig config_;
+  std::string fingerprint_;
+  std::string device_name_;
+  std::mutex mu_;
+  std::unique_ptr<cuda::CudaModel> model_;  // guarded by mu_
+};
+
+}  // namespace sambay
+
+#endif  // SAMBAY_WORKER_CUDA_BACKEND_H_

@@ -1,0 +1,78 @@
+// EngineBackend: the seam between the worker (scheduler, service) and the engine that runs a
+// replica: the CPU Model (CpuBackend) or, in a build with CUDA, a CudaModel on one GPU
+// (worker/cuda_backend.h). See docs/worker.md "Devices" and docs/gpu.md.
+//
+// The worker always holds a sequence as a CPU SequenceState (engine/state.h): on the CPU it
+// carries the tensors; on a device it carries the host fields (num_tokens, last_token,
+// rng_state) and SequenceState::device (the device slot, freed with the state), and its tensors
+// are a staging copy filled on Export. A state without a device slot (new, or imported from the
+// wire) is uploaded by the backend on its first Forward, so import is the CPU StateImporter
+// followed by that upload, and export is a download followed by the CPU ExportState: the wire
+// format is the same on every device. Logits come back to the host, so sampling is the same
+// Sampler code everywhere.
+//
+// Ownership: CpuBackend borrows the Model (must outlive it). States handed out by NewState must
+// not outlive their backend. Thread-safety: every method is thread-safe (the CPU Model
+// serializes Forward; CudaBackend serializes all calls with a mutex).
+#ifndef SAMBAY_WORKER_ENGINE_BACKEND_H_
+#define SAMBAY_WORKER_ENGINE_BACKEND_H_
+
+#include <cstddef>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "engine/config.h"
+#include "engine/model.h"
+#include "engine/state.h"
+
+namespace sambay {
+
+class EngineBackend {
+ public:
+  virtual ~EngineBackend() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  // Model::fingerprint() of the loaded checkpoint (same on every device: it names the weights).
+  virtual const std::string& fingerprint() const = 0;
+  // TP size that imported states are built for (StateImporter's tp).
+  virtual int tp_size() const = 0;
+  // "cpu" or "cuda:N (device name)".
+  virtual std::string device_name() const = 0;
+
+  // A fresh state (no tokens). Device resources are taken on its first Forward.
+  virtual std::unique_ptr<SequenceState> NewState() const = 0;
+  // Model::Forward's contract: one batch, logits rows appended in segment order.
+  virtual absl::Status Forward(absl::Span<const ForwardSegment> segments,
+                               std::vector<float>* logits) = 0;
+  // The state in the wire format (ExportState; chunks of at most max_chunk_bytes).
+  virtual absl::StatusOr<std::vector<std::string>> Export(SequenceState& state,
+                                                          size_t max_chunk_bytes) = 0;
+};
+
+// The CPU Model, unchanged: every call forwards to it (bit-identical to using Model directly).
+class CpuBackend final : public EngineBackend {
+ public:
+  explicit CpuBackend(Model& model) : model_(model) {}
+  const ModelConfig& config() const override { return model_.config(); }
+  const std::string& fingerprint() const override { return model_.fingerprint(); }
+  int tp_size() const override { return model_.tp_size(); }
+  std::string device_name() const override { return "cpu"; }
+  std::unique_ptr<SequenceState> NewState() const override { return model_.NewState(); }
+  absl::Status Forward(absl::Span<const ForwardSegment> segments,
+                       std::vector<float>* logits) override {
+    return model_.Forward(segments, logits);
+  }
+  absl::StatusOr<std::vector<std::string>> Export(SequenceState& state,
+                                                  size_t max_chunk_bytes) override;
+
+ private:
+  Model& model_;
+};
+
+}  // namespace sambay
+
+#endif  // SAMBAY_WORKER_ENGINE_BACKEND_H_
