@@ -13,6 +13,7 @@
 #include "engine/cuda/cuda_model.h"
 #include "engine/model.h"
 #include "engine/state_io.h"
+#include "tests/cuda/cuda_model_util.h"
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/engine/test_util.h"
 #include "tools/model_maker.h"
@@ -20,50 +21,14 @@
 namespace sambay::cuda {
 namespace {
 
+using testing::kLogitsTol;
+using testing::Make;
+using testing::MidConfig;
+using testing::Models;
+
 using sambay::testing::RandomIds;
 using sambay::testing::RelErr;
 using sambay::testing::TempDir;
-
-constexpr double kLogitsTol = 3e-2;  // as model_test.cc
-
-struct Models {
-  TempDir dir;
-  std::unique_ptr<Model> cpu;
-  std::unique_ptr<CudaModel> gpu;
-};
-
-ModelConfig MidConfig() {
-  ModelConfig c = *PresetConfig("tiny");
-  c.vocab_size = 1500;
-  c.hidden_size = 384;
-  c.intermediate_size = 1000;
-  c.num_layers = 8;
-  c.num_heads = 8;
-  c.num_kv_heads = 4;
-  c.sliding_window = 40;
-  c.dt_rank = 24;
-  return c;
-}
-
-std::unique_ptr<Models> Make(const ModelConfig& c, uint64_t seed, const CudaModelOptions& o) {
-  auto m = std::make_unique<Models>();
-  MakeModelOptions mo;
-  mo.seed = seed;
-  mo.dtype = DType::kBF16;
-  absl::Status st = MakeModel(m->dir.path(), c, mo);
-  EXPECT_TRUE(st.ok()) << st;
-  ModelOptions opt;
-  opt.num_threads = 2;
-  auto cpu = Model::Load(m->dir.path(), opt);
-  EXPECT_TRUE(cpu.ok()) << cpu.status();
-  if (!cpu.ok()) return nullptr;
-  m->cpu = std::move(*cpu);
-  auto gpu = CudaModel::Create(*m->cpu, o);
-  EXPECT_TRUE(gpu.ok()) << gpu.status();
-  if (!gpu.ok()) return nullptr;
-  m->gpu = std::move(*gpu);
-  return m;
-}
 
 CudaModelOptions Opts(bool ssm_bf16) {
   CudaModelOptions o;
