@@ -59,6 +59,7 @@
 #include "absl/strings/str_split.h"
 #include "common/flags.h"
 #include "common/grpc_channel.h"
+#include "common/grpc_status.h"
 #include "nlohmann/json.hpp"
 #include "sambay/v1/generate.grpc.pb.h"
 #include "sambay/v1/worker.grpc.pb.h"
@@ -71,45 +72,6 @@ using Clock = std::chrono::steady_clock;
 constexpr const char* kTool = "sambay-bench";
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
-
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED:
-      return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    default:
-      return "UNKNOWN";
-  }
-}
 
 // "N" or "A-B" (inclusive, uniform integers).
 struct Range {
@@ -622,7 +584,7 @@ int Run(int argc, char** argv) {
   for (const Result& r : results) {
     all_tokens += r.tokens;
     if (r.code != grpc::StatusCode::OK) {
-      const std::string name = CodeName(r.code);
+      const std::string name = GrpcCodeName(r.code);
       ++errors[name];
       first_error.emplace(name, r.error);
       continue;

@@ -41,6 +41,7 @@
 #include "absl/strings/str_split.h"
 #include "common/flags.h"
 #include "common/grpc_channel.h"
+#include "common/grpc_status.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "sambay/v1/generate.grpc.pb.h"
@@ -76,47 +77,6 @@ int ExitCodeFor(grpc::StatusCode code) {
   }
 }
 
-const char* CodeName(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::OK:
-      return "OK";
-    case grpc::StatusCode::CANCELLED:
-      return "CANCELLED";
-    case grpc::StatusCode::UNKNOWN:
-      return "UNKNOWN";
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return "INVALID_ARGUMENT";
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return "DEADLINE_EXCEEDED";
-    case grpc::StatusCode::NOT_FOUND:
-      return "NOT_FOUND";
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return "ALREADY_EXISTS";
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return "PERMISSION_DENIED";
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return "RESOURCE_EXHAUSTED";
-    case grpc::StatusCode::FAILED_PRECONDITION:
-      return "FAILED_PRECONDITION";
-    case grpc::StatusCode::ABORTED:
-      return "ABORTED";
-    case grpc::StatusCode::OUT_OF_RANGE:
-      return "OUT_OF_RANGE";
-    case grpc::StatusCode::UNIMPLEMENTED:
-      return "UNIMPLEMENTED";
-    case grpc::StatusCode::INTERNAL:
-      return "INTERNAL";
-    case grpc::StatusCode::UNAVAILABLE:
-      return "UNAVAILABLE";
-    case grpc::StatusCode::DATA_LOSS:
-      return "DATA_LOSS";
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return "UNAUTHENTICATED";
-    default:
-      return "UNKNOWN";
-  }
-}
-
 const char* FinishName(v1::FinishReason r) {
   switch (r) {
     case v1::FINISH_REASON_STOP:
@@ -139,7 +99,7 @@ void PrintError(const std::string& message) {
 }
 
 int ReportRpcError(const grpc::Status& s) {
-  PrintError(absl::StrCat(CodeName(s.error_code()), ": ", s.error_message()));
+  PrintError(absl::StrCat(GrpcCodeName(s.error_code()), ": ", s.error_message()));
   return ExitCodeFor(s.error_code());
 }
 
@@ -499,7 +459,7 @@ int RunGenerate(const Flags& f, const v1::GenerateRequest& req, v1::Generation::
   if (!status.ok()) {
     if (f.json) {
       WriteOut(Dump({{"error",
-                      {{"code", CodeName(status.error_code())},
+                      {{"code", GrpcCodeName(status.error_code())},
                        {"code_number", static_cast<int>(status.error_code())},
                        {"message", status.error_message()}}}}) +
                "\n");
