@@ -11,7 +11,7 @@ namespace sambay {
 
 TpGroup::TpGroup(const ModelConfig& config, const ModelWeights& logical, TpPlan plan,
                  int num_threads)
-    : config_(config), logical_(logical), plan_(std::move(plan)) {
+    : config_(config), logical_(logical), plan_(std::move(plan)), threads_(plan_.tp) {
   SAMBAY_CHECK(plan_.tp >= 1 && static_cast<int>(plan_.ranks.size()) == plan_.tp);
   if (num_threads <= 0) num_threads = static_cast<int>(std::thread::hardware_concurrency());
   threads_per_rank_ = std::max(1, num_threads / plan_.tp);
@@ -23,65 +23,29 @@ TpGroup::TpGroup(const ModelConfig& config, const ModelWeights& logical, TpPlan 
     ranks_[r].pool = std::make_unique<ThreadPool>(threads_per_rank_);
     ranks_[r].comm = std::move((*comms)[r]);
   }
-  job_status_.resize(plan_.tp);
-  for (int r = 1; r < plan_.tp; ++r) threads_.emplace_back([this, r] { RankLoop(r); });
 }
 
-TpGroup::~TpGroup() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  start_cv_.notify_all();
-  for (std::thread& t : threads_) t.join();
-}
+TpGroup::~TpGroup() = default;
 
-absl::Status TpGroup::RunRank(int rank) {
+absl::Status TpGroup::RunRank(int rank, absl::Span<const ForwardSegment> segments, float* logits) {
   const TpRankSlice& slice = plan_.ranks[rank];
-  std::vector<ForwardSegment> segs(job_segments_.begin(), job_segments_.end());
+  std::vector<ForwardSegment> segs(segments.begin(), segments.end());
   for (ForwardSegment& s : segs) s.state = &s.state->shards[rank];
   TpRank tp;
   tp.comm = ranks_[rank].comm.get();
   tp.logical = &logical_;
   tp.vocab0 = slice.vocab0;
-  return ForwardPass(slice.config, ranks_[rank].weights, *ranks_[rank].pool, segs, job_logits_,
-                     &tp);
-}
-
-void TpGroup::RankLoop(int rank) {
-  uint64_t seen = 0;
-  for (;;) {
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-    }
-    job_status_[rank] = RunRank(rank);
-    std::lock_guard<std::mutex> lock(mu_);
-    if (--pending_ == 0) done_cv_.notify_one();
-  }
+  return ForwardPass(slice.config, ranks_[rank].weights, *ranks_[rank].pool, segs, logits, &tp);
 }
 
 absl::Status TpGroup::Forward(absl::Span<const ForwardSegment> segments, float* logits) {
   for (const ForwardSegment& s : segments) {
     SAMBAY_CHECK(s.state != nullptr && s.state->tp_size() == plan_.tp);
   }
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    job_segments_ = segments;
-    job_logits_ = logits;
-    pending_ = plan_.tp - 1;
-    ++generation_;
-  }
-  start_cv_.notify_all();
-  job_status_[0] = RunRank(0);
-  {
-    std::unique_lock<std::mutex> lock(mu_);
-    done_cv_.wait(lock, [&] { return pending_ == 0; });
-  }
+  const std::vector<absl::Status> status =
+      threads_.Run([&](int rank) { return RunRank(rank, segments, logits); });
   for (const ForwardSegment& s : segments) s.state->num_tokens += s.tokens.size();
-  for (const absl::Status& s : job_status_) {
+  for (const absl::Status& s : status) {
     if (!s.ok()) return s;
   }
   return absl::OkStatus();

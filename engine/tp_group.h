@@ -11,15 +11,13 @@
 #ifndef SAMBAY_ENGINE_TP_GROUP_H_
 #define SAMBAY_ENGINE_TP_GROUP_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <memory>
-#include <mutex>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "common/rank_threads.h"
 #include "common/thread_pool.h"
 #include "engine/comm/cpu_communicator.h"
 #include "engine/config.h"
@@ -52,8 +50,7 @@ class TpGroup {
     std::unique_ptr<ThreadPool> pool;
     std::unique_ptr<CpuCommunicator> comm;
   };
-  void RankLoop(int rank);
-  absl::Status RunRank(int rank);
+  absl::Status RunRank(int rank, absl::Span<const ForwardSegment> segments, float* logits);
 
   // Immutable after construction.
   const ModelConfig config_;
@@ -61,19 +58,7 @@ class TpGroup {
   const TpPlan plan_;
   int threads_per_rank_ = 1;
   std::vector<Rank> ranks_;
-  std::vector<std::thread> threads_;  // ranks 1..N-1
-
-  // The job of the current pass: set by Forward before it wakes the ranks, read by the ranks.
-  absl::Span<const ForwardSegment> job_segments_;
-  float* job_logits_ = nullptr;
-  std::vector<absl::Status> job_status_;  // per rank, written by that rank
-
-  std::mutex mu_;
-  std::condition_variable start_cv_, done_cv_;
-  // Guarded by mu_.
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  RankThreads threads_;  // after ranks_: joined before the ranks are destroyed
 };
 
 }  // namespace sambay

@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "engine/cuda/cuda_util.h"
 #include "engine/state_io.h"
@@ -14,24 +15,24 @@ struct CudaBackend::Slot {
 };
 
 absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
-    const Model& cpu, const cuda::CudaModelOptions& options) {
+    const Model& cpu, const cuda::CudaModelOptions& options, const std::vector<int>& devices) {
   const int n = cuda::DeviceCount();
   if (n == 0) {
     return absl::FailedPreconditionError("--device cuda: no CUDA device is present");
   }
-  if (options.device < 0 || options.device >= n) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("--gpu: device ", options.device, " does not exist (", n, " present)"));
-  }
-  if (cpu.tp_size() != 1) {
-    return absl::InvalidArgumentError("--device cuda: --tp must be 1");
+  for (int d : devices) {
+    if (d < 0 || d >= n) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--gpu: device ", d, " does not exist (", n, " present)"));
+    }
   }
   std::unique_ptr<CudaBackend> b(new CudaBackend());
-  SAMBAY_ASSIGN_OR_RETURN(b->model_, cuda::CudaModel::Create(cpu, options));
+  SAMBAY_ASSIGN_OR_RETURN(b->model_, cuda::CudaGroup::Create(cpu, options, devices));
   b->config_ = cpu.config();
   b->fingerprint_ = cpu.fingerprint();
+  b->tp_ = b->model_->tp();
   b->device_name_ =
-      absl::StrCat("cuda:", options.device, " (", b->model_->context().device_name(), ")");
+      absl::StrCat("cuda:", absl::StrJoin(devices, ","), " (", b->model_->device_name(), ")");
   return b;
 }
 
@@ -72,7 +73,6 @@ absl::StatusOr<int> CudaBackend::SlotOf(SequenceState& state) {
 absl::Status CudaBackend::Forward(absl::Span<const ForwardSegment> segments,
                                   std::vector<float>* logits) {
   std::lock_guard<std::mutex> lock(mu_);
-  SAMBAY_RETURN_IF_ERROR(model_->context().Activate());
   std::vector<cuda::CudaSegment> segs;
   segs.reserve(segments.size());
   for (size_t i = 0; i < segments.size(); ++i) {
@@ -95,7 +95,6 @@ absl::StatusOr<std::vector<std::string>> CudaBackend::Export(SequenceState& stat
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (state.device != nullptr) {
-      SAMBAY_RETURN_IF_ERROR(model_->context().Activate());
       SAMBAY_RETURN_IF_ERROR(
           model_->DownloadSlot(static_cast<Slot*>(state.device.get())->id, &state));
     }

@@ -1,12 +1,13 @@
-// CudaBackend: an EngineBackend over a CudaModel on one GPU (only in builds with
-// SAMBAY_HAVE_CUDA). Each live sequence holds one CudaModel state slot through
+// CudaBackend: an EngineBackend over a CudaGroup: the model on one GPU, or tensor-parallel over
+// several (engine/cuda/cuda_group.h; only in builds with SAMBAY_HAVE_CUDA). Each live sequence
+// holds one state slot (on every rank) through
 // SequenceState::device; the slot is taken (and an imported state uploaded, UploadSlot) on the
 // sequence's first Forward and returned when the state is destroyed. Export downloads the slot
 // (DownloadSlot) into the state's CPU tensors and writes the CPU wire format, so handoff works
 // between CPU and GPU workers in either direction (bf16 device state: docs/gpu.md).
 //
-// Ownership: owns the CudaModel; states it handed out must be destroyed before it.
-// Thread-safety: thread-safe; one mutex serializes every call into the CudaModel (the engine
+// Ownership: owns the CudaGroup; states it handed out must be destroyed before it.
+// Thread-safety: thread-safe; one mutex serializes every call into the CudaGroup (the engine
 // thread's Forward, export from handler threads, slot release from wherever a state dies).
 #ifndef SAMBAY_WORKER_CUDA_BACKEND_H_
 #define SAMBAY_WORKER_CUDA_BACKEND_H_
@@ -17,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/cuda/cuda_group.h"
 #include "engine/cuda/cuda_model.h"
 #include "engine/model.h"
 #include "worker/engine_backend.h"
@@ -25,15 +27,18 @@ namespace sambay {
 
 class CudaBackend final : public EngineBackend {
  public:
-  // Uploads the CPU model's weights to options.device (the Model may be freed afterwards).
-  // FailedPrecondition when no CUDA device is present or options.device does not exist.
+  // Uploads the CPU model's weights (loaded with tp = 1) to `devices` (one: TP = 1; N: TP = N
+  // over NCCL, sharded at upload); the Model may be freed afterwards. FailedPrecondition when
+  // no CUDA device is present or a device does not exist; InvalidArgument for a TP size the
+  // model cannot split (CudaGroup::Create).
   static absl::StatusOr<std::unique_ptr<CudaBackend>> Create(const Model& cpu,
-                                                             const cuda::CudaModelOptions& options);
+                                                             const cuda::CudaModelOptions& options,
+                                                             const std::vector<int>& devices);
   ~CudaBackend() override;
 
   const ModelConfig& config() const override { return config_; }
   const std::string& fingerprint() const override { return fingerprint_; }
-  int tp_size() const override { return 1; }
+  int tp_size() const override { return tp_; }
   std::string device_name() const override { return device_name_; }
 
   std::unique_ptr<SequenceState> NewState() const override;
@@ -55,8 +60,9 @@ class CudaBackend final : public EngineBackend {
   ModelConfig config_;
   std::string fingerprint_;
   std::string device_name_;
+  int tp_ = 1;
   std::mutex mu_;
-  std::unique_ptr<cuda::CudaModel> model_;  // guarded by mu_
+  std::unique_ptr<cuda::CudaGroup> model_;  // guarded by mu_
 };
 
 }  // namespace sambay

@@ -85,11 +85,12 @@ void Register(FlagSet& fs, Flags& f) {
   fs.AddInt("threads", &f.threads, "Engine threads (0 = all cores); shared by the TP ranks.");
   fs.AddInt("tp", &f.tp,
             "Tensor-parallel ranks: the model is split over this many threads of this process "
-            "(in-process all-reduce); 1 = off. See docs/tensor-parallel.md.");
+            "(in-process all-reduce), or with --device cuda over GPUs --gpu .. --gpu+tp-1 "
+            "(NCCL); 1 = off. See docs/tensor-parallel.md.");
   fs.AddString("device", &f.device,
                "cpu, or cuda: run the model on GPU --gpu through the CUDA backend (a build with "
                "CUDA and a GPU; bf16 weights and state, see docs/gpu.md).");
-  fs.AddInt("gpu", &f.gpu, "CUDA device index for --device cuda.");
+  fs.AddInt("gpu", &f.gpu, "CUDA device index for --device cuda (the first of --tp devices).");
   fs.AddDouble("lease-timeout", &f.lease_timeout,
                "Seconds a Decode reservation waits for its whole state before it is freed.");
   fs.AddDouble("drain-timeout", &f.drain_timeout,
@@ -135,9 +136,6 @@ absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
         absl::StrCat("--device: must be cpu or cuda, got \"", f.device, "\""));
   }
   if (f.gpu < 0) return absl::InvalidArgumentError("--gpu: must be >= 0");
-  if (f.device == "cuda" && f.tp != 1) {
-    return absl::InvalidArgumentError("--tp: must be 1 with --device cuda");
-  }
   if (!(f.lease_timeout > 0)) return absl::InvalidArgumentError("--lease-timeout: must be > 0");
   if (!(f.drain_timeout >= 0)) return absl::InvalidArgumentError("--drain-timeout: must be >= 0");
   if (f.max_message_mib < 1 || f.max_message_mib > 1024) {
@@ -177,9 +175,12 @@ int Run(int argc, char** argv) {
     if (n == 0) {
       return Fatal(absl::FailedPreconditionError("--device cuda: no CUDA device is present"));
     }
-    if (f.gpu >= n) {
+    if (f.gpu + f.tp > n) {
       return Fatal(absl::FailedPreconditionError(
-          absl::StrCat("--gpu: device ", f.gpu, " does not exist (", n, " CUDA devices)")));
+          f.tp == 1
+              ? absl::StrCat("--gpu: device ", f.gpu, " does not exist (", n, " CUDA devices)")
+              : absl::StrCat("--tp ", f.tp, " from --gpu ", f.gpu, ": needs devices ", f.gpu, "..",
+                             f.gpu + f.tp - 1, ", ", n, " present")));
     }
 #else
     return Fatal(absl::FailedPreconditionError(
@@ -191,7 +192,8 @@ int Run(int argc, char** argv) {
   const absl::Time t0 = absl::Now();
   ModelOptions mo;
   mo.num_threads = static_cast<int>(f.threads);
-  mo.tp = static_cast<int>(f.tp);
+  // CUDA: the full weights are loaded once and sharded while they are uploaded to the GPUs.
+  mo.tp = f.device == "cuda" ? 1 : static_cast<int>(f.tp);
   auto loaded = Model::Load(f.model, mo);
   if (!loaded.ok()) return Fatal(loaded.status());
   std::unique_ptr<Model> model = *std::move(loaded);
@@ -221,7 +223,9 @@ int Run(int argc, char** argv) {
     const int64_t per_seq = (so.max_context + co.block_tokens - 1) / co.block_tokens;
     co.kv_blocks = std::clamp<int64_t>((so.state_budget_bytes + block_bytes - 1) / block_bytes,
                                        per_seq, per_seq * co.max_slots);
-    auto cuda_engine = CudaBackend::Create(*model, co);
+    std::vector<int> devices;
+    for (int64_t d = 0; d < f.tp; ++d) devices.push_back(static_cast<int>(f.gpu + d));
+    auto cuda_engine = CudaBackend::Create(*model, co, devices);
     if (!cuda_engine.ok()) return Fatal(cuda_engine.status());
     engine = *std::move(cuda_engine);
 #endif

@@ -70,9 +70,16 @@ absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator:
 NcclCommunicator::~NcclCommunicator() {
   (void)cudaSetDevice(device_);
   if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
-  if (comm_ != nullptr) (void)ncclCommDestroy(comm_);
+  if (comm_ != nullptr && !aborted_.load()) (void)ncclCommDestroy(comm_);
   if (barrier_buf_ != nullptr) (void)cudaFree(barrier_buf_);
   if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+}
+
+void NcclCommunicator::Abort() {
+  std::call_once(abort_once_, [this] {
+    aborted_.store(true);
+    (void)ncclCommAbort(comm_);  // frees the communicator; pending operations end
+  });
 }
 
 absl::Status NcclCommunicator::Finish(ncclResult_t r, const char* what) {
@@ -84,6 +91,7 @@ absl::Status NcclCommunicator::Finish(ncclResult_t r, const char* what) {
 absl::Status NcclCommunicator::AllReduceSum(void* buf, size_t count, CommDtype dtype) {
   if (count == 0) return absl::OkStatus();
   if (buf == nullptr) return absl::InvalidArgumentError("AllReduceSum: buf is null");
+  if (aborted_.load()) return absl::InternalError("NCCL group aborted");
   absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
   if (!s.ok()) return s;
   return Finish(ncclAllReduce(buf, buf, count, NcclType(dtype), ncclSum, comm_, stream()),
@@ -95,6 +103,7 @@ absl::Status NcclCommunicator::AllGather(const void* in, void* out, size_t count
   if (in == nullptr || out == nullptr) {
     return absl::InvalidArgumentError("AllGather: in or out is null");
   }
+  if (aborted_.load()) return absl::InternalError("NCCL group aborted");
   absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
   if (!s.ok()) return s;
   return Finish(ncclAllGather(in, out, count, NcclType(dtype), comm_, stream()), "ncclAllGather");
@@ -107,6 +116,7 @@ absl::Status NcclCommunicator::Broadcast(void* buf, size_t count, CommDtype dtyp
   }
   if (count == 0) return absl::OkStatus();
   if (buf == nullptr) return absl::InvalidArgumentError("Broadcast: buf is null");
+  if (aborted_.load()) return absl::InternalError("NCCL group aborted");
   absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
   if (!s.ok()) return s;
   return Finish(ncclBroadcast(buf, buf, count, NcclType(dtype), root, comm_, stream()),
@@ -114,10 +124,30 @@ absl::Status NcclCommunicator::Broadcast(void* buf, size_t count, CommDtype dtyp
 }
 
 absl::Status NcclCommunicator::Barrier() {
+  if (aborted_.load()) return absl::InternalError("NCCL group aborted");
   absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
   if (!s.ok()) return s;
   return Finish(ncclAllReduce(barrier_buf_, barrier_buf_, 1, ncclFloat32, ncclSum, comm_, stream()),
                 "ncclAllReduce (barrier)");
+}
+
+absl::Status NcclCommunicator::EnqueueAllReduceSumF32(float* buf, size_t count,
+                                                      cudaStream_t stream) {
+  if (aborted_.load()) return absl::InternalError("EnqueueAllReduceSumF32: NCCL group aborted");
+  if (count == 0) return absl::OkStatus();
+  if (buf == nullptr) return absl::InvalidArgumentError("EnqueueAllReduceSumF32: buf is null");
+  return NcclStatus(ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm_, stream),
+                    "ncclAllReduce");
+}
+
+absl::Status NcclCommunicator::EnqueueAllGatherF32(const float* in, float* out, size_t count,
+                                                   cudaStream_t stream) {
+  if (aborted_.load()) return absl::InternalError("EnqueueAllGatherF32: NCCL group aborted");
+  if (count == 0) return absl::OkStatus();
+  if (in == nullptr || out == nullptr) {
+    return absl::InvalidArgumentError("EnqueueAllGatherF32: in or out is null");
+  }
+  return NcclStatus(ncclAllGather(in, out, count, ncclFloat32, comm_, stream), "ncclAllGather");
 }
 
 }  // namespace sambay

@@ -5,7 +5,8 @@
 // on its own CUDA stream; buffers are device pointers on that device. Each collective then
 // waits for its stream, so on return the result is in `buf` / `out` (the same contract as the
 // CPU communicator). Reductions: NCCL ring/tree sums are deterministic for a fixed group size
-// and topology.
+// and topology. As cuda::DeviceCollectives (engine/cuda/device_collectives.h) it also enqueues
+// collectives on a caller's stream without waiting: the tensor-parallel CudaModel's forward.
 //
 // Built only with CUDA and NCCL (SAMBAY_HAVE_NCCL); the .cc compiles to nothing otherwise.
 // Ownership: each rank's object owns its ncclComm_t and stream. Thread-safety: one thread per
@@ -16,15 +17,18 @@
 #include <cuda_runtime_api.h>
 #include <nccl.h>
 
+#include <atomic>
 #include <memory>
+#include <mutex>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "engine/comm/communicator.h"
+#include "engine/cuda/device_collectives.h"
 
 namespace sambay {
 
-class NcclCommunicator : public Communicator {
+class NcclCommunicator : public Communicator, public cuda::DeviceCollectives {
  public:
   // Creates one communicator per device (ncclCommInitAll), rank i on devices[i]. Errors:
   // InvalidArgument for an empty list, a repeated or absent device; Internal for NCCL errors.
@@ -49,6 +53,13 @@ class NcclCommunicator : public Communicator {
   absl::Status Broadcast(void* buf, size_t count, CommDtype dtype, int root) override;
   absl::Status Barrier() override;
 
+  // DeviceCollectives: enqueue on `stream` (on device()) and return; no synchronization.
+  absl::Status EnqueueAllReduceSumF32(float* buf, size_t count, cudaStream_t stream) override;
+  absl::Status EnqueueAllGatherF32(const float* in, float* out, size_t count,
+                                   cudaStream_t stream) override;
+  // ncclCommAbort of this rank's communicator (once); later calls fail.
+  void Abort() override;
+
  private:
   NcclCommunicator(int rank, int size, int device, ncclComm_t comm, cudaStream_t stream,
                    void* barrier_buf)
@@ -67,6 +78,8 @@ class NcclCommunicator : public Communicator {
   cudaStream_t stream_;
   cudaStream_t user_stream_ = nullptr;
   void* barrier_buf_;  // one float on device_, for Barrier
+  std::once_flag abort_once_;
+  std::atomic<bool> aborted_{false};
 };
 
 }  // namespace sambay

@@ -11,14 +11,15 @@
 
 namespace sambay::cuda {
 
-absl::Status CudaModel::Forward(absl::Span<const CudaSegment> segments,
-                                std::vector<float>* logits) {
-  const ModelConfig& c = config_;
-  Impl& im = *impl_;
-  cudaStream_t st = ctx_->stream();
-  const int64_t BT = options_.block_tokens;
+absl::Status CudaModel::ValidateForward(absl::Span<const CudaSegment> segments) const {
+  ForwardCounts counts;
+  return CountForward(segments, &counts);
+}
 
-  // ---- Validate everything before touching any state.
+absl::Status CudaModel::CountForward(absl::Span<const CudaSegment> segments,
+                                     ForwardCounts* counts) const {
+  const ModelConfig& c = config_;
+  const int64_t BT = options_.block_tokens;
   if (segments.empty()) return absl::InvalidArgumentError("Forward: no segments");
   std::set<int> seen;
   int64_t rows = 0;
@@ -61,14 +62,31 @@ absl::Status CudaModel::Forward(absl::Span<const CudaSegment> segments,
     return absl::InvalidArgumentError(absl::StrCat("Forward: ", rows, " rows exceed the ",
                                                    max_rows_, " of one pass (max_chunk)"));
   }
-  if (out_rows > im.logits_cap) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Forward: ", out_rows, " logits rows exceed max_logits_rows ", im.logits_cap));
+  if (out_rows > impl_->logits_cap) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "Forward: ", out_rows, " logits rows exceed max_logits_rows ", impl_->logits_cap));
   }
   if (need_blocks > static_cast<int64_t>(free_blocks_.size())) {
     return absl::ResourceExhaustedError(absl::StrCat(
         "Forward: needs ", need_blocks, " K/V blocks, ", free_blocks_.size(), " free"));
   }
+  counts->rows = rows;
+  counts->decode = decode;
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::Forward(absl::Span<const CudaSegment> segments,
+                                std::vector<float>* logits) {
+  const ModelConfig& c = config_;
+  Impl& im = *impl_;
+  cudaStream_t st = ctx_->stream();
+  const int64_t BT = options_.block_tokens;
+
+  // ---- Validate everything before touching any state.
+  ForwardCounts counts;
+  SAMBAY_RETURN_IF_ERROR(CountForward(segments, &counts));
+  const int64_t rows = counts.rows;
+  const bool decode = counts.decode;
 
   // ---- Blocks and the batch layout.
   bool table_dirty = false;
@@ -241,12 +259,22 @@ absl::Status CudaModel::Enqueue(const ForwardPlan& p) {
     a.block_tokens = static_cast<int>(BT);
     return a;
   };
+  // Tensor parallelism: a row-parallel GEMM writes a partial sum. Rank 0 adds its partial to
+  // the residual (acc = 1), the other ranks write theirs alone (acc = 0); the all-reduce then
+  // leaves residual + every partial on every rank. Without TP both are the plain add.
+  const bool tp = has_tp_;
+  const float acc = !tp || tp_.comm->rank() == 0 ? 1.0f : 0.0f;
+  auto reduce = [&](float* buf, int64_t count) -> absl::Status {
+    if (!tp) return absl::OkStatus();
+    return tp_.comm->EnqueueAllReduceSumF32(buf, static_cast<size_t>(count), st);
+  };
   auto mlp = [&](const DevLayer& l, float* x, int64_t r) -> absl::Status {
     SAMBAY_RETURN_IF_ERROR(
         LayerNorm(st, x, r, h, l.ln2_w.as<float>(), l.ln2_b.as<float>(), eps, im.u.as<bf16>()));
     SAMBAY_RETURN_IF_ERROR(gemm(im.u.as<bf16>(), h, r, l.fc1, im.g.data(), GemmOut::kBf16, 0, 0));
     SAMBAY_RETURN_IF_ERROR(SwiGlu(st, im.g.as<bf16>(), r, F, im.act.as<bf16>()));
-    return gemm(im.act.as<bf16>(), F, r, l.fc2, x, GemmOut::kF32, h, 1.0f);
+    SAMBAY_RETURN_IF_ERROR(gemm(im.act.as<bf16>(), F, r, l.fc2, x, GemmOut::kF32, h, acc));
+    return reduce(x, r * h);
   };
 
   // ---- Self-decoder over every row.
@@ -272,8 +300,16 @@ absl::Status CudaModel::Enqueue(const ForwardPlan& p) {
                                             l.conv_w.as<float>(), l.conv_b.as<float>(), di, K,
                                             im.xc.as<bf16>()));
       }
-      SAMBAY_RETURN_IF_ERROR(
-          gemm(im.xc.as<bf16>(), di, rows, l.x_proj, im.xdbl.data(), GemmOut::kBf16, 0, 0));
+      if (tp) {  // row-parallel: reduce the fp32 partials, then round once
+        SAMBAY_RETURN_IF_ERROR(
+            gemm(im.xc.as<bf16>(), di, rows, l.x_proj, im.xdbl_f.data(), GemmOut::kF32, 0, 0));
+        SAMBAY_RETURN_IF_ERROR(reduce(im.xdbl_f.as<float>(), rows * xpd));
+        SAMBAY_RETURN_IF_ERROR(
+            BiasToBf16(st, im.xdbl_f.as<float>(), rows, xpd, nullptr, im.xdbl.as<bf16>()));
+      } else {
+        SAMBAY_RETURN_IF_ERROR(
+            gemm(im.xc.as<bf16>(), di, rows, l.x_proj, im.xdbl.data(), GemmOut::kBf16, 0, 0));
+      }
       SAMBAY_RETURN_IF_ERROR(
           gemm(im.xdbl.as<bf16>(), xpd, rows, l.dt_proj, im.dt.data(), GemmOut::kF32, 0, 0));
       ScanArgs a;
@@ -296,7 +332,8 @@ absl::Status CudaModel::Enqueue(const ForwardPlan& p) {
       a.slots = im.slots.as<int32_t>();
       SAMBAY_RETURN_IF_ERROR(SelectiveScan(st, a, decode ? nullptr : &segs, slots, S));
       SAMBAY_RETURN_IF_ERROR(
-          gemm(im.yg.as<bf16>(), di, rows, l.out_proj, x, GemmOut::kF32, h, 1.0f));
+          gemm(im.yg.as<bf16>(), di, rows, l.out_proj, x, GemmOut::kF32, h, acc));
+      SAMBAY_RETURN_IF_ERROR(reduce(x, rows * h));
     } else {  // kSwa or kGlobal
       SAMBAY_RETURN_IF_ERROR(
           gemm(im.u.as<bf16>(), h, rows, l.wqkv, im.qkv_f.data(), GemmOut::kF32, 0, 0));
@@ -333,7 +370,8 @@ absl::Status CudaModel::Enqueue(const ForwardPlan& p) {
                                            im.ring_k.as<bf16>() + ring, im.ring_v.as<bf16>() + ring,
                                            c.sliding_window));
       }
-      SAMBAY_RETURN_IF_ERROR(gemm(im.attn.as<bf16>(), qd, rows, l.aout, x, GemmOut::kF32, h, 1.0f));
+      SAMBAY_RETURN_IF_ERROR(gemm(im.attn.as<bf16>(), qd, rows, l.aout, x, GemmOut::kF32, h, acc));
+      SAMBAY_RETURN_IF_ERROR(reduce(x, rows * h));
       SAMBAY_RETURN_IF_ERROR(AddBias(st, x, rows, h, l.out_bias.as<float>()));
     }
     SAMBAY_RETURN_IF_ERROR(mlp(l, x, rows));
@@ -354,8 +392,8 @@ absl::Status CudaModel::Enqueue(const ForwardPlan& p) {
           gemm(im.u.as<bf16>(), h, n, l.in_proj, im.g.data(), GemmOut::kBf16, 0, 0));
       SAMBAY_RETURN_IF_ERROR(
           GmuGate(st, im.g.as<bf16>(), im.ms.as<bf16>(), n * di, im.act.as<bf16>()));
-      SAMBAY_RETURN_IF_ERROR(
-          gemm(im.act.as<bf16>(), di, n, l.out_proj, xs, GemmOut::kF32, h, 1.0f));
+      SAMBAY_RETURN_IF_ERROR(gemm(im.act.as<bf16>(), di, n, l.out_proj, xs, GemmOut::kF32, h, acc));
+      SAMBAY_RETURN_IF_ERROR(reduce(xs, n * h));
     } else {  // kCross
       SAMBAY_RETURN_IF_ERROR(
           gemm(im.u.as<bf16>(), h, n, l.wqkv, im.qkv_f.data(), GemmOut::kF32, 0, 0));
@@ -369,7 +407,8 @@ absl::Status CudaModel::Enqueue(const ForwardPlan& p) {
       a.splits = splits_for(n, max_end);
       SAMBAY_RETURN_IF_ERROR(DiffAttention(st, a, cross, S, host_block_table_, nblocks,
                                            static_cast<int64_t>(im.partial.bytes())));
-      SAMBAY_RETURN_IF_ERROR(gemm(im.attn.as<bf16>(), qd, n, l.aout, xs, GemmOut::kF32, h, 1.0f));
+      SAMBAY_RETURN_IF_ERROR(gemm(im.attn.as<bf16>(), qd, n, l.aout, xs, GemmOut::kF32, h, acc));
+      SAMBAY_RETURN_IF_ERROR(reduce(xs, n * h));
       SAMBAY_RETURN_IF_ERROR(AddBias(st, xs, n, h, l.out_bias.as<float>()));
     }
     SAMBAY_RETURN_IF_ERROR(mlp(l, xs, n));
@@ -381,10 +420,26 @@ absl::Status CudaModel::Enqueue(const ForwardPlan& p) {
   la.M = n;
   la.K = h;
   la.w = im.head();
-  la.N = c.vocab_size;
+  la.N = im.head_rows;
   la.y = im.logits.data();
   la.out = GemmOut::kF32;
-  return Gemm(*ctx_, im.gemm, la);
+  if (!tp) return Gemm(*ctx_, im.gemm, la);
+  // Vocabulary-parallel head: this rank's columns, padded rows of vocab_pad, gathered from every
+  // rank and laid into the logits rows in rank order.
+  const int64_t vp = im.vocab_pad;
+  la.y = im.logits_send.data();
+  la.ldy = vp;
+  SAMBAY_RETURN_IF_ERROR(Gemm(*ctx_, im.gemm, la));
+  SAMBAY_RETURN_IF_ERROR(tp_.comm->EnqueueAllGatherF32(
+      im.logits_send.as<float>(), im.logits_recv.as<float>(), static_cast<size_t>(n * vp), st));
+  const std::vector<int64_t>& vb = tp_.vocab_bounds;
+  for (int r = 0; r + 1 < static_cast<int>(vb.size()); ++r) {
+    if (vb[r + 1] == vb[r]) continue;
+    SAMBAY_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(
+        im.logits.as<float>() + vb[r], c.vocab_size * 4, im.logits_recv.as<float>() + r * n * vp,
+        vp * 4, (vb[r + 1] - vb[r]) * 4, n, cudaMemcpyDeviceToDevice, st));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace sambay::cuda

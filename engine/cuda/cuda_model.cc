@@ -52,11 +52,17 @@ CudaModel::~CudaModel() = default;
 
 absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const Model& cpu,
                                                              const CudaModelOptions& options) {
-  const ModelConfig& c = cpu.config();
   if (cpu.tp_size() != 1) {
     return absl::InvalidArgumentError(absl::StrCat(
         "CudaModel needs a CPU model loaded with tp = 1 (full weights), got tp = ", cpu.tp_size()));
   }
+  return CreateRank(cpu.config(), cpu.weights(), options, nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::CreateRank(const ModelConfig& c,
+                                                                 const ModelWeights& w,
+                                                                 const CudaModelOptions& options,
+                                                                 const CudaTpRank* tp) {
   if (options.max_slots < 1) return absl::InvalidArgumentError("max_slots must be >= 1");
   if (options.max_context < 1) return absl::InvalidArgumentError("max_context must be >= 1");
   if (options.block_tokens < 1) return absl::InvalidArgumentError("block_tokens must be >= 1");
@@ -70,24 +76,54 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Create(const Model& cpu,
     return absl::InvalidArgumentError(
         absl::StrCat("d_state ", c.d_state, " > ", kMaxDState, " is not supported on CUDA"));
   }
+  if (static_cast<int>(w.layers.size()) != c.num_layers || w.embed.rows != c.vocab_size ||
+      w.embed.cols != c.hidden_size) {
+    return absl::InvalidArgumentError("CudaModel: the weights do not match the config");
+  }
+  if (tp != nullptr) {
+    if (tp->comm == nullptr) return absl::InvalidArgumentError("CudaTpRank: no collectives");
+    const int r = tp->comm->rank(), n = tp->comm->size();
+    const std::vector<int64_t>& b = tp->vocab_bounds;
+    if (n < 1 || r < 0 || r >= n || static_cast<int>(b.size()) != n + 1 || b[0] != 0 ||
+        b[n] != c.vocab_size || b[r + 1] - b[r] != w.lm_head.rows) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "CudaTpRank: rank ", r, " of ", n, ": vocab_bounds do not match the LM-head shard"));
+    }
+    for (int i = 0; i < n; ++i) {
+      if (b[i + 1] < b[i]) return absl::InvalidArgumentError("CudaTpRank: vocab_bounds decrease");
+    }
+  } else if (w.lm_head.rows != c.vocab_size) {
+    return absl::InvalidArgumentError("CudaModel: the LM head does not cover the vocabulary");
+  }
   std::unique_ptr<CudaModel> m(new CudaModel());
   m->config_ = c;
   m->options_ = options;
   m->options_.max_logits_rows = std::max<int64_t>(options.max_logits_rows, options.max_slots);
+  if (tp != nullptr) {
+    m->has_tp_ = true;
+    m->tp_ = *tp;
+  }
   SAMBAY_ASSIGN_OR_RETURN(m->ctx_, CudaContext::Create(options.device));
   m->impl_ = std::make_unique<Impl>();
-  SAMBAY_RETURN_IF_ERROR(m->Upload(cpu));
+  SAMBAY_RETURN_IF_ERROR(m->Upload(w));
   SAMBAY_RETURN_IF_ERROR(m->AllocState());
   return m;
 }
 
-absl::Status CudaModel::Upload(const Model& cpu) {
+absl::Status CudaModel::Upload(const ModelWeights& w) {
   const ModelConfig& c = config_;
-  const ModelWeights& w = cpu.weights();
   Impl& im = *impl_;
   SAMBAY_ASSIGN_OR_RETURN(im.embed, UploadMat(w.embed));
-  im.tied = w.lm_head.data == w.embed.data;
-  if (!im.tied) {
+  // A tied head (or a TP rank's slice of one) is a row range of the embedding: no second copy.
+  const auto* e0 = static_cast<const unsigned char*>(w.embed.data);
+  const auto* h0 = static_cast<const unsigned char*>(w.lm_head.data);
+  const int64_t row_bytes = w.embed.cols * DTypeSize(w.embed.dtype);
+  im.tied = w.lm_head.dtype == w.embed.dtype && w.lm_head.cols == w.embed.cols && h0 >= e0 &&
+            h0 < e0 + w.embed.rows * row_bytes && (h0 - e0) % row_bytes == 0;
+  im.head_rows = w.lm_head.rows;
+  if (im.tied) {
+    im.head_row0 = (h0 - e0) / row_bytes;
+  } else {
     SAMBAY_ASSIGN_OR_RETURN(im.lm_head, UploadMat(w.lm_head));
   }
   SAMBAY_ASSIGN_OR_RETURN(im.final_w, UploadVec(w.final_w));
@@ -201,6 +237,17 @@ absl::Status CudaModel::AllocState() {
   SAMBAY_RETURN_IF_ERROR(alloc(im.xs, im.logits_cap * h * 4));
   SAMBAY_RETURN_IF_ERROR(alloc(im.ms, im.logits_cap * di * 2));
   SAMBAY_RETURN_IF_ERROR(alloc(im.logits, im.logits_cap * c.vocab_size * 4));
+  if (has_tp_) {
+    const int n = tp_.comm->size();
+    int64_t widest = 0;
+    for (int r = 0; r < n; ++r) {
+      widest = std::max(widest, tp_.vocab_bounds[r + 1] - tp_.vocab_bounds[r]);
+    }
+    im.vocab_pad = (widest + 7) / 8 * 8;  // 32-byte rows for the GEMM output
+    SAMBAY_RETURN_IF_ERROR(alloc(im.xdbl_f, R * c.x_proj_dim() * 4));
+    SAMBAY_RETURN_IF_ERROR(alloc(im.logits_send, im.logits_cap * im.vocab_pad * 4));
+    SAMBAY_RETURN_IF_ERROR(alloc(im.logits_recv, n * im.logits_cap * im.vocab_pad * 4));
+  }
   const int64_t partial =
       std::max(DiffAttentionWorkspaceBytes(R, c.num_heads, static_cast<int>(c.head_dim), 1),
                DiffAttentionWorkspaceBytes(S, c.num_heads, static_cast<int>(c.head_dim), 64));

@@ -12,8 +12,18 @@
 // sequences) through layers 0..N/2+1 for all rows and the cross-decoder only for the rows whose
 // logits are wanted (YOCO), like Model::Forward.
 //
-// Ownership: owns its CudaContext, device weights and state. The CPU Model passed to Create is
-// only read during Create. Thread-safety: none; one thread drives a CudaModel.
+// Tensor parallelism (CreateRank; engine/cuda/cuda_group.h drives the ranks): a CudaModel can
+// be one rank of a group. It then holds the rank's shard of the weights (engine/tp_weights.h)
+// and runs with the rank's shard config (fewer heads / channels, engine/tp_plan.h); its forward
+// enqueues an fp32 all-reduce after every row-parallel GEMM (Mamba x_proj and out_proj,
+// attention and GMU out_proj, MLP fc2; rank 0 adds its partial to the residual, the others
+// contribute theirs alone) and an all-gather of the vocabulary-parallel logits, so every rank
+// holds the same residual stream and the whole logits rows. State slots are sharded like the
+// weights; every rank of a group sees the same calls, so slots and blocks match across ranks.
+//
+// Ownership: owns its CudaContext, device weights and state; borrows a rank's collectives. The
+// CPU Model / weights passed to Create / CreateRank are only read during the call.
+// Thread-safety: none; one thread drives a CudaModel.
 #ifndef SAMBAY_ENGINE_CUDA_CUDA_MODEL_H_
 #define SAMBAY_ENGINE_CUDA_CUDA_MODEL_H_
 
@@ -25,6 +35,7 @@
 #include "absl/types/span.h"
 #include "engine/config.h"
 #include "engine/cuda/cuda_util.h"
+#include "engine/cuda/device_collectives.h"
 #include "engine/cuda/gemm.h"
 #include "engine/cuda/ops.h"
 #include "engine/model.h"
@@ -47,6 +58,13 @@ struct CudaModelOptions {
 
 struct ForwardPlan;  // cuda_model_impl.h
 
+// What makes a CudaModel one rank of a tensor-parallel group.
+struct CudaTpRank {
+  DeviceCollectives* comm = nullptr;  // the rank's collectives (not owned; outlives the model)
+  // comm->size() + 1 token ids: rank r's LM-head rows are [vocab_bounds[r], vocab_bounds[r+1]).
+  std::vector<int64_t> vocab_bounds;
+};
+
 struct CudaSegment {
   int slot = 0;
   absl::Span<const int32_t> tokens;
@@ -55,8 +73,18 @@ struct CudaSegment {
 
 class CudaModel {
  public:
+  // The whole model on options.device: `cpu` must be loaded with tp = 1.
   static absl::StatusOr<std::unique_ptr<CudaModel>> Create(const Model& cpu,
                                                            const CudaModelOptions& options);
+  // One model from `config` and `weights` (bound to that config). With `tp`, rank
+  // tp->comm->rank() of a group: `config` is the rank's shard config, `weights` its shard with
+  // the LOGICAL attention out_proj biases (added once, after the all-reduce), and its LM-head
+  // rows are the rank's vocabulary slice. InvalidArgument for bad options or a `tp` that does
+  // not match the weights.
+  static absl::StatusOr<std::unique_ptr<CudaModel>> CreateRank(const ModelConfig& config,
+                                                               const ModelWeights& weights,
+                                                               const CudaModelOptions& options,
+                                                               const CudaTpRank* tp);
   ~CudaModel();
   CudaModel(const CudaModel&) = delete;
   CudaModel& operator=(const CudaModel&) = delete;
@@ -91,6 +119,8 @@ class CudaModel {
   // segment, token out of range, too many rows, context over max_context (InvalidArgument);
   // K/V pool exhausted (ResourceExhausted).
   absl::Status Forward(absl::Span<const CudaSegment> segments, std::vector<float>* logits);
+  // The checks of Forward alone (same errors; nothing is modified or enqueued).
+  absl::Status ValidateForward(absl::Span<const CudaSegment> segments) const;
   // Chunked prefill (max_chunk rows per pass); last_logits receives [vocab].
   absl::Status Prefill(int slot, absl::Span<const int32_t> tokens, std::vector<float>* last_logits);
   // One decode step: tokens[i] is consumed by slots[i]; logits [slots.size(), vocab].
@@ -118,14 +148,21 @@ class CudaModel {
 
  private:
   CudaModel() = default;
-  absl::Status Upload(const Model& cpu);
+  absl::Status Upload(const ModelWeights& w);
   absl::Status AllocState();
   absl::Status CheckSlot(int slot, const char* what) const;
+  struct ForwardCounts {
+    int64_t rows = 0;     // self-decoder rows
+    bool decode = false;  // one token per segment
+  };
+  absl::Status CountForward(absl::Span<const CudaSegment> segments, ForwardCounts* counts) const;
   // Enqueues every kernel of one forward pass on the context's stream (no sync, no host copy).
   absl::Status Enqueue(const ForwardPlan& plan);
 
   ModelConfig config_;
   CudaModelOptions options_;
+  bool has_tp_ = false;
+  CudaTpRank tp_;
   std::unique_ptr<CudaContext> ctx_;
   std::unique_ptr<Impl> impl_;
   int64_t weight_bytes_ = 0;

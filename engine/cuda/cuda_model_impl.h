@@ -62,8 +62,10 @@ struct ForwardPlan {
 struct CudaModel::Impl {
   GemmCache gemm;
   DevMat embed;
-  DevMat lm_head;  // empty when tied
-  bool tied = true;
+  DevMat lm_head;    // empty when tied
+  bool tied = true;  // the head is rows [head_row0, head_row0 + head_rows) of embed
+  int64_t head_row0 = 0;
+  int64_t head_rows = 0;  // LM-head rows: the vocabulary, or a TP rank's slice of it
   DeviceBuffer final_w, final_b;
   std::vector<DevLayer> layers;
   int n_mamba = 0;
@@ -72,6 +74,10 @@ struct CudaModel::Impl {
   DeviceBuffer conv, ssm, ring_k, ring_v, kpool, vpool, block_table;
   // Activations, [max_rows, ...].
   DeviceBuffer x, u, xz, xc, xdbl, dt, yg, mem, qkv_f, qkv, attn, g, act, xs, ms, logits, partial;
+  // Tensor parallelism: fp32 x_proj partial sums [max_rows, x_proj_dim]; this rank's logits
+  // columns [logits rows, vocab_pad] and every rank's, [tp, logits rows, vocab_pad].
+  DeviceBuffer xdbl_f, logits_send, logits_recv;
+  int64_t vocab_pad = 0;
   // Batch metadata.
   DeviceBuffer segs, row_seg, ids, slots, sel, cross_segs, cross_row_seg, next_ids;
   DeviceBuffer samp_t, samp_k, samp_p, samp_u;  // sampling parameters, [logits rows]
@@ -83,7 +89,7 @@ struct CudaModel::Impl {
   std::map<int64_t, cudaGraphExec_t> graphs;
   std::set<int64_t> graph_warm;  // batch sizes run once (plans made): capture next time
 
-  const bf16* head() const { return tied ? embed.p() : lm_head.p(); }
+  const bf16* head() const { return tied ? embed.p() + head_row0 * embed.cols : lm_head.p(); }
 
   // Uploads src into dst (async on `stream`, through dst's pinned twin). The caller
   // synchronizes the stream before the next Stage of the same buffer.

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <utility>
 
 #include "engine/cuda/cuda_model.h"
@@ -41,22 +42,29 @@ inline ModelConfig MidConfig() {
   return c;
 }
 
-// A random bf16 checkpoint of config `c`, loaded on the CPU and uploaded with options `o`;
-// null (with the test failed) when either step fails.
-inline std::unique_ptr<Models> Make(const ModelConfig& c, uint64_t seed,
-                                    const CudaModelOptions& o) {
-  auto m = std::make_unique<Models>();
+// A random bf16 checkpoint of config `c` written to `dir` and loaded on the CPU (tp = 1); null
+// (with the test failed) on error.
+inline std::unique_ptr<Model> MakeCpuModel(const std::string& dir, const ModelConfig& c,
+                                           uint64_t seed) {
   MakeModelOptions mo;
   mo.seed = seed;
   mo.dtype = DType::kBF16;
-  absl::Status st = MakeModel(m->dir.path(), c, mo);
+  absl::Status st = MakeModel(dir, c, mo);
   EXPECT_TRUE(st.ok()) << st;
   ModelOptions opt;
   opt.num_threads = 2;
-  auto cpu = Model::Load(m->dir.path(), opt);
+  auto cpu = Model::Load(dir, opt);
   EXPECT_TRUE(cpu.ok()) << cpu.status();
-  if (!cpu.ok()) return nullptr;
-  m->cpu = std::move(*cpu);
+  return cpu.ok() ? std::move(*cpu) : nullptr;
+}
+
+// The checkpoint of MakeCpuModel, also uploaded with options `o`; null (with the test failed)
+// when either step fails.
+inline std::unique_ptr<Models> Make(const ModelConfig& c, uint64_t seed,
+                                    const CudaModelOptions& o) {
+  auto m = std::make_unique<Models>();
+  m->cpu = MakeCpuModel(m->dir.path(), c, seed);
+  if (m->cpu == nullptr) return nullptr;
   auto gpu = CudaModel::Create(*m->cpu, o);
   EXPECT_TRUE(gpu.ok()) << gpu.status();
   if (!gpu.ok()) return nullptr;

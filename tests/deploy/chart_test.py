@@ -179,7 +179,7 @@ class ChartTest(unittest.TestCase):
         variants = [
             ["prefill.enabled=false"],
             ["networkPolicy.enabled=false", "router.pdb.enabled=false"],
-            ["podScrapeAnnotations=true", "prefill.gpus=1", "prefill.tp=4"],
+            ["podScrapeAnnotations=true", "prefill.gpus=8", "prefill.tp=4"],
             ["router.pdb.minAvailable=1", "router.pdb.maxUnavailable=null"],
             ["prefill.autoscaling.enabled=true",
              "prefill.autoscaling.targetCPUUtilizationPercentage=80"],
@@ -328,6 +328,8 @@ class ChartTest(unittest.TestCase):
             gpus = v["tp"] if v.get("gpus") is None else v["gpus"]
             limits = c["resources"].get("limits", {})
             gpu_name = values["gpuResourceName"]
+            # A pod with GPUs runs the CUDA backend (its --tp ranks on GPUs 0..tp-1).
+            self.assertEqual(f.get("device"), "cuda" if gpus > 0 else None)
             if gpus > 0:
                 self.assertEqual(limits[gpu_name], gpus)
             else:
@@ -662,6 +664,7 @@ class ChartTest(unittest.TestCase):
             ("model.source=existingClaim",): "model.existingClaim is required",
             ("model.source=hostPath",): "model.hostPath.path is required",
             ("decode.autoscaling.enabled=true",): "decode.autoscaling: give",
+            ("prefill.gpus=1", "prefill.tp=2"): "prefill.gpus (1) < prefill.tp (2)",
         }
         for sets, message in cases.items():
             with self.subTest(sets=sets):

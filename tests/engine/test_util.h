@@ -119,6 +119,16 @@ inline std::vector<int32_t> RandomIds(int64_t n, int64_t vocab, uint64_t seed) {
   return ids;
 }
 
+// The tiny preset with 16 heads / 8 KV heads (4 differential-attention KV pairs): a model that
+// splits over 1, 2 and 4 tensor-parallel ranks (not 3).
+inline ModelConfig TpTestConfig() {
+  ModelConfig c = *PresetConfig("tiny");
+  c.num_heads = 16;
+  c.num_kv_heads = 8;
+  EXPECT_TRUE(FinalizeModelConfig(c).ok());
+  return c;
+}
+
 }  // namespace sambay::testing
 
 #endif  // SAMBAY_TESTS_ENGINE_TEST_UTIL_H_

@@ -18,19 +18,11 @@ namespace {
 using sambay::testing::RandomIds;
 using sambay::testing::RelErr;
 using sambay::testing::TempDir;
+using sambay::testing::TpTestConfig;
 
 // fp32 everywhere; TP only changes how the row-parallel sums are split (partial sums added in
 // rank order), so differences are a few float ulps amplified through the layers.
 constexpr double kTol = 1e-5;
-
-// The tiny preset with 16 heads / 8 KV heads (4 KV pairs): splits over 1, 2 and 4 ranks.
-ModelConfig TpConfig() {
-  ModelConfig c = *PresetConfig("tiny");
-  c.num_heads = 16;
-  c.num_kv_heads = 8;
-  EXPECT_TRUE(FinalizeModelConfig(c).ok());
-  return c;
-}
 
 void WriteModel(const std::string& dir, const ModelConfig& c, uint64_t seed, DType dtype) {
   MakeModelOptions o;
@@ -64,7 +56,7 @@ class TpTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new TempDir();
-    WriteModel(dir_->path(), TpConfig(), 31, DType::kF32);
+    WriteModel(dir_->path(), TpTestConfig(), 31, DType::kF32);
     for (int tp : {1, 2, 4}) models_[tp] = LoadTp(dir_->path(), tp, tp == 1 ? 2 : tp).release();
   }
   static void TearDownTestSuite() {
@@ -259,7 +251,7 @@ TEST_F(TpTest, ScoreAndMixedBatchMatchTp1) {
 
 TEST(TpBf16Test, Bf16WeightsMatchTp1) {
   TempDir dir;
-  WriteModel(dir.path(), TpConfig(), 32, DType::kBF16);
+  WriteModel(dir.path(), TpTestConfig(), 32, DType::kBF16);
   auto m1 = LoadTp(dir.path(), 1, 2), m2 = LoadTp(dir.path(), 2, 2);
   ASSERT_TRUE(m1 && m2);
   const auto ids = RandomIds(30, m1->config().vocab_size, 7);
@@ -290,7 +282,7 @@ TEST(TpLoadTest, SizesThatDoNotDivideFailWithInvalidArgument) {
       << m.status();
   EXPECT_NE(m.status().message().find("not divisible by 2"), absl::string_view::npos) << m.status();
   // 4 KV pairs do not split over 3 ranks; an intermediate_size of 258 not over 4.
-  ModelConfig c = TpConfig();
+  ModelConfig c = TpTestConfig();
   c.intermediate_size = 258;
   WriteModel(dir.Sub("tp"), c, 1, DType::kF32);
   o.tp = 3;

@@ -23,13 +23,15 @@ namespace {
 
 constexpr size_t kGreedyPrefix = 4;
 
-bool HaveGpu() {
+int GpuCount() {
 #ifdef SAMBAY_HAVE_CUDA
-  return ::sambay::cuda::DeviceCount() > 0;
+  return ::sambay::cuda::DeviceCount();
 #else
-  return false;
+  return 0;
 #endif
 }
+
+bool HaveGpu() { return GpuCount() > 0; }
 
 size_t CommonPrefix(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
   size_t n = 0;
@@ -120,6 +122,19 @@ TEST_F(CudaWorkerGpuTest, GpuColocated) {
   auto load = (*b)->GetLoad();
   ASSERT_TRUE(load.ok()) << load.status();
   EXPECT_EQ(load->running(), 0u);
+}
+
+// --tp with --device cuda takes GPUs --gpu .. --gpu+tp-1: more than exist is a start error.
+TEST_F(CudaWorkerGpuTest, TpBeyondTheDevicesExitsWithOne) {
+  const std::string tp = std::to_string(GpuCount() + 1);
+  auto s = ServerProcess::Start(BinDir() + "/sambay-worker",
+                                {"--model", TinyModelDir(), "--device", "cuda", "--tp", tp,
+                                 "--port", "0", "--metrics-port", "0"},
+                                dir_.path(), "tp-too-many", absl::Seconds(20));
+  ASSERT_FALSE(s.ok()) << "the worker started";
+  const std::string msg(s.status().message());
+  EXPECT_NE(msg.find("exited with code 1"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("--tp " + tp), std::string::npos) << msg;
 }
 
 }  // namespace
