@@ -49,10 +49,10 @@ for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
     export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$found")"
   fi
 done
-missing=$(ldd "$BIN/cuda_tests" "$BIN/sambay-gpu-bench" "$BIN/worker_tests" "$BIN/sambay-worker" "$BIN/sambay-run" | grep "not found" | sort -u)
+missing=$(ldd "$BIN/cuda_tests" "$BIN/sambay-gpu-bench" "$BIN/worker_tests" "$BIN/sambay-worker" "$BIN/libsambay_worker_cuda.so" "$BIN/sambay-run" | grep "not found" | sort -u)
 if [[ -n $missing ]]; then  # perhaps only the C++ runtime: try compat/
   export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$LIBS/compat"
-  missing=$(ldd "$BIN/cuda_tests" "$BIN/sambay-gpu-bench" "$BIN/worker_tests" "$BIN/sambay-worker" "$BIN/sambay-run" | grep "not found" | sort -u)
+  missing=$(ldd "$BIN/cuda_tests" "$BIN/sambay-gpu-bench" "$BIN/worker_tests" "$BIN/sambay-worker" "$BIN/libsambay_worker_cuda.so" "$BIN/sambay-run" | grep "not found" | sort -u)
 fi
 if [[ -n $missing ]]; then
   echo "error: unresolved libraries:"; echo "$missing"; exit 3

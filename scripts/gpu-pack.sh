@@ -2,7 +2,8 @@
 # Builds the CUDA binaries on this (GPU-less) machine and packs them for the device machine into
 # carry/gpu/ (git-ignored), which a `run` call carries (docs/gpu.md):
 #   carry/gpu/bin/      cuda_tests, sambay-gpu-bench, sambay-mkmodel, and for the GPU worker test
-#                       worker_tests, sambay-worker, sambay-run (stripped)
+#                       worker_tests, sambay-worker (+ its CUDA plugin libsambay_worker_cuda.so),
+#                       sambay-run (stripped)
 #   carry/gpu/models/tiny   the bundled tiny model (worker_tests finds it beside bin/)
 #   carry/gpu/libs.tar.xz   the shared libraries they need that are not glibc, the CUDA toolkit
 #                           or the driver (Abseil, Highway, OpenBLAS, libgfortran, libstdc++ ...)
@@ -17,6 +18,7 @@ cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 JOBS=${JOBS:-2}
 BINS=(cuda_tests sambay-gpu-bench sambay-mkmodel worker_tests sambay-worker sambay-run)
+PLUGIN=libsambay_worker_cuda.so  # built with sambay-worker; loaded beside it (--device cuda)
 
 GEN=()
 command -v ninja >/dev/null && GEN=(-G Ninja)
@@ -26,7 +28,7 @@ cmake --build "$BUILD_DIR" -j "$JOBS" --target "${BINS[@]}" tiny_model
 
 rm -rf carry/gpu
 mkdir -p carry/gpu/bin
-for b in "${BINS[@]}"; do
+for b in "${BINS[@]}" "$PLUGIN"; do
   cp "$BUILD_DIR/bin/$b" carry/gpu/bin/
   strip --strip-unneeded "carry/gpu/bin/$b"
 done
@@ -40,7 +42,7 @@ cp -r "$BUILD_DIR/models/tiny" carry/gpu/models/
 libdir=$(mktemp -d)
 trap 'rm -rf "$libdir"' EXIT
 mkdir -p "$libdir/compat"
-for b in "${BINS[@]}"; do
+for b in "${BINS[@]}" "$PLUGIN"; do
   ldd "$BUILD_DIR/bin/$b" | awk '$2 == "=>" && $3 ~ /^\// {print $3}'
 done | sort -u | while read -r lib; do
   name=$(basename "$lib")

@@ -1,10 +1,11 @@
 // CudaBackend: an EngineBackend over a CudaGroup: the model on one GPU, or tensor-parallel over
-// several (engine/cuda/cuda_group.h; only in builds with SAMBAY_HAVE_CUDA). Each live sequence
-// holds one state slot (on every rank) through
-// SequenceState::device; the slot is taken (and an imported state uploaded, UploadSlot) on the
-// sequence's first Forward and returned when the state is destroyed. Export downloads the slot
-// (DownloadSlot) into the state's CPU tensors and writes the CPU wire format, so handoff works
-// between CPU and GPU workers in either direction (bf16 device state: docs/gpu.md).
+// several (engine/cuda/cuda_group.h; only in builds with SAMBAY_HAVE_CUDA). It lives in the
+// plugin libsambay_worker_cuda.so (worker/gpu_plugin.h), not in sambay-worker itself. Each live
+// sequence holds one state slot (on every rank) through SequenceState::device; the slot is taken
+// (and an imported state uploaded, UploadSlot) on the sequence's first Forward and returned when
+// the state is destroyed. Export downloads the slot (DownloadSlot) into the state's CPU tensors and
+// writes the CPU wire format, so handoff works between CPU and GPU workers in either direction
+// (bf16 device state: docs/gpu.md).
 //
 // Ownership: owns the CudaGroup; states it handed out must be destroyed before it.
 // Thread-safety: thread-safe; one mutex serializes every call into the CudaGroup (the engine

@@ -1,6 +1,7 @@
 // EngineBackend: the seam between the worker (scheduler, service) and the engine that runs a
-// replica: the CPU Model (CpuBackend) or, in a build with CUDA, a CudaModel on one GPU
-// (worker/cuda_backend.h). See docs/worker.md "Devices" and docs/gpu.md.
+// replica: the CPU Model (CpuBackend) or, in a build with CUDA, a CudaGroup on one or more GPUs
+// (worker/cuda_backend.h, loaded as a plugin: worker/gpu_plugin.h). See docs/worker.md
+// "Devices" and docs/gpu.md.
 //
 // The worker always holds a sequence as a CPU SequenceState (engine/state.h): on the CPU it
 // carries the tensors; on a device it carries the host fields (num_tokens, last_token,

@@ -22,14 +22,10 @@
 #include "engine/model.h"
 #include "engine/tp_plan.h"
 #include "worker/engine_backend.h"
+#include "worker/gpu_plugin.h"
 #include "worker/metrics.h"
 #include "worker/scheduler.h"
 #include "worker/service.h"
-
-#ifdef SAMBAY_HAVE_CUDA
-#include "engine/cuda/cuda_util.h"
-#include "worker/cuda_backend.h"
-#endif
 
 #ifndef SAMBAY_VERSION
 #define SAMBAY_VERSION "dev"
@@ -169,9 +165,12 @@ int Run(int argc, char** argv) {
       {{"version", SAMBAY_VERSION}, {"config", fs.Effective()}});
 
   // --device cuda fails here, before the model is loaded, when it cannot work.
+  const GpuPluginApi* gpu = nullptr;
   if (f.device == "cuda") {
-#ifdef SAMBAY_HAVE_CUDA
-    const int n = cuda::DeviceCount();
+    auto plugin = LoadGpuPlugin();
+    if (!plugin.ok()) return Fatal(plugin.status());
+    gpu = *plugin;
+    const int n = gpu->device_count();
     if (n == 0) {
       return Fatal(absl::FailedPreconditionError("--device cuda: no CUDA device is present"));
     }
@@ -182,11 +181,6 @@ int Run(int argc, char** argv) {
               : absl::StrCat("--tp ", f.tp, " from --gpu ", f.gpu, ": needs devices ", f.gpu, "..",
                              f.gpu + f.tp - 1, ", ", n, " present")));
     }
-#else
-    return Fatal(absl::FailedPreconditionError(
-        "--device cuda: this sambay-worker was built without the CUDA backend "
-        "(configure with -DSAMBAY_CUDA=ON on a machine with the CUDA toolkit)"));
-#endif
   }
 
   const absl::Time t0 = absl::Now();
@@ -209,26 +203,22 @@ int Run(int argc, char** argv) {
   so.prefill_chunk = f.prefill_chunk;
   so.lease = absl::Seconds(f.lease_timeout);
   std::unique_ptr<EngineBackend> engine;
-  if (f.device == "cuda") {
-#ifdef SAMBAY_HAVE_CUDA
+  if (gpu != nullptr) {
     // One state slot per admitted sequence; the global K/V pool sized by the state budget
     // (bf16 blocks: the scheduler's fp32 accounting never admits more than it holds).
-    cuda::CudaModelOptions co;
-    co.device = static_cast<int>(f.gpu);
-    co.max_slots = static_cast<int>(f.max_running);
-    co.max_context = so.max_context;
-    co.max_chunk = so.prefill_chunk;
-    co.max_logits_rows = std::max<int64_t>(64, f.max_running);
-    const int64_t block_bytes = co.block_tokens * cfg.kv_dim() * 2 * 2;
-    const int64_t per_seq = (so.max_context + co.block_tokens - 1) / co.block_tokens;
-    co.kv_blocks = std::clamp<int64_t>((so.state_budget_bytes + block_bytes - 1) / block_bytes,
-                                       per_seq, per_seq * co.max_slots);
-    std::vector<int> devices;
-    for (int64_t d = 0; d < f.tp; ++d) devices.push_back(static_cast<int>(f.gpu + d));
-    auto cuda_engine = CudaBackend::Create(*model, co, devices);
-    if (!cuda_engine.ok()) return Fatal(cuda_engine.status());
-    engine = *std::move(cuda_engine);
-#endif
+    GpuBackendOptions go;
+    for (int64_t d = 0; d < f.tp; ++d) go.devices.push_back(static_cast<int>(f.gpu + d));
+    go.max_slots = static_cast<int>(f.max_running);
+    go.max_context = so.max_context;
+    go.max_chunk = so.prefill_chunk;
+    go.max_logits_rows = std::max<int64_t>(64, f.max_running);
+    const int64_t block_bytes = go.block_tokens * cfg.kv_dim() * 2 * 2;
+    const int64_t per_seq = (so.max_context + go.block_tokens - 1) / go.block_tokens;
+    go.kv_blocks = std::clamp<int64_t>((so.state_budget_bytes + block_bytes - 1) / block_bytes,
+                                       per_seq, per_seq * go.max_slots);
+    auto gpu_engine = gpu->create(*model, go);
+    if (!gpu_engine.ok()) return Fatal(gpu_engine.status());
+    engine = *std::move(gpu_engine);
   } else {
     engine = std::make_unique<CpuBackend>(*model);
   }

@@ -3,14 +3,6 @@
 #include <cstring>
 #include <vector>
 
-#ifdef SAMBAY_HAVE_CUDA
-#include <dlfcn.h>
-#include <pthread.h>
-
-#include <algorithm>
-#include <cerrno>
-#endif
-
 #include "absl/strings/str_cat.h"
 
 namespace sambay {
@@ -166,18 +158,3 @@ const char* WorkerMetrics::FailureReasonFor(const absl::Status& status) {
 }
 
 }  // namespace sambay
-
-#ifdef SAMBAY_HAVE_CUDA
-// With the CUDA backend linked in, the process's static TLS grows by ~100 KiB (cuBLASLt's
-// thread-locals), and civetweb (the metrics endpoint, through prometheus-cpp) creates its
-// threads with 100 KiB stacks: glibc then refuses them (pthread_create: EINVAL, "null context
-// when constructing CivetServer"). This definition, exported from the executable
-// (worker/CMakeLists.txt: --export-dynamic-symbol), interposes glibc's and gives every
-// explicitly sized thread stack at least 1 MiB; larger requests are unchanged.
-extern "C" int pthread_attr_setstacksize(pthread_attr_t* attr, size_t size) noexcept {
-  using Fn = int (*)(pthread_attr_t*, size_t);
-  static const Fn real = reinterpret_cast<Fn>(dlsym(RTLD_NEXT, "pthread_attr_setstacksize"));
-  if (real == nullptr) return EINVAL;
-  return real(attr, std::max<size_t>(size, size_t{1} << 20));
-}
-#endif

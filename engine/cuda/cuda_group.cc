@@ -213,7 +213,9 @@ int64_t CudaGroup::free_blocks() const { return ranks_[0]->free_blocks(); }
 absl::Status CudaGroup::Forward(absl::Span<const CudaSegment> segments,
                                 std::vector<float>* logits) {
   if (!broken_.ok()) return broken_;
-  SAMBAY_RETURN_IF_ERROR(ranks_[0]->ValidateForward(segments));
+  // With TP, an error during the pass breaks the group (RunAll), so input errors are found
+  // first, on one rank (every rank would find the same). TP = 1 leaves them to Forward.
+  if (tp() > 1) SAMBAY_RETURN_IF_ERROR(ranks_[0]->ValidateForward(segments));
   return RunAll([&](int r, CudaModel& m) { return m.Forward(segments, r == 0 ? logits : nullptr); },
                 true);
 }

@@ -31,7 +31,8 @@ PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROM_DIR = os.path.join(SRC, "deploy", "prometheus")
 DASHBOARD = os.path.join(SRC, "deploy", "grafana", "sambay-dashboard.json")
 DOCKERFILE = os.path.join(SRC, "deploy", "Dockerfile")
-BINARIES = ("sambay-router", "sambay-worker", "sambay-client")
+BINARIES = ["sambay-router", "sambay-worker", "sambay-client"]
+PLUGIN = "libsambay_worker_cuda.so"  # sambay-worker --device cuda, in builds with CUDA
 # Always in a Debian image (essential packages).
 ESSENTIAL = {"libc6", "libgcc-s1"}
 
@@ -258,6 +259,8 @@ class DockerfileTest(unittest.TestCase):
         build = " ".join(self.stages["build"])
         for b in BINARIES:
             self.assertIn("/build/bin/%s" % b, build)
+        # The CUDA plugin of sambay-worker (worker/gpu_plugin.h) goes beside it, when built.
+        self.assertIn("install -m 0644 -s /build/bin/%s /out/" % PLUGIN, build)
         user = [l.split()[1] for l in runtime if l.startswith("USER ")]
         self.assertEqual(len(user), 1)
         uid, gid = user[0].split(":")
@@ -277,9 +280,10 @@ class DockerfileTest(unittest.TestCase):
             self.skipTest("no dpkg")
         wanted = apt_packages(self.stages["runtime"]) | ESSENTIAL
         libs = set()
-        for b in BINARIES:
+        plugin = [PLUGIN] if os.path.exists(os.path.join(BIN, PLUGIN)) else []
+        for b in BINARIES + plugin:
             path = os.path.join(BIN, b)
-            self.assertTrue(os.access(path, os.X_OK), "%s: build first" % path)
+            self.assertTrue(os.access(path, os.R_OK), "%s: build first" % path)
             out = run(["ldd", path]).stdout
             for line in out.splitlines():
                 m = re.match(r"\s*(\S+) => (\S+)", line)

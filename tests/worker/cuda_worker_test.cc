@@ -13,22 +13,17 @@
 #include "gtest/gtest.h"
 #include "tests/worker/process.h"
 #include "tests/worker/worker_harness.h"
-
-#ifdef SAMBAY_HAVE_CUDA
-#include "engine/cuda/cuda_util.h"
-#endif
+#include "worker/gpu_plugin.h"
 
 namespace sambay::testing {
 namespace {
 
 constexpr size_t kGreedyPrefix = 4;
 
+// Devices the CUDA plugin sees (0 without the plugin: a build without CUDA).
 int GpuCount() {
-#ifdef SAMBAY_HAVE_CUDA
-  return ::sambay::cuda::DeviceCount();
-#else
-  return 0;
-#endif
+  auto plugin = LoadGpuPlugin();
+  return plugin.ok() ? (*plugin)->device_count() : 0;
 }
 
 bool HaveGpu() { return GpuCount() > 0; }
@@ -37,6 +32,39 @@ size_t CommonPrefix(const std::vector<uint32_t>& a, const std::vector<uint32_t>&
   size_t n = 0;
   while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
   return n;
+}
+
+// The plugin beside the binaries loads in a CUDA build (on any machine: no GPU is needed to map
+// it) and is explained away otherwise.
+TEST(CudaWorkerTest, PluginLoadsInCudaBuilds) {
+  auto plugin = LoadGpuPlugin();
+#ifdef SAMBAY_HAVE_CUDA
+  ASSERT_TRUE(plugin.ok()) << plugin.status();
+  EXPECT_EQ((*plugin)->abi, kGpuPluginAbi);
+  EXPECT_GE((*plugin)->device_count(), 0);
+#else
+  ASSERT_FALSE(plugin.ok());
+  EXPECT_EQ(plugin.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(plugin.status().message().find("built without the CUDA backend"), std::string::npos)
+      << plugin.status();
+#endif
+}
+
+TEST(CudaWorkerTest, MissingPluginExitsWithOne) {
+  ScratchDir dir;
+  auto s = ServerProcess::Start(
+      BinDir() + "/sambay-worker",
+      {"--model", TinyModelDir(), "--device", "cuda", "--port", "0", "--metrics-port", "0"},
+      dir.path(), "noplugin", absl::Seconds(20), {"SAMBAY_CUDA_PLUGIN=/nonexistent/plugin.so"});
+  ASSERT_FALSE(s.ok()) << "the worker started";
+  const std::string msg(s.status().message());
+  EXPECT_NE(msg.find("exited with code 1"), std::string::npos) << msg;
+#ifdef SAMBAY_HAVE_CUDA
+  EXPECT_NE(msg.find("cannot load the CUDA plugin /nonexistent/plugin.so"), std::string::npos)
+      << msg;
+#else
+  EXPECT_NE(msg.find("built without the CUDA backend"), std::string::npos) << msg;
+#endif
 }
 
 TEST(CudaWorkerTest, DeviceCudaWithoutGpuExitsWithOne) {
