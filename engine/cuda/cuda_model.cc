@@ -291,6 +291,15 @@ absl::StatusOr<int> CudaModel::AllocSlot() {
       SAMBAY_CUDA_RETURN_IF_ERROR(
           cudaMemsetAsync(im.ssm.as<char>() + (l * S + s) * ssm_slot, 0, ssm_slot, ctx_->stream()));
     }
+    // SWA rings: positions not yet written are never read, but a download exports the whole
+    // ring, so it starts as zeros like a CPU state (deterministic exports).
+    const int64_t ring_slot = c.sliding_window * c.kv_dim() * 2;
+    for (int l = 0; l < im.n_swa; ++l) {
+      SAMBAY_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(im.ring_k.as<char>() + (l * S + s) * ring_slot, 0,
+                                                  ring_slot, ctx_->stream()));
+      SAMBAY_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(im.ring_v.as<char>() + (l * S + s) * ring_slot, 0,
+                                                  ring_slot, ctx_->stream()));
+    }
     slot_used_[s] = true;
     slot_tokens_[s] = 0;
     return s;

@@ -77,7 +77,8 @@ __global__ void __launch_bounds__(kThreads)
   const int64_t row = blockIdx.x;
   const float* x = logits + row * vocab;
   const float T = temperature[row];
-  if (!(T > 0.0f)) {
+  // Greedy for T = 0, and for a T so small that 1/T overflows (the weights would be NaN).
+  if (!(T > 0.0f) || !isfinite(1.0f / T)) {
     const int32_t id = BlockArgmax(x, vocab);
     if (threadIdx.x == 0) out[row] = id;
     return;
@@ -141,7 +142,9 @@ __global__ void __launch_bounds__(kThreads)
     float chunk_total;
     const float incl = BlockInclusiveScan(w, red, &chunk_total);
     if (keep) {
-      atomicMax(&last_kept, static_cast<int32_t>(i));
+      // The fallback (goal not passed through rounding) is the last token with mass, never one
+      // whose weight underflowed to 0; the maximum has weight 1, so there is always one.
+      if (w > 0.0f) atomicMax(&last_kept, static_cast<int32_t>(i));
       if (run + incl > goal) atomicMin(&first_hit, static_cast<int32_t>(i));
     }
     __syncthreads();

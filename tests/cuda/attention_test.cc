@@ -361,5 +361,38 @@ TEST(CudaSamplingTest, TopKTopPMatchesReference) {
   EXPECT_GE(exact, rows - 2);
 }
 
+// Edge draws: a temperature so small that 1/T overflows is greedy (not NaN weights), and a draw
+// next to 1 never lands on a token whose weight underflowed to 0 (padding-like logits).
+TEST(CudaSamplingTest, EdgeDrawsPickTokensWithMass) {
+  SAMBAY_REQUIRE_GPU();
+  std::mt19937_64 rng(53);
+  const int64_t rows = 6, vocab = 4099;
+  std::vector<float> x = RandF32(rows * vocab, rng, -3, 3);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t i = vocab - 500; i < vocab; ++i) x[r * vocab + i] = -1e30f;  // zero mass
+  }
+  SampleParamsHost p;
+  for (int64_t r = 0; r < rows; ++r) {
+    p.temperature.push_back(r < 2 ? 1e-40f : 1.0f);  // rows 0, 1: 1/T = inf
+    p.top_k.push_back(0);
+    p.top_p.push_back(1.0f);
+    p.uniform.push_back(r % 2 == 0 ? 0.99999994f : 0.5f);  // the largest float below 1
+  }
+  DeviceBuffer dx = Upload(x), dT = Upload(p.temperature), dk = Upload(p.top_k),
+               dp = Upload(p.top_p), du = Upload(p.uniform), dout = Poisoned<int32_t>(rows);
+  ASSERT_TRUE(SampleTopKTopP(nullptr, dx.as<float>(), rows, vocab, p, dT.as<float>(),
+                             dk.as<int32_t>(), dp.as<float>(), du.as<float>(), dout.as<int32_t>())
+                  .ok());
+  const std::vector<int32_t> got = Download<int32_t>(dout, rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = x.data() + r * vocab;
+    ASSERT_GE(got[r], 0);
+    ASSERT_LT(got[r], vocab - 500) << "row " << r << " drew a zero-mass token";
+    if (r < 2) {
+      EXPECT_EQ(got[r], std::max_element(row, row + vocab) - row) << "row " << r;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace sambay::cuda
