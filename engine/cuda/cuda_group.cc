@@ -148,7 +148,6 @@ const std::string& CudaGroup::device_name() const { return ranks_[0]->context().
 
 absl::Status CudaGroup::RunAll(const Job& job, bool collective) {
   if (!broken_.ok()) return broken_;
-  const int n = tp();
   const std::vector<absl::Status> status = threads_->Run([&](int rank) {
     absl::Status s = ranks_[rank]->context().Activate();
     if (s.ok()) s = job(rank, *ranks_[rank]);
@@ -158,26 +157,31 @@ absl::Status CudaGroup::RunAll(const Job& job, bool collective) {
     }
     return s;
   });
-  absl::Status first;
+  const RankOutcome out = CombineRankStatus(status, collective);
+  if (!out.broken.ok()) broken_ = out.broken;
+  return out.status;
+}
+
+RankOutcome CombineRankStatus(const std::vector<absl::Status>& status, bool collective) {
+  RankOutcome out;
+  const int n = static_cast<int>(status.size());
   int failed = 0;
   bool agree = true;
   for (const absl::Status& s : status) {
     if (s.ok()) continue;
     ++failed;
-    if (first.ok()) first = s;
-    agree = agree && s.code() == first.code();
+    if (out.status.ok()) out.status = s;
+    agree = agree && s.code() == out.status.code();
   }
-  if (failed == 0) return absl::OkStatus();
-  if (n > 1 && (collective || failed != n || !agree)) {
-    std::vector<std::string> what;
-    for (int r = 0; r < n; ++r) {
-      if (!status[r].ok()) what.push_back(absl::StrCat("rank ", r, ": ", status[r].message()));
-    }
-    broken_ =
-        absl::InternalError(absl::StrCat("the tensor-parallel CUDA group is broken (",
-                                         absl::StrJoin(what, "; "), "); restart the process"));
+  if (failed == 0 || n == 1 || (!collective && failed == n && agree)) return out;
+  std::vector<std::string> what;
+  for (int r = 0; r < n; ++r) {
+    if (!status[r].ok()) what.push_back(absl::StrCat("rank ", r, ": ", status[r].message()));
   }
-  return first;
+  out.broken =
+      absl::InternalError(absl::StrCat("the tensor-parallel CUDA group is broken (",
+                                       absl::StrJoin(what, "; "), "); restart the process"));
+  return out;
 }
 
 absl::StatusOr<int> CudaGroup::AllocSlot() {

@@ -38,6 +38,18 @@
 
 namespace sambay::cuda {
 
+// How a call that ran on every rank ends (CudaGroup::RunAll; a free function so the policy is
+// tested without a GPU). `status`: the first rank error, or OK. `broken`: non-OK (Internal,
+// naming every failed rank) when the group can no longer be trusted: with more than one rank,
+// any error in a call that enqueues collectives (`collective`), or ranks that disagree (some
+// failed, or with different codes). Ranks that all fail alike outside a collective call (the
+// same input error everywhere) leave the group usable.
+struct RankOutcome {
+  absl::Status status;
+  absl::Status broken;
+};
+RankOutcome CombineRankStatus(const std::vector<absl::Status>& status, bool collective);
+
 class CudaGroup {
  public:
   // The model on `devices` (tp = devices.size(); options.device is ignored). `cpu` must be

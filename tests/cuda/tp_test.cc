@@ -145,6 +145,36 @@ TEST(CudaGroupArgs, RejectsBadGroups) {
   EXPECT_EQ(from_sharded.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// The failure policy of a call run on every rank (no GPU needed).
+TEST(CudaGroupArgs, RankStatusPolicy) {
+  const absl::Status ok, bad = absl::InvalidArgumentError("bad slot"),
+                         dev = absl::InternalError("illegal address"),
+                         full = absl::ResourceExhaustedError("pool");
+  auto out = CombineRankStatus({ok, ok}, true);
+  EXPECT_TRUE(out.status.ok());
+  EXPECT_TRUE(out.broken.ok());
+  // The same input error on every rank, outside a collective call: reported, group intact.
+  out = CombineRankStatus({bad, bad}, false);
+  EXPECT_EQ(out.status, bad);
+  EXPECT_TRUE(out.broken.ok());
+  // Ranks that disagree: the group breaks, naming each failed rank.
+  out = CombineRankStatus({ok, full}, false);
+  EXPECT_EQ(out.status, full);
+  EXPECT_EQ(out.broken.code(), absl::StatusCode::kInternal);
+  EXPECT_TRUE(absl::StrContains(out.broken.message(), "rank 1: pool")) << out.broken;
+  out = CombineRankStatus({bad, full}, false);
+  EXPECT_EQ(out.status, bad);
+  EXPECT_FALSE(out.broken.ok());
+  // Any error during a pass with collectives breaks it, even when every rank agrees.
+  out = CombineRankStatus({dev, dev, dev}, true);
+  EXPECT_EQ(out.status, dev);
+  EXPECT_TRUE(absl::StrContains(out.broken.message(), "rank 2: illegal address")) << out.broken;
+  // One rank: nothing to disagree with; errors never break it.
+  out = CombineRankStatus({dev}, true);
+  EXPECT_EQ(out.status, dev);
+  EXPECT_TRUE(out.broken.ok());
+}
+
 // ---- One GPU.
 
 TEST(CudaTpTest, TwoAndFourRanksOnOneGpuMatchOneRank) {
