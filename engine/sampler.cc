@@ -345,6 +345,11 @@ uint64_t Sampler::NextU64() {
   return result;
 }
 
+int32_t GreedyToken(absl::Span<const float> logits) {
+  float lmax;
+  return logits.empty() ? 0 : Argmax(logits.data(), logits.size(), &lmax);
+}
+
 double Sampler::NextUniform() { return static_cast<double>(NextU64() >> 11) * 0x1.0p-53; }
 
 int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t> history) {

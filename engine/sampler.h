@@ -38,6 +38,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& p);
 
 using RngState = std::array<uint64_t, 4>;
 
+// The token Sampler::Sample returns at temperature 0 without penalties: the first maximum of
+// `logits` (NaN never wins; 0 when every value is NaN or -inf). Sample also takes one draw.
+int32_t GreedyToken(absl::Span<const float> logits);
+
 namespace sampler_internal {
 // A token under consideration: its logit, later its unnormalized probability.
 struct Candidate {

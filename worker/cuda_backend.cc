@@ -70,9 +70,8 @@ absl::StatusOr<int> CudaBackend::SlotOf(SequenceState& state) {
   return slot;
 }
 
-absl::Status CudaBackend::Forward(absl::Span<const ForwardSegment> segments,
-                                  std::vector<float>* logits) {
-  std::lock_guard<std::mutex> lock(mu_);
+absl::StatusOr<std::vector<cuda::CudaSegment>> CudaBackend::Segments(
+    absl::Span<const ForwardSegment> segments) {
   std::vector<cuda::CudaSegment> segs;
   segs.reserve(segments.size());
   for (size_t i = 0; i < segments.size(); ++i) {
@@ -83,11 +82,40 @@ absl::Status CudaBackend::Forward(absl::Span<const ForwardSegment> segments,
     SAMBAY_ASSIGN_OR_RETURN(const int slot, SlotOf(*f.state));
     segs.push_back({slot, f.tokens, f.logits});
   }
+  return segs;
+}
+
+absl::Status CudaBackend::Forward(absl::Span<const ForwardSegment> segments,
+                                  std::vector<float>* logits) {
+  std::lock_guard<std::mutex> lock(mu_);
+  SAMBAY_ASSIGN_OR_RETURN(const std::vector<cuda::CudaSegment> segs, Segments(segments));
   SAMBAY_RETURN_IF_ERROR(model_->Forward(segs, logits));
   for (const ForwardSegment& f : segments) {
     f.state->num_tokens += static_cast<int64_t>(f.tokens.size());
   }
   return absl::OkStatus();
+}
+
+absl::Status CudaBackend::ForwardArgmax(absl::Span<const ForwardSegment> segments,
+                                        const std::vector<bool>& want_logits,
+                                        std::vector<float>* logits, std::vector<int32_t>* argmax) {
+  const int64_t rows = OutputRows(segments);
+  if (static_cast<int64_t>(want_logits.size()) != rows) {
+    return absl::InvalidArgumentError(absl::StrCat("ForwardArgmax: ", want_logits.size(),
+                                                   " want_logits entries for ", rows, " rows"));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  SAMBAY_ASSIGN_OR_RETURN(const std::vector<cuda::CudaSegment> segs, Segments(segments));
+  SAMBAY_RETURN_IF_ERROR(model_->Forward(segs, nullptr));  // logits stay on the device
+  for (const ForwardSegment& f : segments) {
+    f.state->num_tokens += static_cast<int64_t>(f.tokens.size());
+  }
+  SAMBAY_RETURN_IF_ERROR(model_->ArgmaxLast(argmax));
+  std::vector<int> wanted;
+  for (int64_t r = 0; r < rows; ++r) {
+    if (want_logits[r]) wanted.push_back(static_cast<int>(r));
+  }
+  return model_->CopyLastLogits(wanted, logits);
 }
 
 absl::StatusOr<std::vector<std::string>> CudaBackend::Export(SequenceState& state,

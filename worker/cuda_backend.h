@@ -45,6 +45,11 @@ class CudaBackend final : public EngineBackend {
   std::unique_ptr<SequenceState> NewState() const override;
   absl::Status Forward(absl::Span<const ForwardSegment> segments,
                        std::vector<float>* logits) override;
+  // Greedy rows: argmax on the device, only the other rows' logits copied to the host.
+  absl::Status ForwardArgmax(absl::Span<const ForwardSegment> segments,
+                             const std::vector<bool>& want_logits, std::vector<float>* logits,
+                             std::vector<int32_t>* argmax) override;
+  bool argmax_on_device() const override { return true; }
   absl::StatusOr<std::vector<std::string>> Export(SequenceState& state,
                                                   size_t max_chunk_bytes) override;
 
@@ -56,6 +61,9 @@ class CudaBackend final : public EngineBackend {
   CudaBackend() = default;
   // With mu_ held: the state's slot, taking one (and uploading the state) if it has none.
   absl::StatusOr<int> SlotOf(SequenceState& state);
+  // With mu_ held: the segments' slots, taken / uploaded as needed (SlotOf).
+  absl::StatusOr<std::vector<cuda::CudaSegment>> Segments(
+      absl::Span<const ForwardSegment> segments);
   void Free(int slot);
 
   ModelConfig config_;

@@ -48,6 +48,12 @@ bool HasPenalties(const SamplingParams& p) {
   return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f;
 }
 
+// Whether a token of this request needs its logits row on the host: anything but plain greedy
+// (sampling, penalties, logprobs).
+bool NeedsLogits(const SequenceRequest& r) {
+  return r.sampling.temperature != 0.0f || HasPenalties(r.sampling) || r.logprobs;
+}
+
 absl::Status CheckIds(absl::Span<const int32_t> ids, int64_t vocab, const char* field) {
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= vocab) {
@@ -443,9 +449,12 @@ void Scheduler::Loop() {
 }
 
 bool Scheduler::SampleAndEmit(Sequence& seq, absl::Span<const float> row, SeqFinish* finish) {
+  return Emit(seq, seq.engine.sampler->Sample(row, seq.engine.history), row, finish);
+}
+
+bool Scheduler::Emit(Sequence& seq, int32_t tok, absl::Span<const float> row, SeqFinish* finish) {
   const SequenceRequest& r = seq.request();
   auto& eng = seq.engine;
-  const int32_t tok = eng.sampler->Sample(row, eng.history);
   SeqEvent ev;
   ev.kind = SeqEvent::kToken;
   ev.token = tok;
@@ -501,8 +510,17 @@ void Scheduler::Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) {
   std::vector<float> logits, prefill_logits;
   absl::Status st = absl::OkStatus();
   absl::Time decode_end = start;
+  // On a device backend, plain greedy rows come back as token ids only (no logits copy).
+  const bool select = model_.argmax_on_device() && !decode.empty();
+  std::vector<bool> want;
+  std::vector<int32_t> greedy;
+  if (select) {
+    for (const SeqPtr& s : decode) want.push_back(NeedsLogits(s->request()));
+  }
   if (!decode.empty()) {
-    st = model_.Forward(absl::MakeConstSpan(segs.data(), decode.size()), &logits);
+    const auto batch = absl::MakeConstSpan(segs.data(), decode.size());
+    st = select ? model_.ForwardArgmax(batch, want, &logits, &greedy)
+                : model_.Forward(batch, &logits);
     decode_end = absl::Now();
   }
   if (st.ok() && prefill != nullptr) {
@@ -512,11 +530,18 @@ void Scheduler::Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) {
 
   std::vector<std::pair<SeqPtr, SeqFinish>> finished;
   if (st.ok()) {
+    size_t row = 0;  // next logits row
     for (size_t i = 0; i < decode.size(); ++i) {
       SeqFinish f;
-      if (SampleAndEmit(*decode[i], absl::MakeConstSpan(logits.data() + i * vocab, vocab), &f)) {
-        finished.emplace_back(decode[i], f);
+      bool done;
+      if (select && !want[i]) {
+        decode[i]->engine.sampler->Advance(1);  // Sample's one draw per token, kept in step
+        done = Emit(*decode[i], greedy[i], {}, &f);
+      } else {
+        done = SampleAndEmit(*decode[i], absl::MakeConstSpan(logits.data() + row++ * vocab, vocab),
+                             &f);
       }
+      if (done) finished.emplace_back(decode[i], f);
     }
     if (prefill != nullptr) {
       prefill->engine.prefill_pos += chunk;

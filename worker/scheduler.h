@@ -124,6 +124,9 @@ class Scheduler {
   void Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill);
   // Samples the next token of `seq` from `row`, pushes it; true if the sequence is finished.
   bool SampleAndEmit(Sequence& seq, absl::Span<const float> row, SeqFinish* finish);
+  // Emits `tok` (drawn from `row`, or the backend's greedy token with `row` empty); true when
+  // the sequence ends (stop id or max_new_tokens), with *finish set.
+  bool Emit(Sequence& seq, int32_t tok, absl::Span<const float> row, SeqFinish* finish);
   // With mu_ held: ends `seq` (final event, metrics, slot and memory freed). Sequences in the
   // prefill queue or the running batch are ended only by the engine thread.
   void EndLocked(const SeqPtr& seq, const absl::Status& status, FinishKind kind);

@@ -224,6 +224,18 @@ absl::Status CudaGroup::Forward(absl::Span<const CudaSegment> segments,
                 true);
 }
 
+absl::Status CudaGroup::ArgmaxLast(std::vector<int32_t>* out) {
+  if (!broken_.ok()) return broken_;
+  SAMBAY_RETURN_IF_ERROR(ranks_[0]->context().Activate());
+  return ranks_[0]->ArgmaxLast(out);
+}
+
+absl::Status CudaGroup::CopyLastLogits(absl::Span<const int> rows, std::vector<float>* out) {
+  if (!broken_.ok()) return broken_;
+  SAMBAY_RETURN_IF_ERROR(ranks_[0]->context().Activate());
+  return ranks_[0]->CopyLastLogits(rows, out);
+}
+
 absl::Status CudaGroup::DownloadSlot(int slot, SequenceState* out) {
   if (tp() == 1) {
     return RunAll([&](int, CudaModel& m) { return m.DownloadSlot(slot, out); }, false);

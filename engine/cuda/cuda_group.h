@@ -82,6 +82,9 @@ class CudaGroup {
   absl::StatusOr<int64_t> NumTokens(int slot) const;
   int64_t free_blocks() const;
   absl::Status Forward(absl::Span<const CudaSegment> segments, std::vector<float>* logits);
+  // CudaModel::ArgmaxLast / CopyLastLogits of the last Forward (rank 0's copy of the logits).
+  absl::Status ArgmaxLast(std::vector<int32_t>* out);
+  absl::Status CopyLastLogits(absl::Span<const int> rows, std::vector<float>* out);
   // `out`: a logical state of config(); its tensors and num_tokens are replaced (gathered from
   // the ranks' shards), everything else (device, last_token, rng_state) is left alone.
   absl::Status DownloadSlot(int slot, SequenceState* out);

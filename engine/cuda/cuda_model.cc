@@ -392,6 +392,40 @@ int64_t CudaModel::StateBytesPerStep(int64_t context) const {
 
 const float* CudaModel::device_logits() const { return impl_->logits.as<float>(); }
 
+absl::Status CudaModel::ArgmaxLast(std::vector<int32_t>* out) {
+  Impl& im = *impl_;
+  const int64_t n = im.last_logits_rows;
+  out->clear();
+  if (n == 0) return absl::OkStatus();
+  cudaStream_t st = ctx_->stream();
+  SAMBAY_RETURN_IF_ERROR(
+      Argmax(st, im.logits.as<float>(), n, config_.vocab_size, im.next_ids.as<int32_t>()));
+  out->resize(static_cast<size_t>(n));
+  SAMBAY_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(out->data(), im.next_ids.data(), n * 4, cudaMemcpyDeviceToHost, st));
+  return ctx_->Synchronize();
+}
+
+absl::Status CudaModel::CopyLastLogits(absl::Span<const int> rows, std::vector<float>* out) {
+  Impl& im = *impl_;
+  const int64_t V = config_.vocab_size;
+  for (int r : rows) {
+    if (r < 0 || r >= im.last_logits_rows) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("CopyLastLogits: row ", r, " is outside [0, ", im.last_logits_rows, ")"));
+    }
+  }
+  const size_t old = out->size();
+  out->resize(old + rows.size() * static_cast<size_t>(V));
+  cudaStream_t st = ctx_->stream();
+  for (size_t i = 0; i < rows.size(); ++i) {
+    SAMBAY_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(out->data() + old + i * V,
+                                                im.logits.as<float>() + rows[i] * V, V * 4,
+                                                cudaMemcpyDeviceToHost, st));
+  }
+  return ctx_->Synchronize();
+}
+
 absl::Status CudaModel::SampleLast(const SampleParamsHost& params, std::vector<int32_t>* out) {
   Impl& im = *impl_;
   const int64_t n = im.last_logits_rows;

@@ -133,6 +133,12 @@ class CudaModel {
   // top-p; kernels.h); params has one entry per row (uniform: the draw in [0, 1), e.g. from the
   // sequence's Sampler RNG). Penalties and min-p are not applied here.
   absl::Status SampleLast(const SampleParamsHost& params, std::vector<int32_t>* out);
+  // The first maximum of each logits row of the last Forward (ties to the lowest id), computed
+  // on the device: out gets one id per row.
+  absl::Status ArgmaxLast(std::vector<int32_t>* out);
+  // Appends the listed logits rows of the last Forward (indices < its row count, in the given
+  // order) to *out, [rows.size(), vocab]; InvalidArgument for an index out of range.
+  absl::Status CopyLastLogits(absl::Span<const int> rows, std::vector<float>* out);
   // The logits of the last Forward, fp32 [rows, vocab] on the device.
   const float* device_logits() const;
 

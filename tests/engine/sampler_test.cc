@@ -179,6 +179,19 @@ TEST(SamplerTest, GreedyNeverPicksNaN) {
   EXPECT_EQ(s.Sample(std::vector<float>{}, {}), 0);
 }
 
+// GreedyToken (the worker's greedy rows on a device backend) is Sample at temperature 0.
+TEST(SamplerTest, GreedyTokenIsGreedySample) {
+  Sampler s(Params(0.0f));
+  std::vector<std::vector<float>> rows = {{1, 3, 3, 2},       {kNaN, 1, kNaN, 5, kNaN},
+                                          {kNaN, kNaN, kNaN}, {-kInf, kInf, 2, kInf},
+                                          {-kInf, -kInf},     {}};
+  for (uint64_t seed = 0; seed < 10; ++seed) rows.push_back(RandomLogits(3000 + seed, seed));
+  rows.push_back(RandomLogits(kBigVocab, 98));
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(GreedyToken(rows[i]), s.Sample(rows[i], {})) << "row " << i;
+  }
+}
+
 TEST(SamplerTest, SamplingNeverPicksNaN) {
   for (int32_t top_k : {0, 2}) {
     for (float top_p : {1.0f, 0.99f}) {

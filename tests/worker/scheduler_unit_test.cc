@@ -1,7 +1,9 @@
 // In-process tests of the worker's Scheduler (no gRPC): continuous batching gives the tokens of
 // engine Generate for every sequence whatever else runs, admission limits, leases, cancel,
 // handoff through export/import, and RNG resumption for migrated sequences.
+#include <atomic>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -9,6 +11,7 @@
 #include "engine/state_io.h"
 #include "gtest/gtest.h"
 #include "tests/engine/test_util.h"
+#include "worker/engine_backend.h"
 #include "worker/scheduler.h"
 
 namespace sambay {
@@ -119,6 +122,84 @@ TEST_F(SchedulerTest, TwentyConcurrentSequencesEqualEachAlone) {
   }
   EXPECT_EQ(sched.active(), 0);
   EXPECT_EQ(sched.Load().state_bytes_used, 0);
+}
+
+// The CPU model behind a backend that reports its argmax on the device, so the scheduler takes
+// ForwardArgmax (EngineBackend's host default here) for plain greedy rows: the path of a GPU
+// worker, whose tokens must not change.
+class ArgmaxPathBackend final : public EngineBackend {
+ public:
+  explicit ArgmaxPathBackend(Model& m) : cpu_(m) {}
+  const ModelConfig& config() const override { return cpu_.config(); }
+  const std::string& fingerprint() const override { return cpu_.fingerprint(); }
+  int tp_size() const override { return cpu_.tp_size(); }
+  std::string device_name() const override { return "test"; }
+  std::unique_ptr<SequenceState> NewState() const override { return cpu_.NewState(); }
+  absl::Status Forward(absl::Span<const ForwardSegment> segments,
+                       std::vector<float>* logits) override {
+    return cpu_.Forward(segments, logits);
+  }
+  absl::Status ForwardArgmax(absl::Span<const ForwardSegment> segments,
+                             const std::vector<bool>& want_logits, std::vector<float>* logits,
+                             std::vector<int32_t>* argmax) override {
+    ++argmax_calls;
+    for (bool w : want_logits) skipped_rows += !w;
+    return EngineBackend::ForwardArgmax(segments, want_logits, logits, argmax);
+  }
+  bool argmax_on_device() const override { return true; }
+  absl::StatusOr<std::vector<std::string>> Export(SequenceState& state,
+                                                  size_t max_chunk_bytes) override {
+    return cpu_.Export(state, max_chunk_bytes);
+  }
+  std::atomic<int> argmax_calls{0};
+  std::atomic<int> skipped_rows{0};
+
+ private:
+  CpuBackend cpu_;
+};
+
+TEST_F(SchedulerTest, GreedyRowsWithoutLogitsCopiesGiveTheSameTokens) {
+  ArgmaxPathBackend backend(model());
+  WorkerMetrics metrics("fp", "both", "test");
+  Scheduler sched(backend, Options(), &metrics);
+  struct Case {
+    SamplingParams sampling;
+    bool logprobs = false;
+    std::vector<int32_t> stop;
+    std::shared_ptr<Sequence> seq;
+    std::vector<int32_t> prompt;
+  };
+  std::vector<Case> cases(6);
+  cases[1].logprobs = true;                     // greedy, but the row is needed for logprobs
+  cases[2].sampling.repetition_penalty = 1.3f;  // greedy with a penalty: needs the row
+  cases[3].sampling = Seeded(77);
+  cases[4].stop = Reference(RandomIds(9, vocab(), 404), {}, 12);  // stops on its 1st token
+  cases[4].stop.resize(1);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    Case& c = cases[i];
+    c.prompt = RandomIds(3 + 11 * i, vocab(), 400 + i);
+    if (i == 4) c.prompt = RandomIds(9, vocab(), 404);
+    SequenceRequest r;
+    r.mode = SeqMode::kLocal;
+    r.prompt = c.prompt;
+    r.sampling = c.sampling;
+    r.max_new_tokens = 12;
+    r.stop_ids = c.stop;
+    r.logprobs = c.logprobs;
+    r.top_logprobs = c.logprobs ? 2 : 0;
+    auto seq = sched.Admit(r);
+    ASSERT_TRUE(seq.ok()) << seq.status();
+    c.seq = *seq;
+  }
+  for (size_t i = 0; i < cases.size(); ++i) {
+    std::vector<int32_t> got;
+    ASSERT_TRUE(Collect(*cases[i].seq, &got).ok());
+    EXPECT_EQ(got, Reference(cases[i].prompt, cases[i].sampling, 12, cases[i].stop))
+        << "sequence " << i;
+  }
+  EXPECT_GT(backend.argmax_calls.load(), 0);
+  EXPECT_GT(backend.skipped_rows.load(), 0);  // plain greedy rows went without logits
+  EXPECT_EQ(sched.active(), 0);
 }
 
 TEST_F(SchedulerTest, StopTokenEndsWithStop) {
