@@ -52,8 +52,8 @@ class EngineBackend {
   // Forward for a caller that needs only the greedy token of some logits rows, so a device
   // backend can skip copying those rows to the host. `want_logits` has one entry per logits row
   // of the pass (OutputRows below): rows marked true are appended to *logits (compacted, in
-  // order); *argmax gets every row's greedy token (GreedyToken's rule; on a device the first
-  // maximum, ties to the lowest id). This default runs Forward and takes the argmax here.
+  // order); *argmax gets every row's greedy token by GreedyToken's rule (engine/sampler.h; the
+  // CUDA argmax kernel follows it too). This default runs Forward and takes the argmax here.
   virtual absl::Status ForwardArgmax(absl::Span<const ForwardSegment> segments,
                                      const std::vector<bool>& want_logits,
                                      std::vector<float>* logits, std::vector<int32_t>* argmax);

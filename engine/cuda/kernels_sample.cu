@@ -19,7 +19,8 @@ __device__ __forceinline__ uint32_t OrderKey(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-// Block argmax of x[0, vocab); ties -> lowest id. All threads get the id.
+// Block argmax of x[0, vocab), the host's GreedyToken rule: the first maximum (ties -> lowest
+// id), NaN never wins, 0 when every value is NaN or -inf. All threads get the id.
 __device__ int32_t BlockArgmax(const float* x, int64_t vocab) {
   __shared__ float sv[32];
   __shared__ int32_t si[32];
@@ -27,7 +28,7 @@ __device__ int32_t BlockArgmax(const float* x, int64_t vocab) {
   int32_t id = -1;
   for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
     const float v = x[i];
-    if (id < 0 || v > best) {  // ascending i per thread: '>' keeps the lowest id on ties
+    if (v > best) {  // false for NaN and -inf; ascending i per thread keeps the lowest id
       best = v;
       id = static_cast<int32_t>(i);
     }

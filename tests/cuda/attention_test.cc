@@ -12,6 +12,7 @@
 
 #include "engine/config.h"
 #include "engine/cuda/ops.h"
+#include "engine/sampler.h"
 #include "engine/weights.h"
 #include "tests/cuda/cuda_test_util.h"
 
@@ -263,16 +264,27 @@ TEST(CudaSamplingTest, ArgmaxTiesGoToLowestId) {
   x[1 * vocab + 5002] = 7;
   x[2 * vocab + 0] = 8;
   x[2 * vocab + 1] = 8;
+  // Row 3: NaN never wins; the host's rule (GreedyToken) is the reference for every row.
+  x[3 * vocab + 0] = NAN;
+  x[3 * vocab + 9] = NAN;
+  x[3 * vocab + 4444] = 50;
   DeviceBuffer dx = Upload(x), dout = Poisoned<int32_t>(rows);
   ASSERT_TRUE(Argmax(nullptr, dx.as<float>(), rows, vocab, dout.as<int32_t>()).ok());
   const std::vector<int32_t> got = Download<int32_t>(dout, rows);
   for (int64_t r = 0; r < rows; ++r) {
-    const float* row = x.data() + r * vocab;
-    const int32_t want = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
-    EXPECT_EQ(got[r], want) << "row " << r;
+    EXPECT_EQ(got[r], GreedyToken({x.data() + r * vocab, static_cast<size_t>(vocab)}))
+        << "row " << r;
   }
   EXPECT_EQ(got[0], 17);
   EXPECT_EQ(got[2], 0);
+  EXPECT_EQ(got[3], 4444);
+  // All NaN / -inf: 0, like the host.
+  std::vector<float> bad(2 * vocab, -INFINITY);
+  for (int64_t i = 0; i < vocab; i += 3) bad[vocab + i] = NAN;
+  bad[5] = NAN;
+  DeviceBuffer db = Upload(bad), dbo = Poisoned<int32_t>(2);
+  ASSERT_TRUE(Argmax(nullptr, db.as<float>(), 2, vocab, dbo.as<int32_t>()).ok());
+  EXPECT_EQ(Download<int32_t>(dbo, 2), (std::vector<int32_t>{0, 0}));
 }
 
 // Reference of LaunchSampleTopKTopP's rule in double precision. Returns the id, and in
