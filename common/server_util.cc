@@ -71,4 +71,42 @@ std::optional<int> ParseServerFlags(FlagSet& flags, const char* program, int arg
   return 2;
 }
 
+void RegisterServerFlags(FlagSet& fs, ServerFlags* flags, const ServerFlagSpec& spec) {
+  flags->port = spec.port;
+  flags->metrics_port = spec.metrics_port;
+  fs.AddString("host", &flags->host, spec.host_help);
+  fs.AddInt("port", &flags->port, spec.port_help);
+  fs.AddString("metrics-host", &flags->metrics_host, spec.metrics_host_help);
+  fs.AddInt("metrics-port", &flags->metrics_port, "Prometheus /metrics port (0 = any free port).");
+  fs.AddDouble("drain-timeout", &flags->drain_timeout, spec.drain_timeout_help);
+  fs.AddInt("keepalive-seconds", &flags->keepalive_seconds, "HTTP/2 keepalive ping interval.");
+  fs.AddInt("keepalive-timeout-seconds", &flags->keepalive_timeout_seconds,
+            spec.keepalive_timeout_help);
+  fs.AddString("port-file", &flags->port_file,
+               "If set, written once serving: {\"grpc_port\":N,\"metrics_port\":M,\"pid\":P}.");
+  fs.AddString("log-level", &flags->log_level, "debug, info, warning or error.");
+}
+
+absl::Status CheckServerFlags(const ServerFlags& flags) {
+  auto port_ok = [](int64_t p) { return p >= 0 && p <= 65535; };
+  if (!port_ok(flags.port)) return absl::InvalidArgumentError("--port: must be in [0, 65535]");
+  if (!port_ok(flags.metrics_port)) {
+    return absl::InvalidArgumentError("--metrics-port: must be in [0, 65535]");
+  }
+  if (!(flags.drain_timeout >= 0)) {
+    return absl::InvalidArgumentError("--drain-timeout: must be >= 0");
+  }
+  if (flags.keepalive_seconds < 1 || flags.keepalive_timeout_seconds < 1) {
+    return absl::InvalidArgumentError("--keepalive-seconds/--keepalive-timeout-seconds: >= 1");
+  }
+  return absl::OkStatus();
+}
+
+RpcLimits ServerRpcLimits(const ServerFlags& flags) {
+  RpcLimits limits;
+  limits.keepalive_seconds = flags.keepalive_seconds;
+  limits.keepalive_timeout_seconds = flags.keepalive_timeout_seconds;
+  return limits;
+}
+
 }  // namespace sambay

@@ -1,14 +1,18 @@
 // Start-up and shutdown pieces shared by the server binaries (sambay-worker, sambay-router):
-// termination signals taken by sigwait, the port file, and flag parsing with the usual exits.
-// Call from main() only (process-wide effects); not thread-safe.
+// termination signals taken by sigwait, the port file, the flags both register (ServerFlags) and
+// flag parsing with the usual exits.
+// Call from main() only (process-wide effects); not thread-safe. RegisterServerFlags writes
+// through its ServerFlags pointer, which must outlive FlagSet::Parse.
 #ifndef SAMBAY_COMMON_SERVER_UTIL_H_
 #define SAMBAY_COMMON_SERVER_UTIL_H_
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
 #include "absl/status/status.h"
 #include "common/flags.h"
+#include "common/grpc_channel.h"
 
 namespace sambay {
 
@@ -29,6 +33,42 @@ absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_p
 // Parses flags; on --help prints the usage and returns 0, on a bad flag prints
 // "<program>: error: ..." and returns 2; otherwise nullopt (go on).
 std::optional<int> ParseServerFlags(FlagSet& flags, const char* program, int argc, char** argv);
+
+// The flags every server registers the same way: where the gRPC service and the metrics
+// endpoint listen, keepalive, the drain on SIGTERM, the port file and the log level.
+struct ServerFlags {
+  std::string host = "127.0.0.1";
+  int64_t port = 0;
+  std::string metrics_host = "127.0.0.1";
+  int64_t metrics_port = 0;
+  double drain_timeout = 60;  // seconds
+  int64_t keepalive_seconds = 20;
+  int64_t keepalive_timeout_seconds = 10;
+  std::string port_file;
+  std::string log_level = "info";
+};
+
+// What differs between the servers: the default ports and the wording of some help texts.
+struct ServerFlagSpec {
+  int64_t port = 0;
+  int64_t metrics_port = 0;
+  const char* host_help = "";
+  const char* port_help = "";
+  const char* metrics_host_help = "";
+  const char* drain_timeout_help = "";
+  const char* keepalive_timeout_help = "";
+};
+
+// Sets the default ports from `spec` in *flags and registers --host, --port, --metrics-host,
+// --metrics-port, --drain-timeout, --keepalive-seconds, --keepalive-timeout-seconds, --port-file
+// and --log-level on `fs`, writing into *flags.
+void RegisterServerFlags(FlagSet& fs, ServerFlags* flags, const ServerFlagSpec& spec);
+
+// Ports in [0, 65535], --drain-timeout >= 0, keepalive >= 1 s; the error names the flag.
+absl::Status CheckServerFlags(const ServerFlags& flags);
+
+// RpcLimits with the keepalive of the flags (the message cap left at its default).
+RpcLimits ServerRpcLimits(const ServerFlags& flags);
 
 }  // namespace sambay
 

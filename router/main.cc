@@ -38,11 +38,8 @@ namespace {
 constexpr const char* kReadinessService = "sambay.v1.Generation";
 
 struct Flags {
+  ServerFlags server;
   std::string model;
-  std::string host = "127.0.0.1";
-  int64_t port = 50050;
-  std::string metrics_host = "127.0.0.1";
-  int64_t metrics_port = 9300;
   std::string prefill_workers, decode_workers, workers;
   std::string prefill_dns, decode_dns, workers_dns;
   double dns_refresh_seconds = 10;
@@ -61,20 +58,21 @@ struct Flags {
   int64_t default_max_new_tokens = 256;
   int64_t max_new_tokens_limit = 32768;
   int64_t max_request_bytes = 4 << 20;
-  double drain_timeout = 60;
-  int64_t keepalive_seconds = 20;
-  int64_t keepalive_timeout_seconds = 10;
-  std::string port_file;
-  std::string log_level = "info";
 };
 
 void Register(FlagSet& fs, Flags& f) {
+  RegisterServerFlags(
+      fs, &f.server,
+      {.port = 50050,
+       .metrics_port = 9300,
+       .host_help = "Address the public gRPC service binds to.",
+       .port_help = "Public gRPC port (0 = any free port).",
+       .metrics_host_help = "Address of the metrics endpoint.",
+       .drain_timeout_help = "Seconds SIGTERM waits for running requests before exiting.",
+       .keepalive_timeout_help =
+           "Seconds without a ping reply before a connection (e.g. to a worker) is dead."});
   fs.AddString("model", &f.model,
                "Model directory: tokenizer, config.json, generation_config.json. Required.");
-  fs.AddString("host", &f.host, "Address the public gRPC service binds to.");
-  fs.AddInt("port", &f.port, "Public gRPC port (0 = any free port).");
-  fs.AddString("metrics-host", &f.metrics_host, "Address of the metrics endpoint.");
-  fs.AddInt("metrics-port", &f.metrics_port, "Prometheus /metrics port (0 = any free port).");
   fs.AddString("prefill-workers", &f.prefill_workers, "Comma-separated host:port prefill workers.");
   fs.AddString("decode-workers", &f.decode_workers, "Comma-separated host:port decode workers.");
   fs.AddString("workers", &f.workers, "Comma-separated workers whose roles come from GetInfo.");
@@ -110,14 +108,6 @@ void Register(FlagSet& fs, Flags& f) {
             "max_new_tokens when a request leaves it 0 (capped by the context).");
   fs.AddInt("max-new-tokens-limit", &f.max_new_tokens_limit, "Largest max_new_tokens accepted.");
   fs.AddInt("max-request-bytes", &f.max_request_bytes, "Largest Generate request (bytes).");
-  fs.AddDouble("drain-timeout", &f.drain_timeout,
-               "Seconds SIGTERM waits for running requests before exiting.");
-  fs.AddInt("keepalive-seconds", &f.keepalive_seconds, "HTTP/2 keepalive ping interval.");
-  fs.AddInt("keepalive-timeout-seconds", &f.keepalive_timeout_seconds,
-            "Seconds without a ping reply before a connection (e.g. to a worker) is dead.");
-  fs.AddString("port-file", &f.port_file,
-               "If set, written once serving: {\"grpc_port\":N,\"metrics_port\":M,\"pid\":P}.");
-  fs.AddString("log-level", &f.log_level, "debug, info, warning or error.");
 }
 
 std::vector<std::string> List(const std::string& s) {
@@ -131,10 +121,7 @@ absl::Status Check(const Flags& f) {
     return absl::InvalidArgumentError(
         "no workers: give --workers, --prefill-workers/--decode-workers or a --*-dns name");
   }
-  if (f.port < 0 || f.port > 65535) return absl::InvalidArgumentError("--port: [0, 65535]");
-  if (f.metrics_port < 0 || f.metrics_port > 65535) {
-    return absl::InvalidArgumentError("--metrics-port: [0, 65535]");
-  }
+  if (absl::Status s = CheckServerFlags(f.server); !s.ok()) return s;
   if (f.max_concurrent < 1) return absl::InvalidArgumentError("--max-concurrent: must be >= 1");
   if (f.max_queue < 0) return absl::InvalidArgumentError("--max-queue: must be >= 0");
   if (f.io_threads < 0 || f.io_threads > 256) {
@@ -153,7 +140,7 @@ absl::Status Check(const Flags& f) {
   if (f.max_request_bytes < 1024) {
     return absl::InvalidArgumentError("--max-request-bytes: must be >= 1024");
   }
-  return SetLogLevel(f.log_level);
+  return SetLogLevel(f.server.log_level);
 }
 
 int Fatal(const absl::Status& s) {
@@ -191,11 +178,9 @@ int Run(int argc, char** argv) {
     return Fatal(absl::InvalidArgumentError("--max-context: exceeds the model's context"));
   }
 
-  RpcLimits rpc;
-  rpc.keepalive_seconds = f.keepalive_seconds;
-  rpc.keepalive_timeout_seconds = f.keepalive_timeout_seconds;
+  const RpcLimits rpc = ServerRpcLimits(f.server);
   RouterMetrics metrics;
-  auto metrics_port = metrics.Serve(f.metrics_host, static_cast<int>(f.metrics_port));
+  auto metrics_port = metrics.Serve(f.server.metrics_host, static_cast<int>(f.server.metrics_port));
   if (!metrics_port.ok()) return Fatal(metrics_port.status());
   auto policy = MakePlacementPolicy(f.placement);
   if (!policy.ok()) return Fatal(policy.status());
@@ -227,8 +212,8 @@ int Run(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
-  builder.AddListeningPort(absl::StrCat(f.host, ":", f.port), grpc::InsecureServerCredentials(),
-                           &grpc_port);
+  builder.AddListeningPort(absl::StrCat(f.server.host, ":", f.server.port),
+                           grpc::InsecureServerCredentials(), &grpc_port);
   builder.RegisterService(&service);
   builder.RegisterService(&health_service);
   RpcLimits server_limits = rpc;
@@ -246,8 +231,8 @@ int Run(int argc, char** argv) {
   for (int i = 0; i < io_threads; ++i) cqs.push_back(builder.AddCompletionQueue());
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
-    return Fatal(
-        absl::UnavailableError(absl::StrCat("--port: cannot listen on ", f.host, ":", f.port)));
+    return Fatal(absl::UnavailableError(
+        absl::StrCat("--port: cannot listen on ", f.server.host, ":", f.server.port)));
   }
   service.Serve(std::move(cqs));
   HealthService* health = &health_service;
@@ -259,14 +244,14 @@ int Run(int argc, char** argv) {
     Log(LogLevel::kInfo, "router", ready ? "ready" : "not ready (workers missing)");
   });
   registry.Start();
-  if (!f.port_file.empty()) {
-    if (absl::Status s = WritePortFile(f.port_file, grpc_port, *metrics_port); !s.ok()) {
+  if (!f.server.port_file.empty()) {
+    if (absl::Status s = WritePortFile(f.server.port_file, grpc_port, *metrics_port); !s.ok()) {
       return Fatal(s);
     }
   }
   Log(LogLevel::kInfo, "router", "serving",
-      {{"address", absl::StrCat(f.host, ":", grpc_port)},
-       {"metrics", absl::StrCat(f.metrics_host, ":", *metrics_port)},
+      {{"address", absl::StrCat(f.server.host, ":", grpc_port)},
+       {"metrics", absl::StrCat(f.server.metrics_host, ":", *metrics_port)},
        {"placement", (*policy)->name()}});
 
   const std::string sig = WaitForTerminationSignal();
@@ -274,7 +259,7 @@ int Run(int argc, char** argv) {
   health->SetServingStatus(kReadinessService, false);
   service.StartDrain();
   Log(LogLevel::kInfo, "router", "draining", {{"signal", sig}, {"active", service.active()}});
-  const absl::Time deadline = absl::Now() + absl::Seconds(f.drain_timeout);
+  const absl::Time deadline = absl::Now() + absl::Seconds(f.server.drain_timeout);
   while (service.active() > 0 && absl::Now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

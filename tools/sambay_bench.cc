@@ -57,8 +57,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "common/client_flags.h"
 #include "common/flags.h"
-#include "common/grpc_channel.h"
 #include "common/grpc_status.h"
 #include "nlohmann/json.hpp"
 #include "sambay/v1/generate.grpc.pb.h"
@@ -103,8 +103,8 @@ absl::StatusOr<Range> ParseRange(const std::string& text, const std::string& fla
 }
 
 struct Flags {
+  ClientFlags client;
   std::string target = "router";
-  std::string address = "127.0.0.1:50050";
   int64_t concurrency = 0;
   double rate = 0;
   int64_t requests = 0;
@@ -119,17 +119,16 @@ struct Flags {
   int64_t router_pid = 0;
   int64_t worker_pid = 0;
   std::string json;
-  double timeout = 0;
   int64_t warmup = 0;
   bool quiet = false;
-  int64_t max_message_mib = 32;
 };
 
 void Register(FlagSet& fs, Flags& f) {
+  RegisterClientFlags(fs, &f.client, "Address host:port of the router or the worker.",
+                      "Deadline of each request in seconds; 0 = none.");
   fs.AddString("target", &f.target,
                "router: sambay.v1.Generation/Generate; worker: sambay.v1.Worker/Decode with "
                "local_prompt on a role-both worker.");
-  fs.AddString("address", &f.address, "Address host:port of the router or the worker.");
   fs.AddInt("concurrency", &f.concurrency,
             "Closed loop: this many streams always in flight (default 8 when --rate is not "
             "given).");
@@ -151,11 +150,9 @@ void Register(FlagSet& fs, Flags& f) {
             "CPU-second.");
   fs.AddInt("worker-pid", &f.worker_pid, "Same, for a worker process.");
   fs.AddString("json", &f.json, "Also write the results and the config as JSON to this file.");
-  fs.AddDouble("timeout", &f.timeout, "Deadline of each request in seconds; 0 = none.");
   fs.AddInt("warmup", &f.warmup,
             "Requests sent (closed loop, at --concurrency) before the measured run, not counted.");
   fs.AddBool("quiet", &f.quiet, "No progress lines on stderr.");
-  fs.AddInt("max-message-mib", &f.max_message_mib, "Largest gRPC message (MiB).");
 }
 
 // What one finished request measured.
@@ -354,7 +351,7 @@ class Sender {
       req.mutable_sampling()->set_temperature(static_cast<float>(f_.temperature));
       req.mutable_sampling()->set_seed(sampler_seed);
       req.set_max_new_tokens(static_cast<uint32_t>(glen));
-      new WorkerCall(worker_.get(), out, std::move(req), f_.timeout);
+      new WorkerCall(worker_.get(), out, std::move(req), f_.client.timeout);
     } else {
       v1::GenerateRequest req;
       req.set_request_id(id);
@@ -363,7 +360,7 @@ class Sender {
       req.mutable_sampling()->set_seed(sampler_seed);
       req.mutable_stopping()->set_max_new_tokens(static_cast<uint32_t>(glen));
       req.mutable_stopping()->set_ignore_eos(true);
-      new RouterCall(router_.get(), out, std::move(req), f_.timeout);
+      new RouterCall(router_.get(), out, std::move(req), f_.client.timeout);
     }
   }
   std::mt19937_64& rng() { return rng_; }
@@ -460,6 +457,7 @@ int Run(int argc, char** argv) {
     std::fprintf(stderr, "%s: error: %s\n", kTool, m.c_str());
     return 2;
   };
+  if (absl::Status s = CheckClientFlags(f.client); !s.ok()) return bad(std::string(s.message()));
   if (f.target != "router" && f.target != "worker") return bad("--target: router or worker");
   if (f.concurrency > 0 && f.rate > 0) return bad("give --concurrency or --rate, not both");
   if (f.concurrency < 0 || f.rate < 0) return bad("--concurrency and --rate must be >= 0");
@@ -473,11 +471,10 @@ int Run(int argc, char** argv) {
   absl::StatusOr<Range> gen = ParseRange(f.gen_len, "gen-len");
   if (!gen.ok()) return bad(std::string(gen.status().message()));
 
-  RpcLimits limits;
-  limits.max_message_bytes = f.max_message_mib << 20;
-  std::shared_ptr<grpc::Channel> channel = MakeChannel(f.address, limits);
+  std::shared_ptr<grpc::Channel> channel = MakeClientChannel(f.client);
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
-    std::fprintf(stderr, "%s: error: cannot connect to %s within 10 s\n", kTool, f.address.c_str());
+    std::fprintf(stderr, "%s: error: cannot connect to %s within 10 s\n", kTool,
+                 f.client.address.c_str());
     return 1;
   }
   Sender sender(f, *prompt, *gen, channel);
@@ -613,7 +610,7 @@ int Run(int argc, char** argv) {
   // Report.
   std::string load = f.concurrency > 0 ? absl::StrCat("closed loop, concurrency ", f.concurrency)
                                        : absl::StrFormat("open loop, Poisson %g req/s", f.rate);
-  std::printf("### sambay-bench: %s %s\n\n", f.target.c_str(), f.address.c_str());
+  std::printf("### sambay-bench: %s %s\n\n", f.target.c_str(), f.client.address.c_str());
   std::printf(
       "%s; prompt %s tokens, gen %s tokens; %s; %lld requests sent", load.c_str(),
       prompt->text.c_str(), gen->text.c_str(),

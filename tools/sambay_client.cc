@@ -39,8 +39,8 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
+#include "common/client_flags.h"
 #include "common/flags.h"
-#include "common/grpc_channel.h"
 #include "common/grpc_status.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "nlohmann/json.hpp"
@@ -154,7 +154,7 @@ class SignalCanceller {
 };
 
 struct Flags {
-  std::string address = "127.0.0.1:50050";
+  ClientFlags client;
   std::string prompt;
   std::string chat;
   std::string system;
@@ -172,18 +172,17 @@ struct Flags {
   bool ignore_eos = false;
   int64_t logprobs = 0;
   std::string request_id;
-  double timeout = 0;
   bool json = false;
   bool print_ids = false;
   bool quiet = false;
   bool health = false;
   double wait_ready = 0;
   bool info = false;
-  int64_t max_message_mib = 32;
 };
 
 void Register(FlagSet& fs, Flags& f) {
-  fs.AddString("address", &f.address, "Router address host:port (sambay.v1.Generation).");
+  RegisterClientFlags(fs, &f.client, "Router address host:port (sambay.v1.Generation).",
+                      "Deadline of the call in seconds; 0 = none.");
   fs.AddString("prompt", &f.prompt, "Prompt text (tokenized by the server, no special tokens).");
   fs.AddString("chat", &f.chat, "A user message, formatted with the model's chat template.");
   fs.AddString("system", &f.system, "With --chat: a system message before the user message.");
@@ -207,7 +206,6 @@ void Register(FlagSet& fs, Flags& f) {
             "When given: return each token's logprob and the N most likely alternatives "
             "(0..20); shown with --json.");
   fs.AddString("request-id", &f.request_id, "Request id (empty: the router picks one).");
-  fs.AddDouble("timeout", &f.timeout, "Deadline of the call in seconds; 0 = none.");
   fs.AddBool("json", &f.json, "One JSON object per response message on stdout.");
   fs.AddBool("print-ids", &f.print_ids,
              "Print the generated ids, space-separated, on one line of stdout instead of text.");
@@ -218,7 +216,6 @@ void Register(FlagSet& fs, Flags& f) {
   fs.AddDouble("wait-ready", &f.wait_ready,
                "With --health: poll up to this many seconds for SERVING; 0 = check once.");
   fs.AddBool("info", &f.info, "Print the served model's GetModelInfo as JSON.");
-  fs.AddInt("max-message-mib", &f.max_message_mib, "Largest gRPC message (MiB).");
 }
 
 absl::StatusOr<std::vector<uint32_t>> ParseIdList(const std::string& text,
@@ -419,7 +416,7 @@ void SetDeadline(grpc::ClientContext& ctx, double seconds) {
 int RunGenerate(const Flags& f, const v1::GenerateRequest& req, v1::Generation::Stub& stub,
                 SignalCanceller& signals) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, f.timeout);
+  SetDeadline(ctx, f.client.timeout);
   signals.Watch(&ctx);
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub.Generate(&ctx, req);
@@ -486,7 +483,7 @@ int RunHealth(const Flags& f, const std::shared_ptr<grpc::Channel>& channel,
   std::string state = "UNKNOWN";
   while (true) {
     grpc::ClientContext ctx;
-    SetDeadline(ctx, f.timeout > 0 ? f.timeout : 5.0);
+    SetDeadline(ctx, f.client.timeout > 0 ? f.client.timeout : 5.0);
     signals.Watch(&ctx);
     grpc::health::v1::HealthCheckRequest req;
     req.set_service(kReadinessService);
@@ -508,13 +505,14 @@ int RunHealth(const Flags& f, const std::shared_ptr<grpc::Channel>& channel,
     if (signals.signal() != 0) return signals.ExitCode();
   }
   if (!last.ok()) return ReportRpcError(last);
-  PrintError(absl::StrCat("UNAVAILABLE: ", kReadinessService, " is ", state, " at ", f.address));
+  PrintError(
+      absl::StrCat("UNAVAILABLE: ", kReadinessService, " is ", state, " at ", f.client.address));
   return 5;
 }
 
 int RunInfo(const Flags& f, v1::Generation::Stub& stub, SignalCanceller& signals) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, f.timeout > 0 ? f.timeout : 10.0);
+  SetDeadline(ctx, f.client.timeout > 0 ? f.client.timeout : 10.0);
   signals.Watch(&ctx);
   v1::ModelInfo info;
   const grpc::Status s = stub.GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
@@ -551,16 +549,12 @@ int Run(int argc, char** argv) {
     return kExitFlags;
   }
   const nlohmann::json set = fs.Effective()["set_by"];
-  if (f.address.empty()) {
-    PrintError("--address: a host:port is required");
+  if (absl::Status s = CheckClientFlags(f.client); !s.ok()) {
+    PrintError(std::string(s.message()));
     return kExitFlags;
   }
-  if (f.timeout < 0 || f.wait_ready < 0) {
-    PrintError(f.timeout < 0 ? "--timeout: must be >= 0" : "--wait-ready: must be >= 0");
-    return kExitFlags;
-  }
-  if (f.max_message_mib <= 0 || f.max_message_mib > 2047) {
-    PrintError("--max-message-mib: must be in [1, 2047]");
+  if (f.wait_ready < 0) {
+    PrintError("--wait-ready: must be >= 0");
     return kExitFlags;
   }
   if (f.health + f.info > 1) {
@@ -583,9 +577,7 @@ int Run(int argc, char** argv) {
 
   SignalCanceller signals;
   signals.Start();  // before gRPC starts threads, so they inherit the blocked signals
-  RpcLimits limits;
-  limits.max_message_bytes = f.max_message_mib << 20;
-  std::shared_ptr<grpc::Channel> channel = MakeChannel(f.address, limits);
+  std::shared_ptr<grpc::Channel> channel = MakeClientChannel(f.client);
   if (f.health) return RunHealth(f, channel, signals);
   auto stub = v1::Generation::NewStub(channel);
   if (f.info) return RunInfo(f, *stub, signals);

@@ -37,12 +37,9 @@ namespace {
 constexpr const char* kReadinessService = "sambay.v1.Worker";
 
 struct Flags {
+  ServerFlags server;
   std::string model;
   std::string role = "both";
-  std::string host = "127.0.0.1";
-  int64_t port = 50051;
-  std::string metrics_host = "127.0.0.1";
-  int64_t metrics_port = 9400;
   int64_t max_running = 64;
   int64_t max_context = 0;
   int64_t state_memory_mib = 4096;
@@ -52,22 +49,23 @@ struct Flags {
   std::string device = "cpu";
   int64_t gpu = 0;
   double lease_timeout = 30;
-  double drain_timeout = 60;
   int64_t max_message_mib = 32;
-  int64_t keepalive_seconds = 20;
-  int64_t keepalive_timeout_seconds = 10;
-  std::string port_file;
-  std::string log_level = "info";
 };
 
 void Register(FlagSet& fs, Flags& f) {
+  RegisterServerFlags(fs, &f.server,
+                      {.port = 50051,
+                       .metrics_port = 9400,
+                       .host_help = "Address to bind the gRPC service to (0.0.0.0 for all).",
+                       .port_help = "gRPC port (0 = any free port).",
+                       .metrics_host_help = "Address to bind the metrics endpoint to.",
+                       .drain_timeout_help =
+                           "Seconds SIGTERM waits for admitted sequences to finish before exiting.",
+                       .keepalive_timeout_help =
+                           "Seconds without a ping reply before a connection is declared dead."});
   fs.AddString("model", &f.model,
                "Model directory (config.json, safetensors, tokenizer). Required.");
   fs.AddString("role", &f.role, "prefill, decode or both.");
-  fs.AddString("host", &f.host, "Address to bind the gRPC service to (0.0.0.0 for all).");
-  fs.AddInt("port", &f.port, "gRPC port (0 = any free port).");
-  fs.AddString("metrics-host", &f.metrics_host, "Address to bind the metrics endpoint to.");
-  fs.AddInt("metrics-port", &f.metrics_port, "Prometheus /metrics port (0 = any free port).");
   fs.AddInt("max-running", &f.max_running,
             "Most sequences admitted at once (decoding, prefilling, or awaiting their state).");
   fs.AddInt("max-context", &f.max_context,
@@ -89,15 +87,7 @@ void Register(FlagSet& fs, Flags& f) {
   fs.AddInt("gpu", &f.gpu, "CUDA device index for --device cuda (the first of --tp devices).");
   fs.AddDouble("lease-timeout", &f.lease_timeout,
                "Seconds a Decode reservation waits for its whole state before it is freed.");
-  fs.AddDouble("drain-timeout", &f.drain_timeout,
-               "Seconds SIGTERM waits for admitted sequences to finish before exiting.");
   fs.AddInt("max-message-mib", &f.max_message_mib, "Largest gRPC message, both directions (MiB).");
-  fs.AddInt("keepalive-seconds", &f.keepalive_seconds, "HTTP/2 keepalive ping interval.");
-  fs.AddInt("keepalive-timeout-seconds", &f.keepalive_timeout_seconds,
-            "Seconds without a ping reply before a connection is declared dead.");
-  fs.AddString("port-file", &f.port_file,
-               "If set, written once serving: {\"grpc_port\":N,\"metrics_port\":M,\"pid\":P}.");
-  fs.AddString("log-level", &f.log_level, "debug, info, warning or error.");
 }
 
 absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
@@ -112,11 +102,7 @@ absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
     return absl::InvalidArgumentError(
         absl::StrCat("--role: must be prefill, decode or both, got \"", f.role, "\""));
   }
-  auto port_ok = [](int64_t p) { return p >= 0 && p <= 65535; };
-  if (!port_ok(f.port)) return absl::InvalidArgumentError("--port: must be in [0, 65535]");
-  if (!port_ok(f.metrics_port)) {
-    return absl::InvalidArgumentError("--metrics-port: must be in [0, 65535]");
-  }
+  if (absl::Status s = CheckServerFlags(f.server); !s.ok()) return s;
   if (f.max_running < 1 || f.max_running > 4096) {
     return absl::InvalidArgumentError("--max-running: must be in [1, 4096]");
   }
@@ -133,14 +119,10 @@ absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
   }
   if (f.gpu < 0) return absl::InvalidArgumentError("--gpu: must be >= 0");
   if (!(f.lease_timeout > 0)) return absl::InvalidArgumentError("--lease-timeout: must be > 0");
-  if (!(f.drain_timeout >= 0)) return absl::InvalidArgumentError("--drain-timeout: must be >= 0");
   if (f.max_message_mib < 1 || f.max_message_mib > 1024) {
     return absl::InvalidArgumentError("--max-message-mib: must be in [1, 1024]");
   }
-  if (f.keepalive_seconds < 1 || f.keepalive_timeout_seconds < 1) {
-    return absl::InvalidArgumentError("--keepalive-seconds/--keepalive-timeout-seconds: >= 1");
-  }
-  return SetLogLevel(f.log_level);
+  return SetLogLevel(f.server.log_level);
 }
 
 int Fatal(const absl::Status& s) {
@@ -233,13 +215,11 @@ int Run(int argc, char** argv) {
   if (f.device == "cuda") model.reset();  // the weights live on the GPU now
 
   WorkerMetrics metrics(engine->fingerprint(), f.role, SAMBAY_VERSION);
-  auto metrics_port = metrics.Serve(f.metrics_host, static_cast<int>(f.metrics_port));
+  auto metrics_port = metrics.Serve(f.server.metrics_host, static_cast<int>(f.server.metrics_port));
   if (!metrics_port.ok()) return Fatal(metrics_port.status());
 
-  RpcLimits limits;
+  RpcLimits limits = ServerRpcLimits(f.server);
   limits.max_message_bytes = f.max_message_mib << 20;
-  limits.keepalive_seconds = f.keepalive_seconds;
-  limits.keepalive_timeout_seconds = f.keepalive_timeout_seconds;
 
   Scheduler scheduler(*engine, so, &metrics);
   WorkerService service(*engine, scheduler, metrics, roles, limits, SAMBAY_VERSION);
@@ -248,8 +228,8 @@ int Run(int argc, char** argv) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   int grpc_port = 0;
-  builder.AddListeningPort(absl::StrCat(f.host, ":", f.port), grpc::InsecureServerCredentials(),
-                           &grpc_port);
+  builder.AddListeningPort(absl::StrCat(f.server.host, ":", f.server.port),
+                           grpc::InsecureServerCredentials(), &grpc_port);
   builder.RegisterService(&service);
   ConfigureServer(builder, limits);
   // Each streaming call holds a thread: two per admitted sequence (Decode + PushState) plus
@@ -259,20 +239,20 @@ int Run(int argc, char** argv) {
   builder.SetResourceQuota(quota);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || grpc_port == 0) {
-    return Fatal(
-        absl::UnavailableError(absl::StrCat("--port: cannot listen on ", f.host, ":", f.port)));
+    return Fatal(absl::UnavailableError(
+        absl::StrCat("--port: cannot listen on ", f.server.host, ":", f.server.port)));
   }
   grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kReadinessService, true);
-  if (!f.port_file.empty()) {
-    if (absl::Status s = WritePortFile(f.port_file, grpc_port, *metrics_port); !s.ok()) {
+  if (!f.server.port_file.empty()) {
+    if (absl::Status s = WritePortFile(f.server.port_file, grpc_port, *metrics_port); !s.ok()) {
       return Fatal(s);
     }
   }
   Log(LogLevel::kInfo, "worker", "serving",
-      {{"address", absl::StrCat(f.host, ":", grpc_port)},
-       {"metrics", absl::StrCat(f.metrics_host, ":", *metrics_port)},
+      {{"address", absl::StrCat(f.server.host, ":", grpc_port)},
+       {"metrics", absl::StrCat(f.server.metrics_host, ":", *metrics_port)},
        {"role", f.role}});
 
   const std::string sig = WaitForTerminationSignal();
@@ -280,10 +260,10 @@ int Run(int argc, char** argv) {
   Log(LogLevel::kInfo, "worker", "draining",
       {{"signal", sig},
        {"active", scheduler.active()},
-       {"drain_timeout_seconds", f.drain_timeout}});
+       {"drain_timeout_seconds", f.server.drain_timeout}});
   health->SetServingStatus(kReadinessService, false);
   scheduler.StartDrain();
-  const absl::Time drain_deadline = absl::Now() + absl::Seconds(f.drain_timeout);
+  const absl::Time drain_deadline = absl::Now() + absl::Seconds(f.server.drain_timeout);
   while (scheduler.active() > 0 && absl::Now() < drain_deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
