@@ -12,6 +12,7 @@
 namespace sambay {
 namespace {
 
+#ifdef SAMBAY_HAVE_CUDA
 // The directory of the running executable, with a trailing '/', or "" if unknown.
 std::string ExecutableDir() {
   char buf[4096];
@@ -21,6 +22,7 @@ std::string ExecutableDir() {
   const size_t slash = path.rfind('/');
   return slash == std::string::npos ? "" : path.substr(0, slash + 1);
 }
+#endif
 
 absl::StatusOr<const GpuPluginApi*> Load() {
 #ifndef SAMBAY_HAVE_CUDA
