@@ -16,6 +16,7 @@ absl::StatusOr<std::unique_ptr<EngineBackend>> Create(const Model& cpu,
   co.block_tokens = o.block_tokens;
   co.max_chunk = o.max_chunk;
   co.max_logits_rows = o.max_logits_rows;
+  co.cuda_graphs = o.cuda_graphs;
   auto b = CudaBackend::Create(cpu, co, o.devices);
   if (!b.ok()) return b.status();
   return std::unique_ptr<EngineBackend>(std::move(*b));

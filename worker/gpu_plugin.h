@@ -24,7 +24,7 @@ namespace sambay {
 
 // Bumped whenever GpuPluginApi or GpuBackendOptions change: a worker refuses a plugin built
 // from other sources.
-inline constexpr int kGpuPluginAbi = 1;
+inline constexpr int kGpuPluginAbi = 2;
 inline constexpr char kGpuPluginFile[] = "libsambay_worker_cuda.so";
 inline constexpr char kGpuPluginSymbol[] = "SambayGpuPlugin";
 
@@ -37,6 +37,7 @@ struct GpuBackendOptions {
   int block_tokens = 256;
   int64_t max_chunk = 1024;
   int64_t max_logits_rows = 64;
+  bool cuda_graphs = false;  // decode steps replayed from CUDA graphs
 };
 
 struct GpuPluginApi {

@@ -48,6 +48,7 @@ struct Flags {
   int64_t tp = 1;
   std::string device = "cpu";
   int64_t gpu = 0;
+  bool cuda_graphs = false;
   double lease_timeout = 30;
   int64_t max_message_mib = 32;
 };
@@ -85,6 +86,9 @@ void Register(FlagSet& fs, Flags& f) {
                "cpu, or cuda: run the model on GPU --gpu through the CUDA backend (a build with "
                "CUDA and a GPU; bf16 weights and state, see docs/gpu.md).");
   fs.AddInt("gpu", &f.gpu, "CUDA device index for --device cuda (the first of --tp devices).");
+  fs.AddBool("cuda-graphs", &f.cuda_graphs,
+             "With --device cuda: replay each decode step from a CUDA graph captured once per "
+             "batch size (fewer launches; see docs/gpu.md).");
   fs.AddDouble("lease-timeout", &f.lease_timeout,
                "Seconds a Decode reservation waits for its whole state before it is freed.");
   fs.AddInt("max-message-mib", &f.max_message_mib, "Largest gRPC message, both directions (MiB).");
@@ -194,6 +198,7 @@ int Run(int argc, char** argv) {
     go.max_context = so.max_context;
     go.max_chunk = so.prefill_chunk;
     go.max_logits_rows = std::max<int64_t>(64, f.max_running);
+    go.cuda_graphs = f.cuda_graphs;
     const int64_t block_bytes = go.block_tokens * cfg.kv_dim() * 2 * 2;
     const int64_t per_seq = (so.max_context + go.block_tokens - 1) / go.block_tokens;
     go.kv_blocks = std::clamp<int64_t>((so.state_budget_bytes + block_bytes - 1) / block_bytes,

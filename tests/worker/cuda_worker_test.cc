@@ -152,6 +152,14 @@ TEST_F(CudaWorkerGpuTest, GpuColocated) {
   EXPECT_EQ(load->running(), 0u);
 }
 
+TEST_F(CudaWorkerGpuTest, GpuColocatedWithCudaGraphs) {
+  auto b = Worker::Start("both", {"--device", "cuda", "--cuda-graphs", "--max-running", "4"},
+                         dir_.path(), "gg");
+  ASSERT_TRUE(b.ok()) << b.status();
+  Compare("GPU colocated, CUDA graphs",
+          [&](const GenerateSpec& s) { return LocalGenerate(**b, s); });
+}
+
 // --tp with --device cuda takes GPUs --gpu .. --gpu+tp-1: more than exist is a start error.
 TEST_F(CudaWorkerGpuTest, TpBeyondTheDevicesExitsWithOne) {
   const std::string tp = std::to_string(GpuCount() + 1);
