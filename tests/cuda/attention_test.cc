@@ -337,6 +337,18 @@ int32_t RefSample(const float* x, int64_t vocab, float T, int32_t k, float top_p
   return last;
 }
 
+// SampleTopKTopP on the device over x [rows, vocab] with params p; empty (test failed) on error.
+std::vector<int32_t> DeviceSample(const std::vector<float>& x, int64_t rows, int64_t vocab,
+                                  const SampleParamsHost& p) {
+  DeviceBuffer dx = Upload(x), dT = Upload(p.temperature), dk = Upload(p.top_k),
+               dp = Upload(p.top_p), du = Upload(p.uniform), dout = Poisoned<int32_t>(rows);
+  const absl::Status st =
+      SampleTopKTopP(nullptr, dx.as<float>(), rows, vocab, p, dT.as<float>(), dk.as<int32_t>(),
+                     dp.as<float>(), du.as<float>(), dout.as<int32_t>());
+  EXPECT_TRUE(st.ok()) << st;
+  return st.ok() ? Download<int32_t>(dout, rows) : std::vector<int32_t>{};
+}
+
 TEST(CudaSamplingTest, TopKTopPMatchesReference) {
   SAMBAY_REQUIRE_GPU();
   std::mt19937_64 rng(52);
@@ -350,12 +362,8 @@ TEST(CudaSamplingTest, TopKTopPMatchesReference) {
     p.top_p.push_back(r % 4 == 0 ? 1.0f : 0.3f + 0.15f * (r % 4));
     p.uniform.push_back(uni(rng));
   }
-  DeviceBuffer dx = Upload(x), dT = Upload(p.temperature), dk = Upload(p.top_k),
-               dp = Upload(p.top_p), du = Upload(p.uniform), dout = Poisoned<int32_t>(rows);
-  ASSERT_TRUE(SampleTopKTopP(nullptr, dx.as<float>(), rows, vocab, p, dT.as<float>(),
-                             dk.as<int32_t>(), dp.as<float>(), du.as<float>(), dout.as<int32_t>())
-                  .ok());
-  const std::vector<int32_t> got = Download<int32_t>(dout, rows);
+  const std::vector<int32_t> got = DeviceSample(x, rows, vocab, p);
+  ASSERT_EQ(got.size(), static_cast<size_t>(rows));
   int exact = 0;
   for (int64_t r = 0; r < rows; ++r) {
     double margin = 1;
@@ -390,12 +398,8 @@ TEST(CudaSamplingTest, EdgeDrawsPickTokensWithMass) {
     p.top_p.push_back(1.0f);
     p.uniform.push_back(r % 2 == 0 ? 0.99999994f : 0.5f);  // the largest float below 1
   }
-  DeviceBuffer dx = Upload(x), dT = Upload(p.temperature), dk = Upload(p.top_k),
-               dp = Upload(p.top_p), du = Upload(p.uniform), dout = Poisoned<int32_t>(rows);
-  ASSERT_TRUE(SampleTopKTopP(nullptr, dx.as<float>(), rows, vocab, p, dT.as<float>(),
-                             dk.as<int32_t>(), dp.as<float>(), du.as<float>(), dout.as<int32_t>())
-                  .ok());
-  const std::vector<int32_t> got = Download<int32_t>(dout, rows);
+  const std::vector<int32_t> got = DeviceSample(x, rows, vocab, p);
+  ASSERT_EQ(got.size(), static_cast<size_t>(rows));
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = x.data() + r * vocab;
     ASSERT_GE(got[r], 0);
