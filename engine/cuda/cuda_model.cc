@@ -129,6 +129,12 @@ absl::Status CudaModel::Upload(const ModelWeights& w) {
   SAMBAY_ASSIGN_OR_RETURN(im.final_w, UploadVec(w.final_w));
   SAMBAY_ASSIGN_OR_RETURN(im.final_b, UploadVec(w.final_b));
   weight_bytes_ = w.lm_head.rows * w.lm_head.cols * 2;
+  // A layer matrix: uploaded, and counted in the bytes one decode step reads.
+  auto mat = [&](DevMat& dst, const WeightView& v) -> absl::Status {
+    SAMBAY_ASSIGN_OR_RETURN(dst, UploadMat(v));
+    weight_bytes_ += v.rows * v.cols * 2;
+    return absl::OkStatus();
+  };
   im.layers.resize(c.num_layers);
   for (int i = 0; i < c.num_layers; ++i) {
     const LayerWeights& l = w.layers[i];
@@ -138,48 +144,40 @@ absl::Status CudaModel::Upload(const ModelWeights& w) {
     SAMBAY_ASSIGN_OR_RETURN(d.ln1_b, UploadVec(l.ln1_b));
     SAMBAY_ASSIGN_OR_RETURN(d.ln2_w, UploadVec(l.ln2_w));
     SAMBAY_ASSIGN_OR_RETURN(d.ln2_b, UploadVec(l.ln2_b));
-    SAMBAY_ASSIGN_OR_RETURN(d.fc1, UploadMat(l.fc1));
-    SAMBAY_ASSIGN_OR_RETURN(d.fc2, UploadMat(l.fc2));
-    weight_bytes_ += (l.fc1.rows * l.fc1.cols + l.fc2.rows * l.fc2.cols) * 2;
+    SAMBAY_RETURN_IF_ERROR(mat(d.fc1, l.fc1));
+    SAMBAY_RETURN_IF_ERROR(mat(d.fc2, l.fc2));
     switch (l.kind) {
       case LayerKind::kMamba: {
         const MambaWeights& mw = l.mamba;
-        SAMBAY_ASSIGN_OR_RETURN(d.in_proj, UploadMat(mw.in_proj));
-        SAMBAY_ASSIGN_OR_RETURN(d.x_proj, UploadMat(mw.x_proj));
-        SAMBAY_ASSIGN_OR_RETURN(d.dt_proj, UploadMat(mw.dt_proj));
-        SAMBAY_ASSIGN_OR_RETURN(d.out_proj, UploadMat(mw.out_proj));
+        SAMBAY_RETURN_IF_ERROR(mat(d.in_proj, mw.in_proj));
+        SAMBAY_RETURN_IF_ERROR(mat(d.x_proj, mw.x_proj));
+        SAMBAY_RETURN_IF_ERROR(mat(d.dt_proj, mw.dt_proj));
+        SAMBAY_RETURN_IF_ERROR(mat(d.out_proj, mw.out_proj));
         SAMBAY_ASSIGN_OR_RETURN(d.conv_w, UploadVec(mw.conv_w));
         SAMBAY_ASSIGN_OR_RETURN(d.conv_b, UploadVec(mw.conv_b));
         SAMBAY_ASSIGN_OR_RETURN(d.dt_bias, UploadVec(mw.dt_bias));
         SAMBAY_ASSIGN_OR_RETURN(d.A, UploadVec(mw.A));
         SAMBAY_ASSIGN_OR_RETURN(d.D, UploadVec(mw.D));
         d.state_index = impl_->n_mamba++;
-        weight_bytes_ += (mw.in_proj.rows * mw.in_proj.cols + mw.x_proj.rows * mw.x_proj.cols +
-                          mw.dt_proj.rows * mw.dt_proj.cols + mw.out_proj.rows * mw.out_proj.cols) *
-                         2;
         break;
       }
       case LayerKind::kSwa:
       case LayerKind::kGlobal:
       case LayerKind::kCross: {
         const AttentionWeights& aw = l.attn;
-        SAMBAY_ASSIGN_OR_RETURN(d.wqkv, UploadMat(aw.wqkv));
-        SAMBAY_ASSIGN_OR_RETURN(d.aout, UploadMat(aw.out_proj));
+        SAMBAY_RETURN_IF_ERROR(mat(d.wqkv, aw.wqkv));
+        SAMBAY_RETURN_IF_ERROR(mat(d.aout, aw.out_proj));
         SAMBAY_ASSIGN_OR_RETURN(d.wqkv_bias, UploadVec(aw.wqkv_bias));
         SAMBAY_ASSIGN_OR_RETURN(d.out_bias, UploadVec(aw.out_bias));
         SAMBAY_ASSIGN_OR_RETURN(d.subln, UploadVec(aw.subln));
         d.lambda = aw.lambda;
         d.lambda_init = aw.lambda_init;
         if (l.kind == LayerKind::kSwa) d.state_index = impl_->n_swa++;
-        weight_bytes_ += (aw.wqkv.rows * aw.wqkv.cols + aw.out_proj.rows * aw.out_proj.cols) * 2;
         break;
       }
       case LayerKind::kGmu: {
-        SAMBAY_ASSIGN_OR_RETURN(d.in_proj, UploadMat(l.gmu.in_proj));
-        SAMBAY_ASSIGN_OR_RETURN(d.out_proj, UploadMat(l.gmu.out_proj));
-        weight_bytes_ +=
-            (l.gmu.in_proj.rows * l.gmu.in_proj.cols + l.gmu.out_proj.rows * l.gmu.out_proj.cols) *
-            2;
+        SAMBAY_RETURN_IF_ERROR(mat(d.in_proj, l.gmu.in_proj));
+        SAMBAY_RETURN_IF_ERROR(mat(d.out_proj, l.gmu.out_proj));
         break;
       }
     }
