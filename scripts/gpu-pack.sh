@@ -11,13 +11,15 @@
 # The CUDA libraries (cudart, cuBLAS/cuBLASLt, NCCL) are far too large to carry (~760 MB): the
 # device image has them; scripts/gpu-check.sh finds them there.
 # Fails if carry/gpu/ would exceed the 60 MiB budget (the limit for the whole tree is 64 MiB).
-# Environment: BUILD_DIR (default build-gpu), JOBS (default 2). Arguments go to CMake, e.g.
+# Environment: BUILD_DIR (default build-gpu), JOBS (default 2), CARRY_DIR (default carry/gpu;
+# scripts/test.sh packs into build/carry-gpu for the CI dry run). Arguments go to CMake, e.g.
 # -DSAMBAY_NCCL=OFF for a device image without libnccl.so.2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build-gpu}
 JOBS=${JOBS:-2}
 BINS=(cuda_tests sambay-gpu-bench sambay-mkmodel worker_tests sambay-worker sambay-run)
+CARRY_DIR=${CARRY_DIR:-carry/gpu}
 PLUGIN=libsambay_worker_cuda.so  # built with sambay-worker; loaded beside it (--device cuda)
 
 GEN=()
@@ -26,14 +28,14 @@ cmake -S . -B "$BUILD_DIR" "${GEN[@]}" -DCMAKE_BUILD_TYPE=Release -DSAMBAY_CUDA=
   -DSAMBAY_WERROR=ON "$@"
 cmake --build "$BUILD_DIR" -j "$JOBS" --target "${BINS[@]}" tiny_model
 
-rm -rf carry/gpu
-mkdir -p carry/gpu/bin
+rm -rf "$CARRY_DIR"
+mkdir -p "$CARRY_DIR/bin"
 for b in "${BINS[@]}" "$PLUGIN"; do
-  cp "$BUILD_DIR/bin/$b" carry/gpu/bin/
-  strip --strip-unneeded "carry/gpu/bin/$b"
+  cp "$BUILD_DIR/bin/$b" "$CARRY_DIR/bin/"
+  strip --strip-unneeded "$CARRY_DIR/bin/$b"
 done
-mkdir -p carry/gpu/models
-cp -r "$BUILD_DIR/models/tiny" carry/gpu/models/
+mkdir -p "$CARRY_DIR/models"
+cp -r "$BUILD_DIR/models/tiny" "$CARRY_DIR/models/"
 
 # Shared libraries: everything ldd resolves except glibc's own, the dynamic loader, the CUDA
 # toolkit (/usr/local/cuda*) and the driver (libcuda). libstdc++ and libgcc_s go to compat/:
@@ -57,24 +59,24 @@ done | sort -u | while read -r lib; do
     *) cp -L "$lib" "$libdir/$name" ;;
   esac
 done
-tar -C "$libdir" -cJf carry/gpu/libs.tar.xz .
+tar -C "$libdir" -cJf "$CARRY_DIR/libs.tar.xz" .
 
 {
   echo "packed: $(date -u '+%Y-%m-%d %H:%M UTC') from $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo ' (+ uncommitted changes)')"
   echo "build: $BUILD_DIR ($(grep -E '^SAMBAY_CUDA_ARCHITECTURES' "$BUILD_DIR/CMakeCache.txt" || true))"
-  echo "binaries:"; ls -l carry/gpu/bin | tail -n +2
+  echo "binaries:"; ls -l "$CARRY_DIR/bin" | tail -n +2
   echo "libraries (libs.tar.xz):"; (cd "$libdir" && find . -type f | sort)
-} > carry/gpu/MANIFEST
+} > "$CARRY_DIR/MANIFEST"
 
-size=$(du -sb carry/gpu | cut -f1)
-echo "carry/gpu: $((size / 1024 / 1024)) MiB"
+size=$(du -sb "$CARRY_DIR" | cut -f1)
+echo "$CARRY_DIR: $((size / 1024 / 1024)) MiB"
 if (( size > 60 * 1024 * 1024 )); then
-  echo "error: carry/gpu is over the 60 MiB budget (the whole carried tree may be 64 MiB)" >&2
+  echo "error: $CARRY_DIR is over the 60 MiB budget (the whole carried tree may be 64 MiB)" >&2
   exit 1
 fi
 tree_size=$(git ls-files -z --cached --others --exclude-standard | du -cb --files0-from=- 2>/dev/null | tail -1 | cut -f1)
-echo "working tree that travels: $((tree_size / 1024 / 1024)) MiB + carry/gpu $((size / 1024 / 1024)) MiB (limit 64 MiB)"
+echo "working tree that travels: $((tree_size / 1024 / 1024)) MiB + $CARRY_DIR $((size / 1024 / 1024)) MiB (limit 64 MiB)"
 if (( tree_size + size > 64 * 1024 * 1024 )); then
-  echo "error: the working tree plus carry/gpu exceed 64 MiB" >&2
+  echo "error: the working tree plus $CARRY_DIR exceed 64 MiB" >&2
   exit 1
 fi

@@ -3,18 +3,44 @@
 #   1. the Release build in build/ and all of its CTest tests (unit, golden, CLI, reference);
 #   2. an AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/ running the C++
 #      test binaries again (the worker, router and client integration tests against sanitized
-#      sambay-worker and sambay-router processes).
-# Exits non-zero on the first failure. Environment: JOBS (default: number of cores).
+#      sambay-worker and sambay-router processes);
+#   3. when the Release build has the CUDA backend: scripts/gpu-pack.sh into build/carry-gpu and
+#      the GPU run's script as a dry run (DRY_RUN=1 scripts/gpu-check.sh: binaries start,
+#      libraries resolve, GPU tests skip, the benchmark refuses cleanly), so it cannot rot.
+# Every stage prints its wall time. Exits non-zero on the first failure.
+# Environment: JOBS (default: number of cores).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
+T0=$(date +%s)
+T_STAGE=$T0
+# stage NAME: closes the previous stage (its wall time) and opens the next.
+stage() {
+  local now
+  now=$(date +%s)
+  echo "-- $((now - T_STAGE)) s (total $((now - T0)) s)"
+  T_STAGE=$now
+  echo "== $*"
+}
+trap 'echo "-- $(($(date +%s) - T_STAGE)) s (total $(($(date +%s) - T0)) s)"' EXIT
 
 echo "== Release build (warnings are errors)"
 BUILD_DIR=build bash scripts/build.sh -DSAMBAY_WERROR=ON
 
-echo "== Sanitizer build (ASan + UBSan)"
+if [[ -x build/bin/cuda_tests ]]; then
+  stage "GPU run script: pack build/carry-gpu and DRY_RUN=1 scripts/gpu-check.sh"
+  CARRY_DIR=build/carry-gpu BUILD_DIR=build JOBS=$JOBS bash scripts/gpu-pack.sh >build/gpu-pack.log 2>&1 ||
+    { cat build/gpu-pack.log; exit 1; }
+  tail -n 2 build/gpu-pack.log
+  rm -rf build/gpu-dry-run
+  DRY_RUN=1 CARRY=build/carry-gpu OUT=build/gpu-dry-run bash scripts/gpu-check.sh >/dev/null 2>&1 ||
+    { cat build/gpu-dry-run/gpu-check.log; exit 1; }
+  tail -n 3 build/gpu-dry-run/gpu-check.log
+fi
+
+stage "Sanitizer build (ASan + UBSan)"
 BUILD_DIR=build-asan bash scripts/build.sh -DSAMBAY_WERROR=ON -DSAMBAY_SANITIZE=ON -DSAMBAY_CUDA=OFF
-echo "== Sanitizer run"
+stage "Sanitizer run"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 build-asan/bin/common_tests --gtest_brief=1
@@ -26,5 +52,5 @@ build-asan/bin/worker_tests --gtest_brief=1
 build-asan/bin/router_tests --gtest_brief=1
 build-asan/bin/client_tests --gtest_brief=1
 
-echo "== Release tests"
+stage "Release tests"
 ctest --test-dir build --output-on-failure -j "$JOBS"

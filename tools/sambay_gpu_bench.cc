@@ -3,7 +3,7 @@
 //
 //   sambay-gpu-bench --model DIR [--device 0] [--concurrency 1,8,32,64] [--prompt 2048]
 //                    [--decode-steps 256] [--prefill-lengths 2048,32768] [--prefill-chunk 2048]
-//                    [--json FILE]
+//                    [--check-tokens 64 [--check-steps 8] [--check-only]] [--json FILE]
 //
 // First the two ceilings: device-to-device copy bandwidth (cudaMemcpyAsync of 1 GiB, bytes read
 // plus written per second, best of 10) and a bf16 GEMM rate (8192^3 through the engine's
@@ -15,7 +15,11 @@
 //   copy bandwidth. prefill: one sequence of each length, chunked; matrix-unit floor = the FLOPs of
 //   the pass (GEMMs of layers 0..N/2+1 over every token, attention QK and PV, the cross-decoder and
 //   LM head on the last token) / the measured GEMM rate.
-// Prints a Markdown table on stdout; --json writes the same numbers.
+// --check-tokens first compares the GPU's bf16 logits with the CPU engine's f32 logits on the
+// same checkpoint (prefill, then greedy decode steps fed the CPU's ids), worst row error against
+// --check-tolerance. Prints a Markdown table on stdout; --json writes the same numbers, rewritten
+// after every row. A row that fails is printed and recorded under "errors"; the rest still run
+// (direct rows first, then the CUDA-graph rows); the exit status is 1 if any row failed.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -46,7 +50,14 @@ ABSL_FLAG(int32_t, decode_steps, 256, "timed decode steps per concurrency");
 ABSL_FLAG(std::string, prefill_lengths, "2048,32768", "prefill prompt lengths");
 ABSL_FLAG(int64_t, prefill_chunk, 2048, "prefill chunk size (rows per forward pass)");
 ABSL_FLAG(std::string, json, "", "also write the results as JSON to this file");
-ABSL_FLAG(int32_t, threads, 8, "CPU threads for loading the checkpoint");
+ABSL_FLAG(int32_t, threads, 8, "CPU threads for loading the checkpoint and the CPU check");
+ABSL_FLAG(int32_t, check_tokens, 0,
+          "before timing: prefill this many tokens on the GPU and on the CPU engine (f32) and "
+          "compare the logits, then --check-steps decode steps (0 = no check)");
+ABSL_FLAG(int32_t, check_steps, 8, "decode steps compared by --check-tokens");
+ABSL_FLAG(double, check_tolerance, 3e-2,
+          "largest relative logits error (||gpu - cpu|| / ||cpu|| per row) the check accepts");
+ABSL_FLAG(bool, check_only, false, "run the ceilings and the --check-tokens check, no timing");
 
 namespace sambay {
 namespace {
@@ -127,6 +138,143 @@ double PrefillFlops(const ModelConfig& c, const ModelWeights& w, int64_t n) {
          per_pair_key * (c.num_layers - c.first_cross_layer) / 2.0 * n;
 }
 
+// Writes js to path (nothing when path is empty); called after every row.
+absl::Status WriteJson(const std::string& path, const nlohmann::json& js) {
+  if (path.empty()) return absl::OkStatus();
+  std::ofstream out(path, std::ios::trunc);
+  out << js.dump(2) << "\n";
+  if (!out) return absl::DataLossError(absl::StrCat("cannot write ", path));
+  return absl::OkStatus();
+}
+
+// ||a - b|| / ||b|| over one row of V logits.
+double RowRelErr(const float* a, const float* b, int64_t V) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < V; ++i) {
+    const double d = static_cast<double>(a[i]) - b[i];
+    num += d * d;
+    den += static_cast<double>(b[i]) * b[i];
+  }
+  return den > 0 ? std::sqrt(num / den) : (num > 0 ? 1e30 : 0.0);
+}
+
+int32_t ArgmaxRow(const float* x, int64_t V) {
+  return static_cast<int32_t>(std::max_element(x, x + V) - x);
+}
+
+// GPU bf16 logits against the CPU engine's f32 logits on the same checkpoint: a prefill of
+// --check-tokens tokens, then --check-steps greedy decode steps, both fed the CPU's argmax.
+absl::Status CheckLogits(Model& cpu, cuda::CudaModel& gpu, nlohmann::json* js) {
+  const int64_t V = cpu.config().vocab_size;
+  const int64_t n = absl::GetFlag(FLAGS_check_tokens);
+  const int steps = absl::GetFlag(FLAGS_check_steps);
+  const double tol = absl::GetFlag(FLAGS_check_tolerance);
+  const std::vector<int32_t> ids = Ids(n, V, 5);
+  auto state = cpu.NewState();
+  std::vector<float> cl, gl;
+  const auto t0 = Clock::now();
+  SAMBAY_RETURN_IF_ERROR(cpu.Prefill(*state, ids, 0, &cl));
+  SAMBAY_ASSIGN_OR_RETURN(const int slot, gpu.AllocSlot());
+  SAMBAY_RETURN_IF_ERROR(gpu.Prefill(slot, ids, &gl));
+  if (static_cast<int64_t>(cl.size()) != V || static_cast<int64_t>(gl.size()) != V) {
+    return absl::InternalError("CheckLogits: prefill returned the wrong number of logits");
+  }
+  std::vector<double> errs = {RowRelErr(gl.data(), cl.data(), V)};
+  int agree = ArgmaxRow(gl.data(), V) == ArgmaxRow(cl.data(), V);
+  for (int s = 0; s < steps; ++s) {
+    const int32_t next = ArgmaxRow(cl.data(), V);
+    SequenceState* sp = state.get();
+    SAMBAY_RETURN_IF_ERROR(cpu.DecodeStep({&sp, 1}, {&next, 1}, &cl));
+    SAMBAY_RETURN_IF_ERROR(gpu.DecodeStep({&slot, 1}, {&next, 1}, &gl));
+    errs.push_back(RowRelErr(gl.data(), cl.data(), V));
+    agree += ArgmaxRow(gl.data(), V) == ArgmaxRow(cl.data(), V);
+  }
+  SAMBAY_RETURN_IF_ERROR(gpu.FreeSlot(slot));
+  const double worst = *std::max_element(errs.begin(), errs.end());
+  const bool pass = worst <= tol;  // NaN fails
+  std::printf("check: GPU bf16 vs CPU f32 logits, prefill %lld tokens + %d decode steps: worst "
+              "logits rel err %.4g (prefill %.4g), tolerance %.3g -> %s; argmax equal in %d of "
+              "%zu rows (%.1f s)\n\n",
+              (long long)n, steps, worst, errs[0], tol, pass ? "PASS" : "FAIL", agree, errs.size(),
+              Since(t0));
+  std::fflush(stdout);
+  (*js)["check"] = {{"tokens", n},         {"steps", steps},     {"worst_rel_err", worst},
+                    {"prefill_rel_err", errs[0]}, {"tolerance", tol}, {"argmax_equal", agree},
+                    {"rows", errs.size()}, {"pass", pass}};
+  if (!pass) {
+    return absl::InternalError(absl::StrCat("logits rel err ", worst, " exceeds ", tol));
+  }
+  return absl::OkStatus();
+}
+
+// One decode row: `batch` slots cloned from the base sequence, two warm-up steps (with graphs:
+// the first runs directly, the second captures), then `steps` timed greedy steps.
+struct DecodeRow {
+  cuda::CudaModel* gpu;
+  int base;
+  int64_t prompt;
+  int steps;
+  double wbytes, bw;
+
+  absl::Status Run(const std::vector<int>& batch, bool graphs, nlohmann::json* js) const {
+    const int n = static_cast<int>(batch.size());
+    gpu->set_cuda_graphs(graphs);
+    for (int s : batch) SAMBAY_RETURN_IF_ERROR(gpu->CloneSlot(base, s));
+    std::vector<int32_t> toks(n, 1), next;
+    for (int w = 0; w < 2; ++w) {
+      SAMBAY_RETURN_IF_ERROR(gpu->DecodeStepGreedy(batch, toks, &next));
+      toks = next;
+    }
+    const auto t0 = Clock::now();
+    for (int s = 0; s < steps; ++s) {
+      SAMBAY_RETURN_IF_ERROR(gpu->DecodeStepGreedy(batch, toks, &next));
+      toks = next;
+    }
+    const double per_step = Since(t0) / steps;
+    const int64_t mean_ctx = prompt + 2 + steps / 2;
+    const double state = static_cast<double>(n) * gpu->StateBytesPerStep(mean_ctx);
+    const double floor = (wbytes + state) / bw;
+    std::printf("| decode%s | %d (context %lld..%lld) | %.0f | %.3f ms/step | %.3f ms | %.2f |\n",
+                graphs ? " (graph)" : "", n, (long long)(prompt + 2),
+                (long long)(prompt + 2 + steps), n / per_step, 1e3 * per_step, 1e3 * floor,
+                floor / per_step);
+    std::fflush(stdout);
+    (*js)["decode"].push_back({{"concurrency", n},
+                               {"cuda_graph", graphs},
+                               {"prompt", prompt},
+                               {"steps", steps},
+                               {"tokens_per_s", n / per_step},
+                               {"step_ms", 1e3 * per_step},
+                               {"hbm_floor_ms", 1e3 * floor},
+                               {"state_bytes_per_step", state}});
+    return absl::OkStatus();
+  }
+};
+
+// One prefill row: a sequence of n tokens, chunked, timed to the last logits on the host.
+absl::Status PrefillRow(const Model& model, cuda::CudaModel& gpu, int32_t n, int64_t chunk,
+                        double flops_rate, nlohmann::json* js) {
+  const ModelConfig& c = model.config();
+  SAMBAY_ASSIGN_OR_RETURN(const int s, gpu.AllocSlot());
+  const auto ids = Ids(n, c.vocab_size, 3);
+  std::vector<float> logits;
+  const auto t0 = Clock::now();
+  absl::Status st = gpu.Prefill(s, ids, &logits);
+  const double secs = Since(t0);
+  SAMBAY_RETURN_IF_ERROR(gpu.FreeSlot(s));
+  SAMBAY_RETURN_IF_ERROR(st);
+  const double floor = PrefillFlops(c, model.weights(), n) / flops_rate;
+  std::printf("| prefill | %d tokens (chunk %lld) | %.0f | %.3f s | %.3f s | %.2f |\n", n,
+              (long long)chunk, n / secs, secs, floor, floor / secs);
+  std::fflush(stdout);
+  (*js)["prefill"].push_back({{"tokens", n},
+                              {"chunk", chunk},
+                              {"tokens_per_s", n / secs},
+                              {"seconds", secs},
+                              {"matrix_floor_s", floor}});
+  return absl::OkStatus();
+}
+
 absl::Status Run(const std::string& command) {
   ModelOptions mo;
   mo.num_threads = absl::GetFlag(FLAGS_threads);
@@ -150,8 +298,10 @@ absl::Status Run(const std::string& command) {
   o.max_slots = max_c + 2;  // + the cloned base sequence + the prefill sequence
   o.block_tokens = 256;
   const int64_t decode_ctx = prompt + steps + 8;
-  o.max_context = std::max<int64_t>(decode_ctx, max_prefill);
-  o.kv_blocks = (max_c + 1) * ((decode_ctx + 255) / 256) + (max_prefill + 255) / 256 + 4;
+  const int64_t check_ctx = absl::GetFlag(FLAGS_check_tokens) + absl::GetFlag(FLAGS_check_steps);
+  o.max_context = std::max({decode_ctx, max_prefill, check_ctx});
+  o.kv_blocks = (max_c + 1) * ((decode_ctx + 255) / 256) + (max_prefill + 255) / 256 +
+                (check_ctx + 255) / 256 + 4;
   o.max_chunk = absl::GetFlag(FLAGS_prefill_chunk);
   o.max_logits_rows = max_c + 2;
   const auto t_up = Clock::now();
@@ -211,6 +361,26 @@ absl::Status Run(const std::string& command) {
   js["gemm_tflops"] = flops_rate / 1e12;
   js["weight_bytes"] = wbytes;
 
+  const std::string path = absl::GetFlag(FLAGS_json);
+  int failed = 0;
+  // Records a failed row (printed, kept in the JSON) and lets the others run.
+  auto row_failed = [&](const std::string& what, const absl::Status& st) {
+    ++failed;
+    std::printf("| %s | FAILED: %s |\n", what.c_str(), st.ToString().c_str());
+    std::fflush(stdout);
+    js["errors"].push_back({{"row", what}, {"status", st.ToString()}});
+  };
+  SAMBAY_RETURN_IF_ERROR(WriteJson(path, js));
+
+  if (absl::GetFlag(FLAGS_check_tokens) > 0) {
+    absl::Status st = CheckLogits(*model, *gpu, &js);
+    if (!st.ok()) row_failed("check", st);
+    SAMBAY_RETURN_IF_ERROR(WriteJson(path, js));
+  }
+  if (absl::GetFlag(FLAGS_check_only)) {
+    return failed == 0 ? absl::OkStatus() : absl::InternalError("the logits check failed");
+  }
+
   std::printf(
       "| phase | concurrency / prompt | tokens/s | time per step or prompt | floor | "
       "floor / time |\n|---|---|---|---|---|---|\n");
@@ -224,38 +394,13 @@ absl::Status Run(const std::string& command) {
     SAMBAY_ASSIGN_OR_RETURN(const int s, gpu->AllocSlot());
     slots.push_back(s);
   }
-  for (int n : conc) {
-    for (bool graphs : {false, true}) {
-      gpu->set_cuda_graphs(graphs);
+  DecodeRow row{gpu.get(), base, prompt, steps, wbytes, bw};
+  for (bool graphs : {false, true}) {  // every direct row first: a graph failure loses less
+    for (int n : conc) {
       std::vector<int> batch(slots.begin(), slots.begin() + n);
-      for (int s : batch) SAMBAY_RETURN_IF_ERROR(gpu->CloneSlot(base, s));
-      std::vector<int32_t> toks(n, 1), next;
-      for (int w = 0; w < 2; ++w) {  // with graphs: the first runs directly, the second captures
-        SAMBAY_RETURN_IF_ERROR(gpu->DecodeStepGreedy(batch, toks, &next));
-        toks = next;
-      }
-      const auto t0 = Clock::now();
-      for (int s = 0; s < steps; ++s) {
-        SAMBAY_RETURN_IF_ERROR(gpu->DecodeStepGreedy(batch, toks, &next));
-        toks = next;
-      }
-      const double per_step = Since(t0) / steps;
-      const int64_t mean_ctx = prompt + 2 + steps / 2;
-      const double state = static_cast<double>(n) * gpu->StateBytesPerStep(mean_ctx);
-      const double floor = (wbytes + state) / bw;
-      std::printf("| decode%s | %d (context %lld..%lld) | %.0f | %.3f ms/step | %.3f ms | %.2f |\n",
-                  graphs ? " (graph)" : "", n, (long long)(prompt + 2),
-                  (long long)(prompt + 2 + steps), n / per_step, 1e3 * per_step, 1e3 * floor,
-                  floor / per_step);
-      std::fflush(stdout);
-      js["decode"].push_back({{"concurrency", n},
-                              {"cuda_graph", graphs},
-                              {"prompt", prompt},
-                              {"steps", steps},
-                              {"tokens_per_s", n / per_step},
-                              {"step_ms", 1e3 * per_step},
-                              {"hbm_floor_ms", 1e3 * floor},
-                              {"state_bytes_per_step", state}});
+      absl::Status st = row.Run(batch, graphs, &js);
+      if (!st.ok()) row_failed(absl::StrCat("decode", graphs ? " (graph)" : "", " c=", n), st);
+      SAMBAY_RETURN_IF_ERROR(WriteJson(path, js));
     }
   }
   gpu->set_cuda_graphs(false);
@@ -263,28 +408,11 @@ absl::Status Run(const std::string& command) {
   SAMBAY_RETURN_IF_ERROR(gpu->FreeSlot(base));
 
   for (int32_t n : lens) {
-    SAMBAY_ASSIGN_OR_RETURN(const int s, gpu->AllocSlot());
-    const auto ids = Ids(n, c.vocab_size, 3);
-    const auto t0 = Clock::now();
-    SAMBAY_RETURN_IF_ERROR(gpu->Prefill(s, ids, &logits));
-    const double secs = Since(t0);
-    SAMBAY_RETURN_IF_ERROR(gpu->FreeSlot(s));
-    const double floor = PrefillFlops(c, model->weights(), n) / flops_rate;
-    std::printf("| prefill | %d tokens (chunk %lld) | %.0f | %.3f s | %.3f s | %.2f |\n", n,
-                (long long)o.max_chunk, n / secs, secs, floor, floor / secs);
-    std::fflush(stdout);
-    js["prefill"].push_back({{"tokens", n},
-                             {"chunk", o.max_chunk},
-                             {"tokens_per_s", n / secs},
-                             {"seconds", secs},
-                             {"matrix_floor_s", floor}});
+    absl::Status st = PrefillRow(*model, *gpu, n, o.max_chunk, flops_rate, &js);
+    if (!st.ok()) row_failed(absl::StrCat("prefill ", n), st);
+    SAMBAY_RETURN_IF_ERROR(WriteJson(path, js));
   }
-  const std::string path = absl::GetFlag(FLAGS_json);
-  if (!path.empty()) {
-    std::ofstream out(path);
-    out << js.dump(2) << "\n";
-    if (!out) return absl::DataLossError(absl::StrCat("cannot write ", path));
-  }
+  if (failed > 0) return absl::InternalError(absl::StrCat(failed, " row(s) failed"));
   return absl::OkStatus();
 }
 

@@ -1,6 +1,7 @@
 // CudaModel::Forward: the batched SambaY forward on the GPU (spec §3, §5).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <set>
 #include <vector>
 
@@ -49,10 +50,7 @@ absl::Status CudaModel::CountForward(absl::Span<const CudaSegment> segments,
       return absl::InvalidArgumentError(absl::StrCat(
           "Forward: segment ", i, ": ", end, " tokens exceed max_context ", options_.max_context));
     }
-    int64_t have = 0;
-    for (int64_t b = 0; b < max_blocks_; ++b) {
-      have += host_block_table_[s.slot * max_blocks_ + b] >= 0;
-    }
+    const int64_t have = slot_blocks_[s.slot];  // O(1): no walk over the block table
     need_blocks += std::max<int64_t>(0, (end + BT - 1) / BT - have);
     rows += len;
     decode = decode && len == 1;
@@ -77,6 +75,7 @@ absl::Status CudaModel::CountForward(absl::Span<const CudaSegment> segments,
 
 absl::Status CudaModel::Forward(absl::Span<const CudaSegment> segments,
                                 std::vector<float>* logits) {
+  SAMBAY_RETURN_IF_ERROR(ctx_->Activate());  // the caller's thread may be on another GPU
   const ModelConfig& c = config_;
   Impl& im = *impl_;
   cudaStream_t st = ctx_->stream();
@@ -100,6 +99,7 @@ absl::Status CudaModel::Forward(absl::Span<const CudaSegment> segments,
       if (id < 0) {
         id = free_blocks_.back();
         free_blocks_.pop_back();
+        ++slot_blocks_[s.slot];
         table_dirty = true;
       }
     }
@@ -150,24 +150,21 @@ absl::Status CudaModel::Forward(absl::Span<const CudaSegment> segments,
   // ---- The kernels: replayed from a graph for decode steps, else enqueued directly.
   // The first decode step of a batch size runs directly (it also creates the GEMM plans); the
   // second captures the graph; later ones replay it.
-  const bool graphable = options_.cuda_graphs && decode && p.n == rows;
+  const bool graphable =
+      options_.cuda_graphs && decode && p.n == rows && im.graph_failed.count(rows) == 0;
   auto it = im.graphs.find(rows);
   if (graphable && it == im.graphs.end() && im.graph_warm.count(rows) > 0) {
-    p.max_keys = options_.max_context;  // split-K fixed per batch size
-    SAMBAY_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    const absl::Status enq = Enqueue(p);
-    cudaGraph_t graph = nullptr;
-    const cudaError_t end = cudaStreamEndCapture(st, &graph);
-    if (!enq.ok()) {
-      if (graph != nullptr) (void)cudaGraphDestroy(graph);
-      return enq;
+    absl::StatusOr<cudaGraphExec_t> exec = Capture(p);
+    if (exec.ok()) {
+      it = im.graphs.emplace(rows, *exec).first;
+    } else {
+      // Not sticky: this batch size runs directly from now on (the stream left capture mode).
+      im.graph_failed.insert(rows);
+      (void)cudaGetLastError();
+      std::fprintf(stderr, "CudaModel: decode graph capture for %lld rows failed (%s); "
+                   "running that batch size directly\n", static_cast<long long>(rows),
+                   exec.status().ToString().c_str());
     }
-    SAMBAY_CUDA_RETURN_IF_ERROR(end);
-    cudaGraphExec_t exec = nullptr;
-    const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
-    (void)cudaGraphDestroy(graph);
-    SAMBAY_CUDA_RETURN_IF_ERROR(inst);
-    it = im.graphs.emplace(rows, exec).first;
   }
   if (graphable && it != im.graphs.end()) {
     SAMBAY_CUDA_RETURN_IF_ERROR(cudaGraphLaunch(it->second, st));
@@ -187,6 +184,25 @@ absl::Status CudaModel::Forward(absl::Span<const CudaSegment> segments,
                                                 cudaMemcpyDeviceToHost, st));
   }
   return ctx_->Synchronize();
+}
+
+absl::StatusOr<cudaGraphExec_t> CudaModel::Capture(ForwardPlan& p) {
+  cudaStream_t st = ctx_->stream();
+  p.max_keys = options_.max_context;  // split-K fixed per batch size
+  SAMBAY_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+  const absl::Status enq = Enqueue(p);
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(st, &graph);
+  if (!enq.ok()) {
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    return enq;
+  }
+  SAMBAY_CUDA_RETURN_IF_ERROR(end);
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t inst = cudaGraphInstantiate(&exec, graph, 0);
+  (void)cudaGraphDestroy(graph);
+  SAMBAY_CUDA_RETURN_IF_ERROR(inst);
+  return exec;
 }
 
 absl::Status CudaModel::Enqueue(const ForwardPlan& p) {

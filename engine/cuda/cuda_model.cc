@@ -213,6 +213,7 @@ absl::Status CudaModel::AllocState() {
   SAMBAY_RETURN_IF_ERROR(im.ssm.Zero());
   SAMBAY_RETURN_IF_ERROR(im.block_table.Zero());
   host_block_table_.assign(static_cast<size_t>(S * max_blocks_), -1);
+  slot_blocks_.assign(static_cast<size_t>(S), 0);
   free_blocks_.clear();
   for (int64_t b = nblocks - 1; b >= 0; --b) free_blocks_.push_back(static_cast<int32_t>(b));
   slot_used_.assign(static_cast<size_t>(S), false);
@@ -261,6 +262,13 @@ absl::Status CudaModel::AllocState() {
   for (DeviceBuffer* b : {&im.samp_t, &im.samp_k, &im.samp_p, &im.samp_u}) {
     SAMBAY_RETURN_IF_ERROR(alloc(*b, im.logits_cap * 4));
   }
+  // Pinned staging for every metadata upload, allocated here and never inside a pass:
+  // cudaMallocHost synchronizes the device, which would wait on other TP ranks' collectives.
+  for (DeviceBuffer* b : {&im.block_table, &im.segs, &im.row_seg, &im.ids, &im.slots, &im.sel,
+                          &im.cross_segs, &im.cross_row_seg, &im.samp_t, &im.samp_k, &im.samp_p,
+                          &im.samp_u}) {
+    SAMBAY_RETURN_IF_ERROR(im.Pin(*b));
+  }
   return ctx_->Synchronize();
 }
 
@@ -276,6 +284,7 @@ absl::Status CudaModel::CheckSlot(int slot, const char* what) const {
 }
 
 absl::StatusOr<int> CudaModel::AllocSlot() {
+  SAMBAY_RETURN_IF_ERROR(ctx_->Activate());  // the caller's thread may be on another GPU
   for (int s = 0; s < options_.max_slots; ++s) {
     if (slot_used_[s]) continue;
     const ModelConfig& c = config_;
@@ -313,6 +322,7 @@ absl::Status CudaModel::FreeSlot(int slot) {
     if (id >= 0) free_blocks_.push_back(id);
     id = -1;
   }
+  slot_blocks_[slot] = 0;
   slot_used_[slot] = false;
   slot_tokens_[slot] = 0;
   return absl::OkStatus();
@@ -324,6 +334,7 @@ absl::StatusOr<int64_t> CudaModel::NumTokens(int slot) const {
 }
 
 absl::Status CudaModel::CloneSlot(int src, int dst) {
+  SAMBAY_RETURN_IF_ERROR(ctx_->Activate());  // the caller's thread may be on another GPU
   SAMBAY_RETURN_IF_ERROR(CheckSlot(src, "CloneSlot src"));
   SAMBAY_RETURN_IF_ERROR(CheckSlot(dst, "CloneSlot dst"));
   if (src == dst) return absl::OkStatus();
@@ -333,8 +344,7 @@ absl::Status CudaModel::CloneSlot(int src, int dst) {
   const int64_t BT = options_.block_tokens;
   const int64_t kvd = c.kv_dim();
   const int64_t used = (slot_tokens_[src] + BT - 1) / BT;
-  int64_t have = 0;
-  for (int64_t b = 0; b < max_blocks_; ++b) have += host_block_table_[dst * max_blocks_ + b] >= 0;
+  const int64_t have = slot_blocks_[dst];
   if (used - have > static_cast<int64_t>(free_blocks_.size())) {
     return absl::ResourceExhaustedError("CloneSlot: the K/V block pool is exhausted");
   }
@@ -358,6 +368,7 @@ absl::Status CudaModel::CloneSlot(int src, int dst) {
     if (id < 0) {
       id = free_blocks_.back();
       free_blocks_.pop_back();
+      ++slot_blocks_[dst];
     }
     const int32_t from = host_block_table_[src * max_blocks_ + b];
     SAMBAY_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(im.kpool.as<char>() + id * block_bytes,
@@ -391,6 +402,7 @@ int64_t CudaModel::StateBytesPerStep(int64_t context) const {
 const float* CudaModel::device_logits() const { return impl_->logits.as<float>(); }
 
 absl::Status CudaModel::ArgmaxLast(std::vector<int32_t>* out) {
+  SAMBAY_RETURN_IF_ERROR(ctx_->Activate());  // the caller's thread may be on another GPU
   Impl& im = *impl_;
   const int64_t n = im.last_logits_rows;
   out->clear();
@@ -405,6 +417,7 @@ absl::Status CudaModel::ArgmaxLast(std::vector<int32_t>* out) {
 }
 
 absl::Status CudaModel::CopyLastLogits(absl::Span<const int> rows, std::vector<float>* out) {
+  SAMBAY_RETURN_IF_ERROR(ctx_->Activate());  // the caller's thread may be on another GPU
   Impl& im = *impl_;
   const int64_t V = config_.vocab_size;
   for (int r : rows) {
@@ -425,6 +438,7 @@ absl::Status CudaModel::CopyLastLogits(absl::Span<const int> rows, std::vector<f
 }
 
 absl::Status CudaModel::SampleLast(const SampleParamsHost& params, std::vector<int32_t>* out) {
+  SAMBAY_RETURN_IF_ERROR(ctx_->Activate());  // the caller's thread may be on another GPU
   Impl& im = *impl_;
   const int64_t n = im.last_logits_rows;
   if (n == 0) return absl::FailedPreconditionError("SampleLast: the last Forward made no logits");
@@ -487,6 +501,7 @@ absl::Status CudaModel::DecodeStep(absl::Span<const int> slots, absl::Span<const
 absl::Status CudaModel::DecodeStepGreedy(absl::Span<const int> slots,
                                          absl::Span<const int32_t> tokens,
                                          std::vector<int32_t>* next) {
+  SAMBAY_RETURN_IF_ERROR(ctx_->Activate());  // the caller's thread may be on another GPU
   SAMBAY_RETURN_IF_ERROR(DecodeStep(slots, tokens, nullptr));
   const int64_t n = static_cast<int64_t>(slots.size());
   Impl& im = *impl_;

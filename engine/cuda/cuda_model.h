@@ -164,6 +164,9 @@ class CudaModel {
   absl::Status CountForward(absl::Span<const CudaSegment> segments, ForwardCounts* counts) const;
   // Enqueues every kernel of one forward pass on the context's stream (no sync, no host copy).
   absl::Status Enqueue(const ForwardPlan& plan);
+  // Captures one decode pass of `plan` (split-K fixed for max_context) as a graph; an error
+  // leaves the stream out of capture mode and nothing enqueued.
+  absl::StatusOr<cudaGraphExec_t> Capture(ForwardPlan& plan);
 
   ModelConfig config_;
   CudaModelOptions options_;
@@ -176,6 +179,7 @@ class CudaModel {
   int64_t max_rows_ = 0;
   std::vector<int32_t> host_block_table_;  // [max_slots, max_blocks]
   std::vector<int32_t> free_blocks_;
+  std::vector<int64_t> slot_blocks_;  // K/V blocks held per slot (always a prefix of its row)
   std::vector<bool> slot_used_;
   std::vector<int64_t> slot_tokens_;
 };

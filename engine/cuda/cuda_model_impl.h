@@ -88,21 +88,29 @@ struct CudaModel::Impl {
   std::map<const void*, std::unique_ptr<PinnedBuf>> pinned;
   std::map<int64_t, cudaGraphExec_t> graphs;
   std::set<int64_t> graph_warm;  // batch sizes run once (plans made): capture next time
+  std::set<int64_t> graph_failed;  // batch sizes whose capture failed: always run directly
 
   const bf16* head() const { return tied ? embed.p() + head_row0 * embed.cols : lm_head.p(); }
 
-  // Uploads src into dst (async on `stream`, through dst's pinned twin). The caller
+  // Allocates dst's pinned twin (AllocState, once per metadata buffer).
+  absl::Status Pin(const DeviceBuffer& dst) {
+    std::unique_ptr<PinnedBuf>& pb = pinned[dst.data()];
+    if (pb != nullptr) return absl::OkStatus();
+    pb = std::make_unique<PinnedBuf>();
+    SAMBAY_CUDA_RETURN_IF_ERROR(cudaMallocHost(&pb->p, dst.bytes()));
+    return absl::OkStatus();
+  }
+
+  // Uploads src into dst (async on `stream`, through dst's pinned twin, made by Pin). The caller
   // synchronizes the stream before the next Stage of the same buffer.
   template <typename T>
   absl::Status Stage(DeviceBuffer& dst, const std::vector<T>& src, cudaStream_t stream) {
     const size_t bytes = src.size() * sizeof(T);
     if (bytes == 0) return absl::OkStatus();
     if (bytes > dst.bytes()) return absl::InternalError("metadata buffer too small");
-    std::unique_ptr<PinnedBuf>& pb = pinned[dst.data()];
-    if (pb == nullptr) {
-      pb = std::make_unique<PinnedBuf>();
-      SAMBAY_CUDA_RETURN_IF_ERROR(cudaMallocHost(&pb->p, dst.bytes()));
-    }
+    auto found = pinned.find(dst.data());
+    if (found == pinned.end()) return absl::InternalError("metadata buffer has no pinned twin");
+    const std::unique_ptr<PinnedBuf>& pb = found->second;
     std::memcpy(pb->p, src.data(), bytes);
     SAMBAY_CUDA_RETURN_IF_ERROR(
         cudaMemcpyAsync(dst.data(), pb->p, bytes, cudaMemcpyHostToDevice, stream));

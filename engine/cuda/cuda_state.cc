@@ -119,8 +119,7 @@ absl::Status CudaModel::UploadSlot(const SequenceState& in, int slot) {
   }
   const int64_t BT = options_.block_tokens;
   const int64_t need = (n + BT - 1) / BT;
-  int64_t have = 0;
-  for (int64_t b = 0; b < max_blocks_; ++b) have += host_block_table_[slot * max_blocks_ + b] >= 0;
+  const int64_t have = slot_blocks_[slot];
   if (need - have > static_cast<int64_t>(free_blocks_.size())) {
     return absl::ResourceExhaustedError("UploadSlot: the K/V block pool is exhausted");
   }
@@ -164,6 +163,7 @@ absl::Status CudaModel::UploadSlot(const SequenceState& in, int slot) {
     if (id < 0) {
       id = free_blocks_.back();
       free_blocks_.pop_back();
+      ++slot_blocks_[slot];
     }
     const int64_t p0 = b * BT, rows = std::min(BT, n - p0);
     for (int64_t r = 0; r < rows; ++r) {

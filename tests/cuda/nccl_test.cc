@@ -22,12 +22,20 @@ std::vector<float> RankData(int r, size_t n) {
   return v;
 }
 
+// Upload is a pageable cudaMemcpy on the legacy stream, which may return before the data
+// lands, and the collectives run on a non-blocking stream: synchronize before each one.
+cuda::DeviceBuffer Uploaded(const std::vector<float>& v) {
+  cuda::DeviceBuffer b = Upload(v);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+  return b;
+}
+
 void RunRank(NcclCommunicator& comm, size_t n, std::vector<std::string>* errors) {
   auto fail = [&](const std::string& what) { errors->push_back(what); };
   if (cudaSetDevice(comm.device()) != cudaSuccess) return fail("cudaSetDevice");
   const int R = comm.size();
   const int r = comm.rank();
-  cuda::DeviceBuffer buf = Upload(RankData(r, n));
+  cuda::DeviceBuffer buf = Uploaded(RankData(r, n));
   if (!comm.AllReduceSum(buf.data(), n, CommDtype::kF32).ok()) return fail("AllReduceSum");
   std::vector<float> got = Download<float>(buf, n);
   for (size_t i = 0; i < n; ++i) {
@@ -35,7 +43,7 @@ void RunRank(NcclCommunicator& comm, size_t n, std::vector<std::string>* errors)
     for (int k = 0; k < R; ++k) want += RankData(k, n)[i];
     if (got[i] != want) return fail("AllReduceSum value");
   }
-  cuda::DeviceBuffer in = Upload(RankData(r, n));
+  cuda::DeviceBuffer in = Uploaded(RankData(r, n));
   auto out = cuda::DeviceBuffer::Alloc(n * R * sizeof(float));
   if (!out.ok()) return fail("alloc");
   if (!comm.AllGather(in.data(), out->data(), n, CommDtype::kF32).ok()) return fail("AllGather");
@@ -46,11 +54,12 @@ void RunRank(NcclCommunicator& comm, size_t n, std::vector<std::string>* errors)
       if (got[k * n + i] != want[i]) return fail("AllGather value");
     }
   }
-  cuda::DeviceBuffer bc = Upload(RankData(r, n));
+  cuda::DeviceBuffer bc = Uploaded(RankData(r, n));
   if (!comm.Broadcast(bc.data(), n, CommDtype::kF32, R - 1).ok()) return fail("Broadcast");
   if (Download<float>(bc, n) != RankData(R - 1, n)) return fail("Broadcast value");
   std::vector<uint16_t> ones(n, 0x3f80);  // bf16 1.0
   cuda::DeviceBuffer b16 = Upload(ones);
+  if (cudaDeviceSynchronize() != cudaSuccess) return fail("sync");
   if (!comm.AllReduceSum(b16.data(), n, CommDtype::kBF16).ok()) return fail("bf16 AllReduce");
   const std::vector<uint16_t> s16 = Download<uint16_t>(b16, n);
   const uint16_t want16 = F32ToBf16(static_cast<float>(R));
