@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "engine/cpu/ops.h"
+#include "engine/cpu/precision.h"
 #include "engine/cpu/vec.h"
 
 namespace sambay {
@@ -65,6 +66,7 @@ void SelfAttentionForward(const ModelConfig& c, int layer, const AttentionWeight
 
   std::vector<float> qkv(rows * ld);
   cpu::Linear(w.wqkv, u, rows, qkv.data(), pool, w.wqkv_bias.data());
+  cpu::RoundBf16IfEmulating(qkv.data(), rows * ld);  // Q/K/V are bf16 on the GPU
 
   // Per segment: row pointers to K/V for positions lo .. start+len-1.
   struct Keys {
@@ -154,6 +156,7 @@ void CrossAttentionForward(const ModelConfig& c, const AttentionWeights& w,
   const int64_t pairs = c.num_heads / 2;
   std::vector<float> q(n_rows * qd);
   cpu::Linear(w.wqkv, u, n_rows, q.data(), pool, w.wqkv_bias.data());
+  cpu::RoundBf16IfEmulating(q.data(), n_rows * qd);
   std::vector<float> attn(n_rows * qd);
   pool.ParallelFor(n_rows * pairs, 1, [&](int64_t b, int64_t e) {
     std::vector<const float*> k, v;

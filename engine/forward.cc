@@ -8,6 +8,7 @@
 #include "engine/batch.h"
 #include "engine/cpu/linear.h"
 #include "engine/cpu/ops.h"
+#include "engine/cpu/precision.h"
 #include "engine/mamba.h"
 
 namespace sambay {
@@ -35,6 +36,7 @@ void MlpResidual(const ModelConfig& c, const LayerWeights& l, float* x, int64_t 
   std::vector<float> u(rows * h), g(rows * 2 * f), a(rows * f), o(rows * h);
   cpu::LayerNorm(x, rows, h, l.ln2_w.data(), l.ln2_b.data(), c.layer_norm_eps, u.data());
   cpu::Linear(l.fc1, u.data(), rows, g.data(), pool);
+  cpu::RoundBf16IfEmulating(g.data(), rows * 2 * f);  // fc1's output is bf16 on the GPU
   cpu::SwiGluRows(g.data(), rows, f, a.data());
   cpu::Linear(l.fc2, a.data(), rows, o.data(), pool);
   if (reduce) reduce(o.data(), rows * h);
@@ -47,6 +49,7 @@ void GmuForward(const ModelConfig& c, const GmuWeights& w, const float* u, const
   const int64_t di = c.d_inner;
   std::vector<float> g(rows * di);
   cpu::Linear(w.in_proj, u, rows, g.data(), pool);
+  cpu::RoundBf16IfEmulating(g.data(), rows * di);
   for (int64_t i = 0; i < rows * di; ++i) g[i] = cpu::Silu(g[i]) * m[i];
   cpu::Linear(w.out_proj, g.data(), rows, out, pool);
 }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "engine/cpu/ops.h"
+#include "engine/cpu/precision.h"
 #include "engine/cpu/vec.h"
 
 namespace sambay {
@@ -22,6 +23,7 @@ void MambaForward(const ModelConfig& c, int layer, const MambaWeights& w,
   // 1. xz = in_proj(u): x = xz[:, 0:di], z = xz[:, di:2di].
   std::vector<float> xz(rows * 2 * di);
   cpu::Linear(w.in_proj, u, rows, xz.data(), pool);
+  cpu::RoundBf16IfEmulating(xz.data(), rows * 2 * di);  // the GPU stores xz in bf16
 
   // 2. Causal depthwise conv + SiLU, per channel over each segment's tokens; conv state holds
   //    the K-1 x vectors before the segment (row 0 oldest).
@@ -57,6 +59,7 @@ void MambaForward(const ModelConfig& c, int layer, const MambaWeights& w,
   std::vector<float> xdbl(rows * xpd);
   cpu::Linear(w.x_proj, xc.data(), rows, xdbl.data(), pool);
   if (reduce_xdbl) reduce_xdbl(xdbl.data(), rows * xpd);
+  cpu::RoundBf16IfEmulating(xdbl.data(), rows * xpd);  // bf16 on the GPU (after the TP sum)
   std::vector<float> dt_low(rows * R);
   for (int64_t r = 0; r < rows; ++r) {
     std::memcpy(dt_low.data() + r * R, xdbl.data() + r * xpd, R * sizeof(float));
@@ -82,7 +85,10 @@ void MambaForward(const ModelConfig& c, int layer, const MambaWeights& w,
       }
     }
   });
-  if (memory != nullptr) std::memcpy(memory, y.data(), y.size() * sizeof(float));
+  if (memory != nullptr) {
+    std::memcpy(memory, y.data(), y.size() * sizeof(float));
+    cpu::RoundBf16IfEmulating(memory, static_cast<int64_t>(y.size()));  // bf16 on the GPU
+  }
 
   // 7. Gate with silu(z); 8. out_proj.
   for (int64_t r = 0; r < rows; ++r) {

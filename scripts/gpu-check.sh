@@ -21,8 +21,10 @@
 #   bench     sambay-gpu-bench, reduced defaults (decode c=1,32, 32 steps, 2K prefill) unless
 #             BENCH_FLAGS says otherwise; writes bench.json after every row
 #   torch     tools/gpu/torch_eager.py, the PyTorch eager peer, in the device's own environment
+#   profile   ncu (Firecracker only) per-kernel time of one decode step at c=1 and c=32 and of a
+#             2K prefill (sambay-gpu-bench --profile), summed by kernel: profile.txt
 # Writes under $OUT (8 files at most come back): gpu-check.log, tests.txt, summary.md,
-# check.json, bench.json, torch.json, sanitize.log.
+# check.json, bench.json, torch.json, sanitize.log, profile.txt.
 # Environment: STAGES (default "localize tests worker sanitize model check bench": bench runs
 # only if MIN_BENCH_S are left), CALL_BUDGET (seconds for the whole script, default 450: keep it
 # under the run's timeout_s), FILTER (a gtest filter: only those cuda_tests), BENCH_FLAGS,
@@ -284,6 +286,33 @@ if has bench; then
       ${BENCH_FLAGS:---concurrency 1,32 --decode-steps 32 --prefill-lengths 2048}
   fi
 fi
+if has profile; then
+  say "profile: ncu per-kernel times (decode c=1, c=32, prefill 2K)"
+  if [[ $DRY_RUN == 1 ]]; then
+    echo "skipped: dry run"
+  elif [[ $RUNTIME == gvisor ]] || ! command -v ncu >/dev/null; then
+    echo "skipped: ncu reads no counters under gVisor, or is not installed"
+  else
+    for spec in "decode-c1|decode|--concurrency 1" "decode-c32|decode|--concurrency 32" \
+      "prefill-2k|prefill|--concurrency 1 --prefill-lengths 2048"; do
+      IFS='|' read -r name phase flags <<<"$spec"
+      b=$(bound 90)
+      if ((b < 30)); then record "NOT-RUN profile $name ($b s left)"; continue; fi
+      echo "### $name" >>"$OUT/profile.txt"
+      t0=$(date +%s)
+      # shellcheck disable=SC2086
+      timeout -k 5 "$b" ncu --clock-control none --profile-from-start off --print-summary per-kernel \
+        --metrics gpu__time_duration.sum,dram__bytes.sum "$BIN/sambay-gpu-bench" \
+        --model "$MODEL_DIR" --threads "$(nproc)" --profile "$phase" --graph-rows=false \
+        --decode-steps 1 --prefill-lengths "" $flags >>"$OUT/profile.txt" 2>&1
+      rc=$?
+      if ((rc == 0)); then r=PASS; else r=FAIL; fi
+      record "$r profile $name ($(($(date +%s) - t0)) s of $b, exit $rc)"
+    done
+    python3 tools/gpu/ncu_summary.py "$OUT/profile.txt" || true
+  fi
+fi
+
 if has torch; then
   say "torch: the PyTorch eager peer, in the device's own environment"
   b=$(bound 300)
@@ -314,9 +343,10 @@ def load(name):
 b, t, c = load("bench.json"), load("torch.json"), load("check.json")
 if c and "check" in c:
     k = c["check"]
-    print(f"check (phi4-mini-flash shape): worst logits rel err {k['worst_rel_err']:.4g} over "
-          f"{k['rows']} rows, tolerance {k['tolerance']}: {'PASS' if k['pass'] else 'FAIL'}; "
-          f"argmax equal {k['argmax_equal']}/{k['rows']}")
+    print(f"check (phi4-mini-flash shape): worst logits rel err {k['worst_rel_err']:.4g} vs the fp32 "
+          f"CPU (tolerance {k['tolerance']}), {k.get('worst_rel_err_emulated', float('nan')):.4g} vs "
+          f"the bf16-emulating CPU (tolerance {k.get('tolerance_emulated')}) over {k['rows']} rows: "
+          f"{'PASS' if k['pass'] else 'FAIL'}; argmax equal {k['argmax_equal']}/{k['rows']}")
 if b:
     print(f"GPU {b['gpu']}: copy {b['copy_bandwidth_GBps']:.0f} GB/s, GEMM {b['gemm_tflops']:.0f} TFLOP/s")
     tmap = {d["concurrency"]: d for d in (t or {}).get("decode", [])}

@@ -31,10 +31,13 @@
 #include <string>
 #include <vector>
 
+#include <cuda_profiler_api.h>
+
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
+#include "engine/cpu/precision.h"
 #include "engine/cuda/cuda_model.h"
 #include "engine/cuda/gemm.h"
 #include "engine/dtype.h"
@@ -55,9 +58,16 @@ ABSL_FLAG(int32_t, check_tokens, 0,
           "before timing: prefill this many tokens on the GPU and on the CPU engine (f32) and "
           "compare the logits, then --check-steps decode steps (0 = no check)");
 ABSL_FLAG(int32_t, check_steps, 8, "decode steps compared by --check-tokens");
-ABSL_FLAG(double, check_tolerance, 3e-2,
-          "largest relative logits error (||gpu - cpu|| / ||cpu|| per row) the check accepts");
+ABSL_FLAG(double, check_tolerance, 6e-2,
+          "largest relative logits error (||gpu - cpu|| / ||cpu|| per row) the check accepts "
+          "against the fp32 CPU engine (docs/gpu.md \"Precision\")");
+ABSL_FLAG(double, check_emulated_tolerance, 2e-2,
+          "the same against the CPU engine rounding at the GPU's bf16 points");
 ABSL_FLAG(bool, check_only, false, "run the ceilings and the --check-tokens check, no timing");
+ABSL_FLAG(bool, graph_rows, true, "also time every decode row replayed from CUDA graphs");
+ABSL_FLAG(std::string, profile, "",
+          "decode | prefill: bracket that phase's timed work with cudaProfilerStart/Stop (for "
+          "ncu --profile-from-start off; use --decode-steps 1); the other phase is skipped");
 
 namespace sambay {
 namespace {
@@ -162,47 +172,73 @@ int32_t ArgmaxRow(const float* x, int64_t V) {
   return static_cast<int32_t>(std::max_element(x, x + V) - x);
 }
 
-// GPU bf16 logits against the CPU engine's f32 logits on the same checkpoint: a prefill of
-// --check-tokens tokens, then --check-steps greedy decode steps, both fed the CPU's argmax.
+// GPU bf16 logits against two CPU references on the same checkpoint: the fp32 engine and the
+// engine rounding at the GPU's bf16 points (ScopedBf16Activations). A prefill of
+// --check-tokens tokens, then --check-steps greedy decode steps, all fed the fp32 CPU's argmax.
 absl::Status CheckLogits(Model& cpu, cuda::CudaModel& gpu, nlohmann::json* js) {
   const int64_t V = cpu.config().vocab_size;
   const int64_t n = absl::GetFlag(FLAGS_check_tokens);
   const int steps = absl::GetFlag(FLAGS_check_steps);
-  const double tol = absl::GetFlag(FLAGS_check_tolerance);
+  const double tol[2] = {absl::GetFlag(FLAGS_check_tolerance),
+                         absl::GetFlag(FLAGS_check_emulated_tolerance)};
   const std::vector<int32_t> ids = Ids(n, V, 5);
-  auto state = cpu.NewState();
-  std::vector<float> cl, gl;
+  std::unique_ptr<SequenceState> state[2] = {cpu.NewState(), cpu.NewState()};
+  std::vector<float> cl[2], gl;
   const auto t0 = Clock::now();
-  SAMBAY_RETURN_IF_ERROR(cpu.Prefill(*state, ids, 0, &cl));
+  for (int k = 0; k < 2; ++k) {
+    cpu::ScopedBf16Activations precision(k == 1);
+    SAMBAY_RETURN_IF_ERROR(cpu.Prefill(*state[k], ids, 0, &cl[k]));
+  }
   SAMBAY_ASSIGN_OR_RETURN(const int slot, gpu.AllocSlot());
   SAMBAY_RETURN_IF_ERROR(gpu.Prefill(slot, ids, &gl));
-  if (static_cast<int64_t>(cl.size()) != V || static_cast<int64_t>(gl.size()) != V) {
+  if (static_cast<int64_t>(cl[0].size()) != V || static_cast<int64_t>(gl.size()) != V) {
     return absl::InternalError("CheckLogits: prefill returned the wrong number of logits");
   }
-  std::vector<double> errs = {RowRelErr(gl.data(), cl.data(), V)};
-  int agree = ArgmaxRow(gl.data(), V) == ArgmaxRow(cl.data(), V);
+  std::vector<double> errs[2];
+  int agree = 0;
+  auto compare = [&] {
+    for (int k = 0; k < 2; ++k) errs[k].push_back(RowRelErr(gl.data(), cl[k].data(), V));
+    agree += ArgmaxRow(gl.data(), V) == ArgmaxRow(cl[0].data(), V);
+  };
+  compare();
   for (int s = 0; s < steps; ++s) {
-    const int32_t next = ArgmaxRow(cl.data(), V);
-    SequenceState* sp = state.get();
-    SAMBAY_RETURN_IF_ERROR(cpu.DecodeStep({&sp, 1}, {&next, 1}, &cl));
+    const int32_t next = ArgmaxRow(cl[0].data(), V);
+    for (int k = 0; k < 2; ++k) {
+      cpu::ScopedBf16Activations precision(k == 1);
+      SequenceState* sp = state[k].get();
+      SAMBAY_RETURN_IF_ERROR(cpu.DecodeStep({&sp, 1}, {&next, 1}, &cl[k]));
+    }
     SAMBAY_RETURN_IF_ERROR(gpu.DecodeStep({&slot, 1}, {&next, 1}, &gl));
-    errs.push_back(RowRelErr(gl.data(), cl.data(), V));
-    agree += ArgmaxRow(gl.data(), V) == ArgmaxRow(cl.data(), V);
+    compare();
   }
   SAMBAY_RETURN_IF_ERROR(gpu.FreeSlot(slot));
-  const double worst = *std::max_element(errs.begin(), errs.end());
-  const bool pass = worst <= tol;  // NaN fails
-  std::printf("check: GPU bf16 vs CPU f32 logits, prefill %lld tokens + %d decode steps: worst "
-              "logits rel err %.4g (prefill %.4g), tolerance %.3g -> %s; argmax equal in %d of "
-              "%zu rows (%.1f s)\n\n",
-              (long long)n, steps, worst, errs[0], tol, pass ? "PASS" : "FAIL", agree, errs.size(),
-              Since(t0));
+  double worst[2];
+  bool pass = true;
+  for (int k = 0; k < 2; ++k) {
+    worst[k] = *std::max_element(errs[k].begin(), errs[k].end());
+    pass = pass && worst[k] <= tol[k];  // NaN fails
+  }
+  std::printf("check: GPU bf16 logits, prefill %lld tokens + %d decode steps: worst rel err %.4g "
+              "vs the fp32 CPU (prefill %.4g, tolerance %.3g), %.4g vs the bf16-emulating CPU "
+              "(prefill %.4g, tolerance %.3g) -> %s; argmax equal to the fp32 CPU's in %d of %zu "
+              "rows (%.1f s)\n\n",
+              (long long)n, steps, worst[0], errs[0][0], tol[0], worst[1], errs[1][0], tol[1],
+              pass ? "PASS" : "FAIL", agree, errs[0].size(), Since(t0));
   std::fflush(stdout);
-  (*js)["check"] = {{"tokens", n},         {"steps", steps},     {"worst_rel_err", worst},
-                    {"prefill_rel_err", errs[0]}, {"tolerance", tol}, {"argmax_equal", agree},
-                    {"rows", errs.size()}, {"pass", pass}};
+  (*js)["check"] = {{"tokens", n},
+                    {"steps", steps},
+                    {"worst_rel_err", worst[0]},
+                    {"prefill_rel_err", errs[0][0]},
+                    {"tolerance", tol[0]},
+                    {"worst_rel_err_emulated", worst[1]},
+                    {"prefill_rel_err_emulated", errs[1][0]},
+                    {"tolerance_emulated", tol[1]},
+                    {"argmax_equal", agree},
+                    {"rows", errs[0].size()},
+                    {"pass", pass}};
   if (!pass) {
-    return absl::InternalError(absl::StrCat("logits rel err ", worst, " exceeds ", tol));
+    return absl::InternalError(absl::StrCat("logits rel err ", worst[0], " / ", worst[1],
+                                            " exceeds ", tol[0], " / ", tol[1]));
   }
   return absl::OkStatus();
 }
@@ -225,12 +261,15 @@ struct DecodeRow {
       SAMBAY_RETURN_IF_ERROR(gpu->DecodeStepGreedy(batch, toks, &next));
       toks = next;
     }
+    const bool profile = absl::GetFlag(FLAGS_profile) == "decode";
+    if (profile) SAMBAY_CUDA_RETURN_IF_ERROR(cudaProfilerStart());
     const auto t0 = Clock::now();
     for (int s = 0; s < steps; ++s) {
       SAMBAY_RETURN_IF_ERROR(gpu->DecodeStepGreedy(batch, toks, &next));
       toks = next;
     }
     const double per_step = Since(t0) / steps;
+    if (profile) SAMBAY_CUDA_RETURN_IF_ERROR(cudaProfilerStop());
     const int64_t mean_ctx = prompt + 2 + steps / 2;
     const double state = static_cast<double>(n) * gpu->StateBytesPerStep(mean_ctx);
     const double floor = (wbytes + state) / bw;
@@ -258,9 +297,12 @@ absl::Status PrefillRow(const Model& model, cuda::CudaModel& gpu, int32_t n, int
   SAMBAY_ASSIGN_OR_RETURN(const int s, gpu.AllocSlot());
   const auto ids = Ids(n, c.vocab_size, 3);
   std::vector<float> logits;
+  const bool profile = absl::GetFlag(FLAGS_profile) == "prefill";
+  if (profile) SAMBAY_CUDA_RETURN_IF_ERROR(cudaProfilerStart());
   const auto t0 = Clock::now();
   absl::Status st = gpu.Prefill(s, ids, &logits);
   const double secs = Since(t0);
+  if (profile) SAMBAY_CUDA_RETURN_IF_ERROR(cudaProfilerStop());
   SAMBAY_RETURN_IF_ERROR(gpu.FreeSlot(s));
   SAMBAY_RETURN_IF_ERROR(st);
   const double floor = PrefillFlops(c, model.weights(), n) / flops_rate;
@@ -395,7 +437,13 @@ absl::Status Run(const std::string& command) {
     slots.push_back(s);
   }
   DecodeRow row{gpu.get(), base, prompt, steps, wbytes, bw};
+  const std::string profile = absl::GetFlag(FLAGS_profile);
+  if (profile != "" && profile != "decode" && profile != "prefill") {
+    return absl::InvalidArgumentError("--profile must be decode or prefill");
+  }
   for (bool graphs : {false, true}) {  // every direct row first: a graph failure loses less
+    if (graphs && !absl::GetFlag(FLAGS_graph_rows)) continue;
+    if (profile == "prefill") continue;
     for (int n : conc) {
       std::vector<int> batch(slots.begin(), slots.begin() + n);
       absl::Status st = row.Run(batch, graphs, &js);
@@ -408,6 +456,7 @@ absl::Status Run(const std::string& command) {
   SAMBAY_RETURN_IF_ERROR(gpu->FreeSlot(base));
 
   for (int32_t n : lens) {
+    if (profile == "decode") continue;
     absl::Status st = PrefillRow(*model, *gpu, n, o.max_chunk, flops_rate, &js);
     if (!st.ok()) row_failed(absl::StrCat("prefill ", n), st);
     SAMBAY_RETURN_IF_ERROR(WriteJson(path, js));

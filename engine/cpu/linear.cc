@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "engine/cpu/precision.h"
 #include "engine/cpu/vec.h"
 
 namespace sambay::cpu {
@@ -26,6 +27,13 @@ void Linear(const WeightView& w, const float* x, int64_t rows, float* y, ThreadP
   const int64_t out = w.rows;
   const int64_t in = w.cols;
   if (rows <= 0 || out <= 0) return;
+  // GPU-precision emulation (precision.h): the GEMM input is rounded to bf16, as cuBLASLt's is.
+  thread_local std::vector<float> rounded;
+  if (Bf16Activations()) {
+    rounded.assign(x, x + rows * in);
+    RoundBf16IfEmulating(rounded.data(), rows * in);
+    x = rounded.data();
+  }
   if (rows <= kGemvMaxRows || t_batch_invariant) {
     // Grain: at least ~64 KiB of weights per chunk so small layers do not pay for threading.
     const int64_t row_bytes = in * DTypeSize(w.dtype);

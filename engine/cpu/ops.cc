@@ -1,11 +1,21 @@
 #include "engine/cpu/ops.h"
 
+#include <vector>
+
+#include "engine/cpu/precision.h"
+
 namespace sambay::cpu {
 
 void LayerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const float* b,
                double eps, float* y) {
+  std::vector<float> rounded;  // GPU-precision emulation: the input row rounded to bf16
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * dim;
+    if (Bf16Activations()) {
+      rounded.assign(xr, xr + dim);
+      RoundBf16IfEmulating(rounded.data(), dim);
+      xr = rounded.data();
+    }
     float* yr = y + r * dim;
     double sum = 0;
     for (int64_t i = 0; i < dim; ++i) sum += xr[i];
@@ -20,6 +30,7 @@ void LayerNorm(const float* x, int64_t rows, int64_t dim, const float* w, const 
     for (int64_t i = 0; i < dim; ++i) {
       yr[i] = static_cast<float>((xr[i] - mean) * inv) * w[i] + b[i];
     }
+    RoundBf16IfEmulating(yr, dim);
   }
 }
 

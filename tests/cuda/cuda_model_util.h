@@ -6,6 +6,8 @@
 #ifndef SAMBAY_TESTS_CUDA_CUDA_MODEL_UTIL_H_
 #define SAMBAY_TESTS_CUDA_CUDA_MODEL_UTIL_H_
 
+#include <cmath>
+
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -19,9 +21,30 @@
 
 namespace sambay::cuda::testing {
 
-// Logits relative error CPU vs GPU allowed on these random bf16 models (activations rounded
-// to bf16 at every GEMM input on the GPU, fp32 on the CPU).
-inline constexpr double kLogitsTol = 3e-2;
+// Logits relative error (||gpu - cpu|| / ||cpu|| per row) allowed on these random bf16 models
+// (docs/gpu.md "Precision"), against two CPU references:
+// - kEmulatedTol: the CPU engine with ScopedBf16Activations (engine/cpu/precision.h), rounding
+//   to bf16 at the GPU's points. What is left is fp32 summation order (cuBLASLt, split-K
+//   attention) flipping a few bf16 roundings, which these random models amplify: GPU TP=2 vs
+//   TP=1, which differ only in that, measured 0.8-1.3% (H200, 2026-12-04).
+// - kLogitsTol: the fp32 CPU engine. The bf16 activation error itself: the CPU emulation alone
+//   is 2.5% from fp32 on the tiny model (engine_tests PrecisionTest), the GPU measured 2-5% on
+//   the tiny, mid-size and 3.8B shapes.
+// A kernel bug is far outside both: the op tests (ops_test, attention_test) hold each kernel
+// to 1e-5 (fp32) or bf16 rounding against the CPU ops.
+inline constexpr double kEmulatedTol = 2e-2;
+inline constexpr double kLogitsTol = 6e-2;
+
+// A greedy divergence is a near-tie when the reference's logit margin between the two ids is
+// below this many reference-row RMS units times the tolerance of that reference.
+inline constexpr double kTieFactor = 4;
+
+// Root mean square of a logits row.
+inline double RowRms(const float* x, int64_t n) {
+  double s = 0;
+  for (int64_t i = 0; i < n; ++i) s += static_cast<double>(x[i]) * x[i];
+  return n > 0 ? std::sqrt(s / static_cast<double>(n)) : 0.0;
+}
 
 struct Models {
   sambay::testing::TempDir dir;

@@ -31,8 +31,9 @@ using testing::HostGroup;
 using testing::kLogitsTol;
 
 // TP = 1 vs TP = N on the GPU: the same bf16 roundings except that the row-parallel sums are
-// split (fp32 partials added in another order) and the x_proj output is rounded after the sum.
-constexpr double kTpTol = 1e-2;
+// split (fp32 partials added in another order) and the x_proj output is rounded after the sum:
+// the order noise of kEmulatedTol (measured on the H200, 2026-12-04: TP=2 0.79%, TP=4 1.27%).
+constexpr double kTpTol = testing::kEmulatedTol;
 
 struct Checkpoint {
   TempDir dir;
@@ -241,10 +242,16 @@ TEST(CudaTpTest, StateMovesBetweenTpSizes) {
     CudaGroup& dst = from_two ? **one : *two;
     auto a = src.AllocSlot();
     ASSERT_TRUE(a.ok()) << a.status();
-    CudaSegment seg{*a, prompt, LogitsMode::kNone};
-    ASSERT_TRUE(src.Forward({&seg, 1}, nullptr).ok());
+    const int64_t chunk = src.rank(0).options().max_chunk;  // one pass holds max_chunk rows
+    for (size_t b = 0; b < prompt.size(); b += chunk) {
+      const size_t e = std::min(prompt.size(), b + static_cast<size_t>(chunk));
+      CudaSegment seg{*a, absl::Span<const int32_t>(prompt).subspan(b, e - b), LogitsMode::kNone};
+      absl::Status st = src.Forward({&seg, 1}, nullptr);
+      ASSERT_TRUE(st.ok()) << st;
+    }
     SequenceState state(c);
-    ASSERT_TRUE(src.DownloadSlot(*a, &state).ok());
+    absl::Status down = src.DownloadSlot(*a, &state);
+    ASSERT_TRUE(down.ok()) << down;
     EXPECT_EQ(state.num_tokens, 45);
     auto b = dst.AllocSlot();
     ASSERT_TRUE(b.ok()) << b.status();
@@ -253,8 +260,10 @@ TEST(CudaTpTest, StateMovesBetweenTpSizes) {
     EXPECT_EQ(*dst.NumTokens(*b), 45);
     std::vector<float> ls, ld;
     CudaSegment s1{*a, next, LogitsMode::kLast}, s2{*b, next, LogitsMode::kLast};
-    ASSERT_TRUE(src.Forward({&s1, 1}, &ls).ok());
-    ASSERT_TRUE(dst.Forward({&s2, 1}, &ld).ok());
+    absl::Status fs = src.Forward({&s1, 1}, &ls);
+    ASSERT_TRUE(fs.ok()) << fs;
+    absl::Status fd = dst.Forward({&s2, 1}, &ld);
+    ASSERT_TRUE(fd.ok()) << fd;
     const double err = WorstRowErr(ld, ls, c.vocab_size);
     std::printf("handoff TP=%d -> TP=%d: next logits rel err %.3g\n", src.tp(), dst.tp(), err);
     EXPECT_LT(err, kTpTol);

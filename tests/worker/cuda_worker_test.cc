@@ -2,9 +2,11 @@
 // decode worker and the reverse, and a colocated GPU worker, compared with sambay-run (CPU).
 // The GPU runs bf16 weights and state, so exact equality is not promised: the greedy ids must
 // equal sambay-run's, or the first divergence must be at a near-tie of the CPU model's logits
-// (margin below kTieMargin, the rule of tests/cuda/model_test.cc). These tests skip without a GPU (and in builds without CUDA). Plus, on any
+// (margin below kTieFactor x kLogitsTol x the row's RMS: the rule and the fp32 tolerance of
+// tests/cuda/cuda_model_util.h, docs/gpu.md "Precision"). These tests skip without a GPU (and in builds without CUDA). Plus, on any
 // machine without a GPU: --device cuda fails at start with exit code 1 and one clear error.
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdio>
 #include <memory>
@@ -22,7 +24,8 @@
 namespace sambay::testing {
 namespace {
 
-constexpr float kTieMargin = 0.05f;
+constexpr double kLogitsTol = 6e-2;  // tests/cuda/cuda_model_util.h: GPU vs the fp32 CPU
+constexpr double kTieFactor = 4;
 
 // Devices the CUDA plugin sees (0 without the plugin: a build without CUDA).
 int GpuCount() {
@@ -32,9 +35,14 @@ int GpuCount() {
 
 bool HaveGpu() { return GpuCount() > 0; }
 
-// The CPU model's logit margin at step `i` of the greedy continuation `ref` of `prompt`: the
-// logit of ref[i] minus the logit of `other` (how close the two candidates were).
-absl::StatusOr<float> CpuMargin(const std::vector<uint32_t>& prompt,
+struct Margin {
+  double margin = 0;  // logit of ref[i] minus logit of `other`
+  double rms = 0;     // RMS of that logits row
+};
+
+// The CPU model's logit margin at step `i` of the greedy continuation `ref` of `prompt` (how
+// close the two candidates were), with the row's RMS for scale.
+absl::StatusOr<Margin> CpuMargin(const std::vector<uint32_t>& prompt,
                                 const std::vector<uint32_t>& ref, size_t i, uint32_t other) {
   std::unique_ptr<Model> model;
   SAMBAY_ASSIGN_OR_RETURN(model, Model::Load(TinyModelDir(), ModelOptions()));
@@ -48,7 +56,11 @@ absl::StatusOr<float> CpuMargin(const std::vector<uint32_t>& prompt,
     return absl::InternalError("CpuMargin: logits or ids out of range");
   }
   const float* last = logits.data() + logits.size() - V;
-  return last[ref[i]] - last[other];
+  Margin m;
+  m.margin = last[ref[i]] - last[other];
+  for (int64_t k = 0; k < V; ++k) m.rms += static_cast<double>(last[k]) * last[k];
+  m.rms = std::sqrt(m.rms / static_cast<double>(V));
+  return m;
 }
 
 size_t CommonPrefix(const std::vector<uint32_t>& a, const std::vector<uint32_t>& b) {
@@ -141,9 +153,11 @@ class CudaWorkerGpuTest : public ::testing::Test {
       ASSERT_LT(common, got.tokens.size()) << what << ": the GPU stopped early";
       auto margin = CpuMargin(spec.prompt, *ref, common, got.tokens[common]);
       ASSERT_TRUE(margin.ok()) << margin.status();
-      std::printf("%s, prompt %zu: first divergence at %zu, CPU logit margin %.4g\n", what, len,
-                  common, *margin);
-      EXPECT_LT(*margin, kTieMargin)
+      const double tie = kTieFactor * kLogitsTol * margin->rms;
+      std::printf("%s, prompt %zu: first divergence at %zu, CPU logit margin %.4g (near-tie below "
+                  "%.4g)\n",
+                  what, len, common, margin->margin, tie);
+      EXPECT_LT(margin->margin, tie)
           << what << " prompt " << len << ": divergence at " << common << " is not a near-tie: got "
           << JoinIds(got.tokens) << " want " << JoinIds(*ref);
     }

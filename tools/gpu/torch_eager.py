@@ -12,7 +12,7 @@ not depend on their values), then --decode-steps batched steps are timed with CU
 (attention through torch's scaled_dot_product_attention, four passes per differential
 attention as in the paper; the Mamba scan chunked in float64 log space), cross-decoder on the
 last token. No custom kernels, no CUDA graphs, no torch.compile: the eager baseline.
-Prints a Markdown table; --json writes the numbers.
+Prints a Markdown table; --json writes the numbers (rewritten after every row).
 """
 import argparse
 import json
@@ -300,6 +300,11 @@ def main():
           f"GPU: {name}  torch {torch.__version__}\n"
           f"model: {c['layers']} layers, random bf16 weights made in {time.time() - t0:.1f} s\n")
     res = dict(gpu=name, torch=torch.__version__, decode=[], prefill=[])
+
+    def dump():  # after every row: a run cut short keeps what it measured
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(res, f, indent=2)
     print("| phase | concurrency / prompt | tokens/s | time per step or prompt |\n|---|---|---|---|",
           flush=True)
     for B in [int(v) for v in a.concurrency.split(",") if v]:
@@ -312,6 +317,7 @@ def main():
         print(f"| decode | {B} (context {a.prompt}) | {B / per:.0f} | {per * 1e3:.3f} ms/step |",
               flush=True)
         res["decode"].append(dict(concurrency=B, tokens_per_s=B / per, step_ms=per * 1e3))
+        dump()
         del st
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -321,11 +327,10 @@ def main():
         _, secs = timed(lambda: m.prefill(ids), dev)
         print(f"| prefill | {T} tokens | {T / secs:.0f} | {secs:.3f} s |", flush=True)
         res["prefill"].append(dict(tokens=T, tokens_per_s=T / secs, seconds=secs))
+        dump()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=2)
+    dump()
 
 
 if __name__ == "__main__":
