@@ -55,6 +55,8 @@ void MambaForward(const ModelConfig& c, int layer, const MambaWeights& w,
     }
   });
 
+  cpu::RoundBf16IfEmulating(xc.data(), rows * di);  // bf16 on the GPU, read by the scan too
+
   // 3. x_dbl = x_proj(xc) -> dt_low | B | C; 4. delta = softplus(dt_proj(dt_low) + bias).
   std::vector<float> xdbl(rows * xpd);
   cpu::Linear(w.x_proj, xc.data(), rows, xdbl.data(), pool);

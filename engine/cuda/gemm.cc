@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "engine/cuda/kernels.h"
 
 namespace sambay::cuda {
 
@@ -63,6 +64,14 @@ absl::Status Gemm(CudaContext& ctx, GemmCache& cache, const GemmArgs& in) {
                   "M/N/K", "must be < 2^31"))
            .ok()) {
     return s;
+  }
+  // Decode (a few rows, a wide W): the engine's own GEMV reads W once at full bandwidth, where
+  // cuBLASLt picks split-K tiles plus a reduce kernel (docs/gpu.md "Performance").
+  if (a.M <= kGemvMaxRows && a.N >= kGemvMinColumns) {
+    const cudaError_t e = LaunchGemv(a.x, a.lda, a.M, a.K, a.w, a.N, a.y, a.ldy,
+                                     a.out == GemmOut::kF32, a.beta != 0.0f, ctx.stream());
+    if (e != cudaSuccess) return CudaStatus(e, "Gemm: LaunchGemv");
+    return absl::OkStatus();
   }
   const int out_size = a.out == GemmOut::kF32 ? 4 : 2;
   const int al_x = Alignment(a.x, a.lda * 2);

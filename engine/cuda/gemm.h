@@ -1,5 +1,6 @@
-// bf16 GEMM through cuBLASLt with fp32 accumulation: y = x W^T (+ beta y), the Linear layer of
-// the CUDA backend (W [N, K] row-major as in the checkpoint).
+// bf16 GEMM with fp32 accumulation: y = x W^T (+ beta y), the Linear layer of the CUDA backend
+// (W [N, K] row-major as in the checkpoint): cuBLASLt, or for decode-sized M the engine's GEMV
+// kernel (kernels.h LaunchGemv).
 //
 // x bf16 [M, K] with row stride lda; W bf16 [N, K] (row stride K); y [M, N] with row stride
 // ldy, bf16 or fp32. beta = 1 (fp32 output only) accumulates into y: used to add a mixer's
@@ -23,6 +24,10 @@
 namespace sambay::cuda {
 
 enum class GemmOut { kBf16, kF32 };
+
+// Gemm runs M <= kGemvMaxRows (kernels.h) rows with at least this many output columns on the
+// engine's GEMV kernel instead of cuBLASLt.
+inline constexpr int64_t kGemvMinColumns = 1024;
 
 struct GemmArgs {
   const bf16* x = nullptr;

@@ -3,8 +3,10 @@
 // Pass 1 (one block per (query row, pair, split)): flash-style online softmax over tiles of
 // kTile keys for both stripes of the pair at once; the two stripes share the attended
 // positions and the 2*hd-wide V rows, so each V element is read once for both (spec §11).
+// Scores: one warp per key, its lanes reading the pair's 2*hd contiguous K values together
+// (coalesced; bf16x2 loads where aligned), a warp sum per stripe. PV: one output dim per thread.
 // Pass 2 (one block per (query row, pair)): merges the splits, D = O1 - lambda O2, RMSNorm.
-// TODO(perf): tensor-core tiles for prefill; K reads are one 2*hd-byte row per thread.
+// TODO(perf): query tiles on tensor cores for prefill (each query row re-reads K/V from L2).
 #include <cstdint>
 
 #include "engine/cuda/kernels.h"
@@ -41,6 +43,7 @@ __device__ __forceinline__ KeyLoc Locate(const AttnArgs& a, const SegDev& seg, i
 __global__ void __launch_bounds__(kThreads) DiffAttnPartialKernel(AttnArgs a) {
   __shared__ float q_sh[2][kMaxHeadDim];
   __shared__ float p_sh[2][kTile];
+  __shared__ float s_sh[2][kTile];
   __shared__ const bf16* v_sh[kTile];
   __shared__ float red[32];
 
@@ -75,23 +78,46 @@ __global__ void __launch_bounds__(kThreads) DiffAttnPartialKernel(AttnArgs a) {
 #pragma unroll
   for (int q = 0; q < kMaxAcc; ++q) acc0[q] = acc1[q] = 0.0f;
 
+  const int lane = tid & 31;
   for (int64_t t0 = k0; t0 < k1; t0 += kTile) {
-    const int64_t kp = t0 + tid;
-    const bool valid = kp < k1;
-    float s0 = -INFINITY, s1 = -INFINITY;
-    if (valid) {
-      const KeyLoc loc = Locate(a, seg, kvd, kp);
-      const bf16* ka = loc.k + (2 * j) * hd;
-      const bf16* kb = loc.k + (2 * j + 1) * hd;
+    const int cnt = static_cast<int>(k1 - t0 < kTile ? k1 - t0 : kTile);
+    for (int kk = tid >> 5; kk < cnt; kk += kThreads / 32) {  // one warp per key
+      const KeyLoc loc = Locate(a, seg, kvd, t0 + kk);
+      const bf16* kr = loc.k + (2 * j) * hd;  // stripe 0's K row, then stripe 1's: 2*hd values
       float d0 = 0.0f, d1 = 0.0f;
-      for (int i = 0; i < hd; ++i) {
-        d0 += q_sh[0][i] * __bfloat162float(ka[i]);
-        d1 += q_sh[1][i] * __bfloat162float(kb[i]);
+      if ((hd & 1) == 0 && (reinterpret_cast<uintptr_t>(kr) & 3) == 0) {  // warp-uniform
+        const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(kr);
+        for (int e = lane; e < hd; e += 32) {  // bf16 pair e: elements 2e, 2e+1 (one stripe)
+          const float2 kv = __bfloat1622float2(k2[e]);
+          const int i = 2 * e;
+          if (i < hd) {
+            d0 += q_sh[0][i] * kv.x + q_sh[0][i + 1] * kv.y;
+          } else {
+            d1 += q_sh[1][i - hd] * kv.x + q_sh[1][i - hd + 1] * kv.y;
+          }
+        }
+      } else {
+        for (int i = lane; i < hd2; i += 32) {
+          const float kv = __bfloat162float(kr[i]);
+          if (i < hd) {
+            d0 += q_sh[0][i] * kv;
+          } else {
+            d1 += q_sh[1][i - hd] * kv;
+          }
+        }
       }
-      s0 = d0;
-      s1 = d1;
-      v_sh[tid] = loc.v + (2 * j) * hd;
+      d0 = WarpSum(d0);
+      d1 = WarpSum(d1);
+      if (lane == 0) {
+        s_sh[0][kk] = d0;
+        s_sh[1][kk] = d1;
+        v_sh[kk] = loc.v + (2 * j) * hd;
+      }
     }
+    __syncthreads();  // s_sh / v_sh complete
+    const bool valid = tid < cnt;
+    const float s0 = valid ? s_sh[0][tid] : -INFINITY;
+    const float s1 = valid ? s_sh[1][tid] : -INFINITY;
     const float nm0 = fmaxf(m0, BlockMax(s0, red));  // the tile has >= 1 valid key: finite
     const float nm1 = fmaxf(m1, BlockMax(s1, red));
     const float e0 = valid ? expf(s0 - nm0) : 0.0f;
@@ -106,7 +132,6 @@ __global__ void __launch_bounds__(kThreads) DiffAttnPartialKernel(AttnArgs a) {
     l1 = l1 * al1 + ts1;
     m0 = nm0;
     m1 = nm1;
-    const int cnt = static_cast<int>(k1 - t0 < kTile ? k1 - t0 : kTile);
 #pragma unroll
     for (int q = 0; q < kMaxAcc; ++q) {
       const int d = tid + q * kThreads;
@@ -121,7 +146,7 @@ __global__ void __launch_bounds__(kThreads) DiffAttnPartialKernel(AttnArgs a) {
         acc1[q] = x1;
       }
     }
-    __syncthreads();  // p_sh / v_sh are rewritten by the next tile
+    __syncthreads();  // p_sh / s_sh / v_sh are rewritten by the next tile
   }
 
   float* base = a.partial + ((r * pairs + pair) * a.splits + split) * 2 * (hd2 + 2);

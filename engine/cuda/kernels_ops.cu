@@ -16,23 +16,53 @@ unsigned ElemBlocks(int64_t n) {
   return static_cast<unsigned>(b < 65536 * 8 ? b : 65536 * 8);  // grid-stride beyond
 }
 
+// One block per row. Rows of up to kLnCache * blockDim.x values are read once into registers;
+// longer rows are read three times.
+constexpr int kLnCache = 16;
+
 __global__ void LayerNormKernel(const float* x, int64_t dim, const float* w, const float* b,
                                 float eps, bf16* y) {
   __shared__ float sh[32];
   const int64_t row = blockIdx.x;
   const float* xr = x + row * dim;
   bf16* yr = y + row * dim;
+  const int64_t step = blockDim.x;
+  if (dim <= kLnCache * step) {
+    float v[kLnCache];
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kLnCache; ++k) {
+      const int64_t i = threadIdx.x + k * step;
+      v[k] = i < dim ? RoundBf16(xr[i]) : 0.0f;
+      s += v[k];
+    }
+    const float mean = BlockSum(s, sh) / static_cast<float>(dim);
+    float q = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kLnCache; ++k) {
+      const int64_t i = threadIdx.x + k * step;
+      const float d = i < dim ? v[k] - mean : 0.0f;
+      q += d * d;
+    }
+    const float inv = rsqrtf(BlockSum(q, sh) / static_cast<float>(dim) + eps);
+#pragma unroll
+    for (int k = 0; k < kLnCache; ++k) {
+      const int64_t i = threadIdx.x + k * step;
+      if (i < dim) yr[i] = __float2bfloat16((v[k] - mean) * inv * w[i] + b[i]);
+    }
+    return;
+  }
   float s = 0.0f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) s += RoundBf16(xr[i]);
+  for (int64_t i = threadIdx.x; i < dim; i += step) s += RoundBf16(xr[i]);
   const float mean = BlockSum(s, sh) / static_cast<float>(dim);
   float v = 0.0f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+  for (int64_t i = threadIdx.x; i < dim; i += step) {
     const float d = RoundBf16(xr[i]) - mean;
     v += d * d;
   }
   const float var = BlockSum(v, sh) / static_cast<float>(dim);
   const float inv = rsqrtf(var + eps);
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+  for (int64_t i = threadIdx.x; i < dim; i += step) {
     yr[i] = __float2bfloat16((RoundBf16(xr[i]) - mean) * inv * w[i] + b[i]);
   }
 }

@@ -26,9 +26,29 @@ __device__ int32_t BlockArgmax(const float* x, int64_t vocab) {
   __shared__ int32_t si[32];
   float best = -INFINITY;
   int32_t id = -1;
-  for (int64_t i = threadIdx.x; i < vocab; i += blockDim.x) {
+  // Each thread walks its indices in ascending order, so its first maximum is its lowest id.
+  // Aligned rows go four at a time (16-byte loads, several in flight), the tail one at a time.
+  int64_t head = 0;
+  if ((reinterpret_cast<uintptr_t>(x) & 15) == 0) {
+    const float4* x4 = reinterpret_cast<const float4*>(x);
+    const int64_t n4 = vocab / 4;
+#pragma unroll 4
+    for (int64_t i = threadIdx.x; i < n4; i += blockDim.x) {
+      const float4 v = x4[i];
+      const float vs[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        if (vs[k] > best) {  // false for NaN and -inf
+          best = vs[k];
+          id = static_cast<int32_t>(4 * i + k);
+        }
+      }
+    }
+    head = 4 * n4;
+  }
+  for (int64_t i = head + threadIdx.x; i < vocab; i += blockDim.x) {
     const float v = x[i];
-    if (v > best) {  // false for NaN and -inf; ascending i per thread keeps the lowest id
+    if (v > best) {
       best = v;
       id = static_cast<int32_t>(i);
     }

@@ -53,7 +53,7 @@ def main():
         print(f"\n{name}: {total * 1e3:.3f} ms of kernel time in {sum(v[1] for v in kernels.values())} launches")
         print("| kernel | ms | share | launches | GB | GB/s |")
         print("|---|---|---|---|---|---|")
-        for k, (t, n, b) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:15]:
+        for k, (t, n, b) in sorted(kernels.items(), key=lambda kv: -kv[1][0])[:int(sys.argv[2]) if len(sys.argv) > 2 else 15]:
             bw = b / t / 1e9 if t > 0 else 0
             print(f"| {k} | {t * 1e3:.3f} | {100 * t / total if total else 0:.1f}% | {n} | {b / 1e9:.3f} | {bw:.0f} |")
 
