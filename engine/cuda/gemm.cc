@@ -65,11 +65,11 @@ absl::Status Gemm(CudaContext& ctx, GemmCache& cache, const GemmArgs& in) {
            .ok()) {
     return s;
   }
-  // Decode (a few rows, a wide W): the engine's own GEMV reads W once at full bandwidth, where
-  // cuBLASLt picks split-K tiles plus a reduce kernel (docs/gpu.md "Performance").
-  if (a.M <= kGemvMaxRows && a.N >= kGemvMinColumns) {
-    const cudaError_t e = LaunchGemv(a.x, a.lda, a.M, a.K, a.w, a.N, a.y, a.ldy,
-                                     a.out == GemmOut::kF32, a.beta != 0.0f, ctx.stream());
+  // Batch-1 decode with a wide W: the engine's GEMV reads W once in one launch, where cuBLASLt
+  // picks split-K tiles plus a reduce kernel (gemm.h kGemvMinColumns).
+  if (a.M == 1 && a.N >= kGemvMinColumns) {
+    const cudaError_t e = LaunchGemv(a.x, a.K, a.w, a.N, a.y, a.out == GemmOut::kF32,
+                                     a.beta != 0.0f, ctx.stream());
     if (e != cudaSuccess) return CudaStatus(e, "Gemm: LaunchGemv");
     return absl::OkStatus();
   }

@@ -25,8 +25,10 @@ namespace sambay::cuda {
 
 enum class GemmOut { kBf16, kF32 };
 
-// Gemm runs M <= kGemvMaxRows (kernels.h) rows with at least this many output columns on the
-// engine's GEMV kernel instead of cuBLASLt.
+// Gemm runs one row (batch-1 decode) with at least this many output columns on the engine's
+// GEMV kernel instead of cuBLASLt (no split-K partials and reduce launch). With more rows
+// cuBLASLt's tensor-core tiles win: the GEMV at 8 rows made the H200 decode step at
+// concurrency 8 1.8x slower (docs/benchmarks.md, 2026-12-04).
 inline constexpr int64_t kGemvMinColumns = 1024;
 
 struct GemmArgs {

@@ -31,12 +31,10 @@ struct SegDev {
 };
 static_assert(sizeof(SegDev) == 24, "SegDev layout is shared by host and device");
 
-// Decode GEMM for M <= kGemvMaxRows rows: y[m, n] = sum_k x[m, k] w[n, k] (+ y[m, n] when
-// accumulate; fp32 output only), fp32 accumulation. x bf16 [M, K] (row stride lda); w bf16
-// [N, K]; y [M, N] (row stride ldy) fp32 or bf16. Reads w once for all rows.
-inline constexpr int64_t kGemvMaxRows = 8;
-cudaError_t LaunchGemv(const bf16* x, int64_t lda, int64_t M, int64_t K, const bf16* w, int64_t N,
-                       void* y, int64_t ldy, bool out_f32, bool accumulate, cudaStream_t stream);
+// Batch-1 decode GEMM: y[n] = sum_k x[k] w[n, k] (+ y[n] when accumulate; fp32 output only),
+// fp32 accumulation. x bf16 [K]; w bf16 [N, K]; y [N] fp32 or bf16. Reads w once.
+cudaError_t LaunchGemv(const bf16* x, int64_t K, const bf16* w, int64_t N, void* y, bool out_f32,
+                       bool accumulate, cudaStream_t stream);
 
 // y = LayerNorm(bf16(x)) * w + b per row (spec §3.1: the fp32 residual is rounded to bf16
 // first; statistics in fp32, biased variance). x fp32 [rows, dim]; y bf16 [rows, dim].

@@ -3,8 +3,8 @@
 // Pass 1 (one block per (query row, pair, split)): flash-style online softmax over tiles of
 // kTile keys for both stripes of the pair at once; the two stripes share the attended
 // positions and the 2*hd-wide V rows, so each V element is read once for both (spec §11).
-// Scores: one warp per key, its lanes reading the pair's 2*hd contiguous K values together
-// (coalesced; bf16x2 loads where aligned), a warp sum per stripe. PV: one output dim per thread.
+// Scores: one key per thread, its 2*hd contiguous K values (both stripes) in 16-byte loads where
+// aligned, so a block keeps kTile independent row reads in flight. PV: one output dim per thread.
 // Pass 2 (one block per (query row, pair)): merges the splits, D = O1 - lambda O2, RMSNorm.
 // TODO(perf): query tiles on tensor cores for prefill (each query row re-reads K/V from L2).
 #include <cstdint>
@@ -14,6 +14,16 @@
 
 namespace sambay::cuda {
 namespace {
+
+// Eight bf16 (one 16-byte load) to floats.
+__device__ __forceinline__ void Unpack8(const uint4& v, float* f) {
+  const uint32_t u[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    f[2 * i] = __uint_as_float(u[i] << 16);
+    f[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+  }
+}
 
 constexpr int kThreads = 128;
 constexpr int kTile = kThreads;  // keys per tile: one per thread for the scores
@@ -43,7 +53,6 @@ __device__ __forceinline__ KeyLoc Locate(const AttnArgs& a, const SegDev& seg, i
 __global__ void __launch_bounds__(kThreads) DiffAttnPartialKernel(AttnArgs a) {
   __shared__ float q_sh[2][kMaxHeadDim];
   __shared__ float p_sh[2][kTile];
-  __shared__ float s_sh[2][kTile];
   __shared__ const bf16* v_sh[kTile];
   __shared__ float red[32];
 
@@ -78,46 +87,38 @@ __global__ void __launch_bounds__(kThreads) DiffAttnPartialKernel(AttnArgs a) {
 #pragma unroll
   for (int q = 0; q < kMaxAcc; ++q) acc0[q] = acc1[q] = 0.0f;
 
-  const int lane = tid & 31;
   for (int64_t t0 = k0; t0 < k1; t0 += kTile) {
     const int cnt = static_cast<int>(k1 - t0 < kTile ? k1 - t0 : kTile);
-    for (int kk = tid >> 5; kk < cnt; kk += kThreads / 32) {  // one warp per key
-      const KeyLoc loc = Locate(a, seg, kvd, t0 + kk);
+    const bool valid = tid < cnt;
+    float s0 = -INFINITY, s1 = -INFINITY;
+    if (valid) {  // one key per thread: many independent row reads in flight per block
+      const KeyLoc loc = Locate(a, seg, kvd, t0 + tid);
       const bf16* kr = loc.k + (2 * j) * hd;  // stripe 0's K row, then stripe 1's: 2*hd values
       float d0 = 0.0f, d1 = 0.0f;
-      if ((hd & 1) == 0 && (reinterpret_cast<uintptr_t>(kr) & 3) == 0) {  // warp-uniform
-        const __nv_bfloat162* k2 = reinterpret_cast<const __nv_bfloat162*>(kr);
-        for (int e = lane; e < hd; e += 32) {  // bf16 pair e: elements 2e, 2e+1 (one stripe)
-          const float2 kv = __bfloat1622float2(k2[e]);
-          const int i = 2 * e;
-          if (i < hd) {
-            d0 += q_sh[0][i] * kv.x + q_sh[0][i + 1] * kv.y;
-          } else {
-            d1 += q_sh[1][i - hd] * kv.x + q_sh[1][i - hd + 1] * kv.y;
+      if ((hd & 7) == 0 && (reinterpret_cast<uintptr_t>(kr) & 15) == 0) {
+        const uint4* k8 = reinterpret_cast<const uint4*>(kr);  // 16-byte loads
+        const int c8 = hd / 8;
+#pragma unroll 4
+        for (int c = 0; c < c8; ++c) {
+          float f0[8], f1[8];
+          Unpack8(k8[c], f0);
+          Unpack8(k8[c8 + c], f1);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            d0 += q_sh[0][8 * c + i] * f0[i];
+            d1 += q_sh[1][8 * c + i] * f1[i];
           }
         }
       } else {
-        for (int i = lane; i < hd2; i += 32) {
-          const float kv = __bfloat162float(kr[i]);
-          if (i < hd) {
-            d0 += q_sh[0][i] * kv;
-          } else {
-            d1 += q_sh[1][i - hd] * kv;
-          }
+        for (int i = 0; i < hd; ++i) {
+          d0 += q_sh[0][i] * __bfloat162float(kr[i]);
+          d1 += q_sh[1][i] * __bfloat162float(kr[hd + i]);
         }
       }
-      d0 = WarpSum(d0);
-      d1 = WarpSum(d1);
-      if (lane == 0) {
-        s_sh[0][kk] = d0;
-        s_sh[1][kk] = d1;
-        v_sh[kk] = loc.v + (2 * j) * hd;
-      }
+      s0 = d0;
+      s1 = d1;
+      v_sh[tid] = loc.v + (2 * j) * hd;
     }
-    __syncthreads();  // s_sh / v_sh complete
-    const bool valid = tid < cnt;
-    const float s0 = valid ? s_sh[0][tid] : -INFINITY;
-    const float s1 = valid ? s_sh[1][tid] : -INFINITY;
     const float nm0 = fmaxf(m0, BlockMax(s0, red));  // the tile has >= 1 valid key: finite
     const float nm1 = fmaxf(m1, BlockMax(s1, red));
     const float e0 = valid ? expf(s0 - nm0) : 0.0f;
@@ -137,6 +138,7 @@ __global__ void __launch_bounds__(kThreads) DiffAttnPartialKernel(AttnArgs a) {
       const int d = tid + q * kThreads;
       if (d < hd2) {
         float x0 = acc0[q] * al0, x1 = acc1[q] * al1;
+#pragma unroll 8
         for (int jj = 0; jj < cnt; ++jj) {
           const float v = __bfloat162float(v_sh[jj][d]);
           x0 += p_sh[0][jj] * v;
@@ -146,7 +148,7 @@ __global__ void __launch_bounds__(kThreads) DiffAttnPartialKernel(AttnArgs a) {
         acc1[q] = x1;
       }
     }
-    __syncthreads();  // p_sh / s_sh / v_sh are rewritten by the next tile
+    __syncthreads();  // p_sh / v_sh are rewritten by the next tile
   }
 
   float* base = a.partial + ((r * pairs + pair) * a.splits + split) * 2 * (hd2 + 2);

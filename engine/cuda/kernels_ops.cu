@@ -125,6 +125,62 @@ __global__ void Conv1dUpdateKernel(const bf16* x, int64_t ldx, const int32_t* sl
 }
 
 // One thread per channel; h in registers (S fixed) or a local array (S = 0: a.S at run time).
+// The scan with d_state = 16 (the model's): 16 lanes per channel, one state element each, two
+// channels per warp; y is a 16-lane sum. Sixteen times the threads of ScanKernel, so a
+// single-sequence prefill (one segment, di channels) fills the chip; the arithmetic per state
+// element is the same.
+constexpr int kScanLanes = 16;
+constexpr int kScanLaneThreads = 128;
+constexpr int kScanChannels = kScanLaneThreads / kScanLanes;  // 8 channels per block
+
+__global__ void __launch_bounds__(kScanLaneThreads) ScanLanesKernel(ScanArgs a) {
+  const int n = threadIdx.x % kScanLanes;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * kScanChannels +
+                    threadIdx.x / kScanLanes;
+  const bool live = c < a.di;  // dead lanes still join the shuffles
+  int64_t row0, len, slot;
+  if (a.segs != nullptr) {
+    const SegDev seg = a.segs[blockIdx.x];
+    row0 = seg.row0;
+    len = seg.len;
+    slot = seg.slot;
+  } else {
+    row0 = blockIdx.x;
+    len = 1;
+    slot = a.slots[blockIdx.x];
+  }
+  const int64_t cc = live ? c : 0;
+  const int64_t sidx = (slot * a.di + cc) * kScanLanes + n;
+  float h = !live ? 0.0f
+                  : (a.state_bf16 ? __bfloat162float(static_cast<const bf16*>(a.state)[sidx])
+                                  : static_cast<const float*>(a.state)[sidx]);
+  const float An = a.A[cc * kScanLanes + n];
+  const float Dc = a.D[cc];
+  const float bias = a.dt_bias[cc];
+  for (int64_t t = 0; t < len; ++t) {
+    const int64_t r = row0 + t;
+    const float xv = __bfloat162float(a.xc[r * a.di + cc]);
+    const float d = SoftplusF(a.dt[r * a.di + cc] + bias);
+    const bf16* B = a.bc + r * a.ld_bc + a.b_off;
+    h = expf(d * An) * h + d * xv * __bfloat162float(B[n]);
+    float y = __bfloat162float(B[kScanLanes + n]) * h;  // C[n] h[n]
+#pragma unroll
+    for (int o = kScanLanes / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
+    if (live && n == 0) {
+      y += Dc * xv;
+      if (a.memory != nullptr) a.memory[r * a.di + c] = __float2bfloat16(y);
+      const float zv = __bfloat162float(a.z[r * a.ldz + c]);
+      a.y_gated[r * a.di + c] = __float2bfloat16(y * SiluF(zv));
+    }
+  }
+  if (!live) return;
+  if (a.state_bf16) {
+    static_cast<bf16*>(a.state)[sidx] = __float2bfloat16(h);
+  } else {
+    static_cast<float*>(a.state)[sidx] = h;
+  }
+}
+
 template <int kS>
 __global__ void ScanKernel(ScanArgs a) {
   const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
@@ -311,8 +367,10 @@ cudaError_t LaunchSelectiveScan(const ScanArgs& a, cudaStream_t stream) {
   const int64_t outer = a.segs != nullptr ? a.nsegs : a.rows;
   // 64 threads per block: more blocks on the chip for the few channels of one sequence.
   const dim3 grid(static_cast<unsigned>(outer), static_cast<unsigned>((a.di + 63) / 64));
-  if (a.S == 16) {
-    ScanKernel<16><<<grid, 64, 0, stream>>>(a);
+  if (a.S == kScanLanes) {
+    const dim3 lanes_grid(static_cast<unsigned>(outer),
+                          static_cast<unsigned>((a.di + kScanChannels - 1) / kScanChannels));
+    ScanLanesKernel<<<lanes_grid, kScanLaneThreads, 0, stream>>>(a);
   } else {
     ScanKernel<0><<<grid, 64, 0, stream>>>(a);
   }

@@ -22,17 +22,18 @@
 namespace sambay::cuda::testing {
 
 // Logits relative error (||gpu - cpu|| / ||cpu|| per row) allowed on these random bf16 models
-// (docs/gpu.md "Precision"), against two CPU references:
+// of 8 layers (docs/gpu.md "Precision"), against two CPU references:
 // - kEmulatedTol: the CPU engine with ScopedBf16Activations (engine/cpu/precision.h), rounding
 //   to bf16 at the GPU's points. What is left is fp32 summation order (cuBLASLt, split-K
-//   attention) flipping a few bf16 roundings, which these random models amplify: GPU TP=2 vs
-//   TP=1, which differ only in that, measured 0.8-1.3% (H200, 2026-12-04).
+//   attention) flipping a few bf16 roundings, which these random models amplify: GPU TP=4 vs
+//   TP=1, which differ only in that, measured 1.3-1.5%; the GPU vs this reference measured
+//   at most 2.4% (tiny model, worst of 52 rows; H200, 2026-12-04).
 // - kLogitsTol: the fp32 CPU engine. The bf16 activation error itself: the CPU emulation alone
-//   is 2.5% from fp32 on the tiny model (engine_tests PrecisionTest), the GPU measured 2-5% on
-//   the tiny, mid-size and 3.8B shapes.
+//   is 2.3% from fp32 on the tiny model (engine_tests PrecisionTest); the GPU measured at most
+//   4.5% on the tiny and mid-size models.
 // A kernel bug is far outside both: the op tests (ops_test, attention_test) hold each kernel
 // to 1e-5 (fp32) or bf16 rounding against the CPU ops.
-inline constexpr double kEmulatedTol = 2e-2;
+inline constexpr double kEmulatedTol = 3e-2;
 inline constexpr double kLogitsTol = 6e-2;
 
 // A greedy divergence is a near-tie when the reference's logit margin between the two ids is
