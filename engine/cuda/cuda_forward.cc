@@ -273,6 +273,7 @@ absl::Status CudaModel::Enqueue(const ForwardPlan& p) {
     a.block_table = im.block_table.as<int32_t>();
     a.max_blocks = max_blocks_;
     a.block_tokens = static_cast<int>(BT);
+    a.prefix_blocks_trusted = true;  // this model fills the table (Forward, UploadSlot, CloneSlot)
     return a;
   };
   // Tensor parallelism: a row-parallel GEMM writes a partial sum. Rank 0 adds its partial to

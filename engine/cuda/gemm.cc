@@ -101,6 +101,14 @@ absl::Status Gemm(CudaContext& ctx, GemmCache& cache, const GemmArgs& in) {
                    uc = static_cast<uint32_t>(al_y);
     cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(
         pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws));
+    // Split-K partial sums in fp32 only: the in-place and output-type schemes add the partials
+    // in the output type, which for a bf16 output rounds every partial (seen on the H200: a
+    // K = 2560 row off by 4.5 bf16 ulps, CudaOpsTest.GemmMatchesDoubleReference).
+    const uint32_t schemes = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    if (st == CUBLAS_STATUS_SUCCESS) {
+      st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                                                &schemes, sizeof(schemes));
+    }
     if (st == CUBLAS_STATUS_SUCCESS) {
       st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
                                                 &ua, sizeof(ua));

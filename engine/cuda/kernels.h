@@ -146,6 +146,11 @@ struct AttnArgs {
   const int32_t* block_table = nullptr;
   int64_t max_blocks = 0;
   int block_tokens = 0;
+  // Host validation only (ops.h DiffAttention): the caller guarantees the table entries of
+  // positions before each segment's start (CudaModel assigns them from its own free list and
+  // checked them when they were new), so only the blocks the segment's own rows reach are
+  // checked: O(rows / block) per step instead of O(context / block).
+  bool prefix_blocks_trusted = false;
   const SegDev* segs = nullptr;
   const int32_t* row_seg = nullptr;
   int64_t rows = 0;

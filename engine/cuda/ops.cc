@@ -325,7 +325,8 @@ absl::Status DiffAttention(cudaStream_t stream, AttnArgs a, const Segments& segs
                      num_slots * a.max_blocks);
     for (const SegDev& d : segs.host) {
       const int64_t last = d.start + d.len - 1;
-      const int64_t first = a.window > 0 ? std::max<int64_t>(0, d.start - a.window + 1) : 0;
+      int64_t first = a.window > 0 ? std::max<int64_t>(0, d.start - a.window + 1) : 0;
+      if (a.prefix_blocks_trusted) first = d.start;
       const int64_t last_block = last / a.block_tokens;
       SAMBAY_CHECK_ARG(last_block < a.max_blocks, op, "segment", "of slot ", d.slot,
                        " reaches block ", last_block, " >= max_blocks ", a.max_blocks);

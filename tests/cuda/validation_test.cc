@@ -97,6 +97,20 @@ TEST(CudaValidationTest, AttentionArgumentsAreChecked) {
   table = {1};
   s = DiffAttention(nullptr, a, segs, 1, table, 2, 16);
   EXPECT_TRUE(Mentions(s, "partial")) << s;
+  // A segment at positions 5..6 (block 1 of 4 tokens): every block of the context is checked,
+  // or with prefix_blocks_trusted (CudaModel's own table) only the segment's own blocks.
+  Segments later;
+  BuildSegments(std::vector<int32_t>{0}, std::vector<int64_t>{5}, std::vector<int32_t>{2},
+                &later);
+  later.dev = Fake<SegDev>();
+  later.dev_row_seg = Fake<int32_t>();
+  a.max_blocks = 2;
+  table = {7, 9};
+  s = DiffAttention(nullptr, a, later, 1, table, 2, 1 << 20);
+  EXPECT_TRUE(Mentions(s, "block_table [0, 0] = 7")) << s;
+  a.prefix_blocks_trusted = true;
+  s = DiffAttention(nullptr, a, later, 1, table, 2, 1 << 20);
+  EXPECT_TRUE(Mentions(s, "block_table [0, 1] = 9")) << s;
 }
 
 TEST(CudaValidationTest, SamplingParametersAreChecked) {
