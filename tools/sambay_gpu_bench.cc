@@ -20,6 +20,8 @@
 // --check-tolerance. Prints a Markdown table on stdout; --json writes the same numbers, rewritten
 // after every row. A row that fails is printed and recorded under "errors"; the rest still run
 // (direct rows first, then the CUDA-graph rows); the exit status is 1 if any row failed.
+#include <cuda_profiler_api.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -30,8 +32,6 @@
 #include <random>
 #include <string>
 #include <vector>
-
-#include <cuda_profiler_api.h>
 
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
@@ -219,12 +219,13 @@ absl::Status CheckLogits(Model& cpu, cuda::CudaModel& gpu, nlohmann::json* js) {
     worst[k] = *std::max_element(errs[k].begin(), errs[k].end());
     pass = pass && worst[k] <= tol[k];  // NaN fails
   }
-  std::printf("check: GPU bf16 logits, prefill %lld tokens + %d decode steps: worst rel err %.4g "
-              "vs the fp32 CPU (prefill %.4g, tolerance %.3g), %.4g vs the bf16-emulating CPU "
-              "(prefill %.4g, tolerance %.3g) -> %s; argmax equal to the fp32 CPU's in %d of %zu "
-              "rows (%.1f s)\n\n",
-              (long long)n, steps, worst[0], errs[0][0], tol[0], worst[1], errs[1][0], tol[1],
-              pass ? "PASS" : "FAIL", agree, errs[0].size(), Since(t0));
+  std::printf(
+      "check: GPU bf16 logits, prefill %lld tokens + %d decode steps: worst rel err %.4g "
+      "vs the fp32 CPU (prefill %.4g, tolerance %.3g), %.4g vs the bf16-emulating CPU "
+      "(prefill %.4g, tolerance %.3g) -> %s; argmax equal to the fp32 CPU's in %d of %zu "
+      "rows (%.1f s)\n\n",
+      (long long)n, steps, worst[0], errs[0][0], tol[0], worst[1], errs[1][0], tol[1],
+      pass ? "PASS" : "FAIL", agree, errs[0].size(), Since(t0));
   std::fflush(stdout);
   (*js)["check"] = {{"tokens", n},
                     {"steps", steps},

@@ -2,10 +2,11 @@
 // thread, the CPU forward rounds to bf16 every tensor the CUDA backend stores in bf16
 // (docs/gpu.md "Precision"): the input of every Linear, the LayerNorm input, and the outputs the
 // GPU writes as bf16 (Mamba in_proj, the conv output that the scan also reads, x_proj, the
-// scan's memory output, attention QKV after the bias, MLP fc1, GMU in_proj). Accumulation, statistics, the residual stream, the SSM state
-// and the logits stay fp32, as on the GPU. Off by default: the CPU engine is the fp32 reference.
-// It exists so the CUDA tests can compare the GPU with a CPU run at the same rounding points
-// (a tight bound) as well as with the fp32 model (the bf16 error itself).
+// scan's memory output, attention QKV after the bias, MLP fc1, GMU in_proj). Accumulation,
+// statistics, the residual stream, the SSM state and the logits stay fp32, as on the GPU. Off by
+// default: the CPU engine is the fp32 reference. It exists so the CUDA tests can compare the GPU
+// with a CPU run at the same rounding points (a tight bound) as well as with the fp32 model (the
+// bf16 error itself).
 //
 // Thread-safety: the flag is thread-local and read on the thread that calls the forward (before
 // any pool work), so a scope covers exactly the calls made on its own thread; CPU tensor

@@ -161,9 +161,10 @@ absl::Status CudaModel::Forward(absl::Span<const CudaSegment> segments,
       // Not sticky: this batch size runs directly from now on (the stream left capture mode).
       im.graph_failed.insert(rows);
       (void)cudaGetLastError();
-      std::fprintf(stderr, "CudaModel: decode graph capture for %lld rows failed (%s); "
-                   "running that batch size directly\n", static_cast<long long>(rows),
-                   exec.status().ToString().c_str());
+      std::fprintf(stderr,
+                   "CudaModel: decode graph capture for %lld rows failed (%s); "
+                   "running that batch size directly\n",
+                   static_cast<long long>(rows), exec.status().ToString().c_str());
     }
   }
   if (graphable && it != im.graphs.end()) {

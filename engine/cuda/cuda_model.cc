@@ -264,9 +264,9 @@ absl::Status CudaModel::AllocState() {
   }
   // Pinned staging for every metadata upload, allocated here and never inside a pass:
   // cudaMallocHost synchronizes the device, which would wait on other TP ranks' collectives.
-  for (DeviceBuffer* b : {&im.block_table, &im.segs, &im.row_seg, &im.ids, &im.slots, &im.sel,
-                          &im.cross_segs, &im.cross_row_seg, &im.samp_t, &im.samp_k, &im.samp_p,
-                          &im.samp_u}) {
+  for (DeviceBuffer* b :
+       {&im.block_table, &im.segs, &im.row_seg, &im.ids, &im.slots, &im.sel, &im.cross_segs,
+        &im.cross_row_seg, &im.samp_t, &im.samp_k, &im.samp_p, &im.samp_u}) {
     SAMBAY_RETURN_IF_ERROR(im.Pin(*b));
   }
   return ctx_->Synchronize();

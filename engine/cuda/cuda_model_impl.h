@@ -87,7 +87,7 @@ struct CudaModel::Impl {
   // Pinned staging per metadata buffer, and one decode graph per batch size.
   std::map<const void*, std::unique_ptr<PinnedBuf>> pinned;
   std::map<int64_t, cudaGraphExec_t> graphs;
-  std::set<int64_t> graph_warm;  // batch sizes run once (plans made): capture next time
+  std::set<int64_t> graph_warm;    // batch sizes run once (plans made): capture next time
   std::set<int64_t> graph_failed;  // batch sizes whose capture failed: always run directly
 
   const bf16* head() const { return tied ? embed.p() + head_row0 * embed.cols : lm_head.p(); }

@@ -68,8 +68,8 @@ absl::Status Gemm(CudaContext& ctx, GemmCache& cache, const GemmArgs& in) {
   // Batch-1 decode with a wide W: the engine's GEMV reads W once in one launch, where cuBLASLt
   // picks split-K tiles plus a reduce kernel (gemm.h kGemvMinColumns).
   if (a.M == 1 && a.N >= kGemvMinColumns) {
-    const cudaError_t e = LaunchGemv(a.x, a.K, a.w, a.N, a.y, a.out == GemmOut::kF32,
-                                     a.beta != 0.0f, ctx.stream());
+    const cudaError_t e =
+        LaunchGemv(a.x, a.K, a.w, a.N, a.y, a.out == GemmOut::kF32, a.beta != 0.0f, ctx.stream());
     if (e != cudaSuccess) return CudaStatus(e, "Gemm: LaunchGemv");
     return absl::OkStatus();
   }

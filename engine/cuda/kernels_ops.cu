@@ -125,6 +125,18 @@ __global__ void Conv1dUpdateKernel(const bf16* x, int64_t ldx, const int32_t* sl
 }
 
 // One thread per channel; h in registers (S fixed) or a local array (S = 0: a.S at run time).
+// The rows this block scans: a segment (prefill, blockIdx.x = segment) or one decode row.
+struct ScanRows {
+  int64_t row0, len, slot;
+};
+__device__ __forceinline__ ScanRows BlockScanRows(const ScanArgs& a) {
+  if (a.segs != nullptr) {
+    const SegDev seg = a.segs[blockIdx.x];
+    return {seg.row0, seg.len, seg.slot};
+  }
+  return {static_cast<int64_t>(blockIdx.x), 1, a.slots[blockIdx.x]};
+}
+
 // The scan with d_state = 16 (the model's): 16 lanes per channel, one state element each, two
 // channels per warp; y is a 16-lane sum. Sixteen times the threads of ScanKernel, so a
 // single-sequence prefill (one segment, di channels) fills the chip; the arithmetic per state
@@ -135,20 +147,10 @@ constexpr int kScanChannels = kScanLaneThreads / kScanLanes;  // 8 channels per 
 
 __global__ void __launch_bounds__(kScanLaneThreads) ScanLanesKernel(ScanArgs a) {
   const int n = threadIdx.x % kScanLanes;
-  const int64_t c = static_cast<int64_t>(blockIdx.y) * kScanChannels +
-                    threadIdx.x / kScanLanes;
+  const int64_t c = static_cast<int64_t>(blockIdx.y) * kScanChannels + threadIdx.x / kScanLanes;
   const bool live = c < a.di;  // dead lanes still join the shuffles
-  int64_t row0, len, slot;
-  if (a.segs != nullptr) {
-    const SegDev seg = a.segs[blockIdx.x];
-    row0 = seg.row0;
-    len = seg.len;
-    slot = seg.slot;
-  } else {
-    row0 = blockIdx.x;
-    len = 1;
-    slot = a.slots[blockIdx.x];
-  }
+  const ScanRows rows = BlockScanRows(a);
+  const int64_t row0 = rows.row0, len = rows.len, slot = rows.slot;
   const int64_t cc = live ? c : 0;
   const int64_t sidx = (slot * a.di + cc) * kScanLanes + n;
   float h = !live ? 0.0f
@@ -185,19 +187,8 @@ template <int kS>
 __global__ void ScanKernel(ScanArgs a) {
   const int64_t c = static_cast<int64_t>(blockIdx.y) * blockDim.x + threadIdx.x;
   if (c >= a.di) return;
-  int64_t row0;
-  int64_t len;
-  int64_t slot;
-  if (a.segs != nullptr) {
-    const SegDev seg = a.segs[blockIdx.x];
-    row0 = seg.row0;
-    len = seg.len;
-    slot = seg.slot;
-  } else {
-    row0 = blockIdx.x;
-    len = 1;
-    slot = a.slots[blockIdx.x];
-  }
+  const ScanRows rows = BlockScanRows(a);
+  const int64_t row0 = rows.row0, len = rows.len, slot = rows.slot;
   const int S = kS > 0 ? kS : a.S;
   constexpr int kArr = kS > 0 ? kS : kMaxDState;
   float h[kArr];

@@ -7,7 +7,6 @@
 #define SAMBAY_TESTS_CUDA_CUDA_MODEL_UTIL_H_
 
 #include <cmath>
-
 #include <cstdint>
 #include <memory>
 #include <string>

@@ -1,8 +1,8 @@
 // CudaModel against the CPU Model on random checkpoints (tiny and mid-size, bf16 weights):
 // prefill and batched decode logits within the bf16 tolerances against the fp32 CPU engine and
 // against the CPU engine rounding at the GPU's bf16 points (cuda_model_util.h; the figures are
-// printed and recorded as test properties), scoring all positions, greedy generation equivalence, slot
-// management. Every test skips without a CUDA device.
+// printed and recorded as test properties), scoring all positions, greedy generation equivalence,
+// slot management. Every test skips without a CUDA device.
 #include "engine/model.h"
 
 #include <algorithm>
@@ -106,10 +106,10 @@ Errs PrefillAndDecode(Models& m, const std::vector<int64_t>& prompt_lens, int st
     absl::Status st = m.gpu->DecodeStep(slots, next, &gl);
     EXPECT_TRUE(st.ok()) << st;
     if (!st.ok()) return {INFINITY, INFINITY};
-    compare(gl, slots.size(),
-            ("decode step " + std::to_string(step) + " (batch " + std::to_string(slots.size()) +
-             ")")
-                .c_str());
+    compare(
+        gl, slots.size(),
+        ("decode step " + std::to_string(step) + " (batch " + std::to_string(slots.size()) + ")")
+            .c_str());
     for (size_t r = 0; r < slots.size(); ++r) next[r] = Argmax(refs[0].logits.data() + r * V, V);
   }
   for (int s : slots) EXPECT_TRUE(m.gpu->FreeSlot(s).ok());
@@ -118,9 +118,10 @@ Errs PrefillAndDecode(Models& m, const std::vector<int64_t>& prompt_lens, int st
 
 // Prints, records and checks a model test's errors against both tolerances (times `scale`).
 void ExpectWithin(const char* what, const Errs& e, double scale = 1) {
-  std::printf("%s: worst logits rel err %.4g vs fp32 CPU (tolerance %.3g), %.4g vs "
-              "bf16-emulating CPU (tolerance %.3g)\n",
-              what, e.f32, scale * kLogitsTol, e.emu, scale * kEmulatedTol);
+  std::printf(
+      "%s: worst logits rel err %.4g vs fp32 CPU (tolerance %.3g), %.4g vs "
+      "bf16-emulating CPU (tolerance %.3g)\n",
+      what, e.f32, scale * kLogitsTol, e.emu, scale * kEmulatedTol);
   ::testing::Test::RecordProperty(std::string(what) + "_worst_logits_rel_err_f32",
                                   std::to_string(e.f32));
   ::testing::Test::RecordProperty(std::string(what) + "_worst_logits_rel_err_emulated",
@@ -239,9 +240,10 @@ TEST(CudaModelTest, GreedyGenerationMatchesCpu) {
     const float* row = cpu_logits[i].data();
     const double margin = row[cpu_ids[i]] - row[gpu_ids[i]];
     const double tie = kTieFactor * kEmulatedTol * testing::RowRms(row, V);
-    std::printf("greedy: first divergence at step %d of %d: cpu %d, gpu %d, cpu logit margin "
-                "%.4g (near-tie below %.4g)\n",
-                i, kSteps, cpu_ids[i], gpu_ids[i], margin, tie);
+    std::printf(
+        "greedy: first divergence at step %d of %d: cpu %d, gpu %d, cpu logit margin "
+        "%.4g (near-tie below %.4g)\n",
+        i, kSteps, cpu_ids[i], gpu_ids[i], margin, tie);
     EXPECT_LT(margin, tie) << "divergence at step " << i << " is not a near-tie";
     return;
   }

@@ -291,11 +291,10 @@ TEST(CudaOpsTest, GemmMatchesDoubleReference) {
   };
   // Through Gemm: the first five go to cuBLASLt; the last three (M = 1, N >= kGemvMinColumns)
   // to the engine's GEMV kernel: its scalar path (K = 77, lda = 81) and its 16-byte path.
-  for (const Shape& s :
-       {Shape{1, 51, 77, 77, 51}, Shape{13, 64, 128, 130, 70}, Shape{300, 257, 96, 96, 257},
-        Shape{8, 1000, 2560, 2560, 1000}, Shape{8, 4096, 2560, 2560, 4100},
-        Shape{1, 2051, 77, 81, 2051}, Shape{1, 1536, 256, 264, 1600},
-        Shape{1, 1024, 5120, 5120, 1032}}) {
+  for (const Shape& s : {Shape{1, 51, 77, 77, 51}, Shape{13, 64, 128, 130, 70},
+                         Shape{300, 257, 96, 96, 257}, Shape{8, 1000, 2560, 2560, 1000},
+                         Shape{8, 4096, 2560, 2560, 4100}, Shape{1, 2051, 77, 81, 2051},
+                         Shape{1, 1536, 256, 264, 1600}, Shape{1, 1024, 5120, 5120, 1032}}) {
     for (GemmOut out : {GemmOut::kBf16, GemmOut::kF32}) {
       for (float beta : {0.0f, 1.0f}) {
         if (beta != 0 && out != GemmOut::kF32) continue;

@@ -100,8 +100,7 @@ TEST(CudaValidationTest, AttentionArgumentsAreChecked) {
   // A segment at positions 5..6 (block 1 of 4 tokens): every block of the context is checked,
   // or with prefix_blocks_trusted (CudaModel's own table) only the segment's own blocks.
   Segments later;
-  BuildSegments(std::vector<int32_t>{0}, std::vector<int64_t>{5}, std::vector<int32_t>{2},
-                &later);
+  BuildSegments(std::vector<int32_t>{0}, std::vector<int64_t>{5}, std::vector<int32_t>{2}, &later);
   later.dev = Fake<SegDev>();
   later.dev_row_seg = Fake<int32_t>();
   a.max_blocks = 2;

@@ -3,10 +3,11 @@
 // tests pin what the mode does on the CPU alone (the CUDA tests compare the GPU with it):
 // it changes the logits by the bf16 error (neither 0 nor a different model), it is
 // deterministic, and it ends with its scope.
+#include "engine/cpu/precision.h"
+
 #include <cstdio>
 #include <vector>
 
-#include "engine/cpu/precision.h"
 #include "engine/dtype.h"
 #include "gtest/gtest.h"
 #include "tests/engine/test_util.h"

@@ -3,8 +3,9 @@
 // The GPU runs bf16 weights and state, so exact equality is not promised: the greedy ids must
 // equal sambay-run's, or the first divergence must be at a near-tie of the CPU model's logits
 // (margin below kTieFactor x kLogitsTol x the row's RMS: the rule and the fp32 tolerance of
-// tests/cuda/cuda_model_util.h, docs/gpu.md "Precision"). These tests skip without a GPU (and in builds without CUDA). Plus, on any
-// machine without a GPU: --device cuda fails at start with exit code 1 and one clear error.
+// tests/cuda/cuda_model_util.h, docs/gpu.md "Precision"). These tests skip without a GPU (and in
+// builds without CUDA). Plus, on any machine without a GPU: --device cuda fails at start with exit
+// code 1 and one clear error.
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
@@ -43,7 +44,7 @@ struct Margin {
 // The CPU model's logit margin at step `i` of the greedy continuation `ref` of `prompt` (how
 // close the two candidates were), with the row's RMS for scale.
 absl::StatusOr<Margin> CpuMargin(const std::vector<uint32_t>& prompt,
-                                const std::vector<uint32_t>& ref, size_t i, uint32_t other) {
+                                 const std::vector<uint32_t>& ref, size_t i, uint32_t other) {
   std::unique_ptr<Model> model;
   SAMBAY_ASSIGN_OR_RETURN(model, Model::Load(TinyModelDir(), ModelOptions()));
   std::vector<int32_t> ids(prompt.begin(), prompt.end());
@@ -154,9 +155,10 @@ class CudaWorkerGpuTest : public ::testing::Test {
       auto margin = CpuMargin(spec.prompt, *ref, common, got.tokens[common]);
       ASSERT_TRUE(margin.ok()) << margin.status();
       const double tie = kTieFactor * kLogitsTol * margin->rms;
-      std::printf("%s, prompt %zu: first divergence at %zu, CPU logit margin %.4g (near-tie below "
-                  "%.4g)\n",
-                  what, len, common, margin->margin, tie);
+      std::printf(
+          "%s, prompt %zu: first divergence at %zu, CPU logit margin %.4g (near-tie below "
+          "%.4g)\n",
+          what, len, common, margin->margin, tie);
       EXPECT_LT(margin->margin, tie)
           << what << " prompt " << len << ": divergence at " << common << " is not a near-tie: got "
           << JoinIds(got.tokens) << " want " << JoinIds(*ref);

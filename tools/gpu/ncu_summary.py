@@ -13,7 +13,8 @@ HEADER = re.compile(r"^\s{0,4}(\S.*?)\s+\(\d+, \d+, \d+\)x\(\d+, \d+, \d+\).*Inv
 
 
 def short(name):
-    name = name.replace("(anonymous namespace)::", "")
+    name = name.replace("(anonymous namespace)::", "").replace("<unnamed>::", "")
+    name = re.sub(r"<\(bool\)(\d)>", r"<\1>", name)  # GemvKernel<(bool)1>
     name = re.sub(r"\(.*$", "", name)  # drop the argument list
     name = re.sub(r"^void\s+", "", name)
     name = re.sub(r"<.*>", "<>", name)
