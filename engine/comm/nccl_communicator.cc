@@ -7,15 +7,19 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "engine/comm/nccl_loader.h"
 
 namespace sambay {
 namespace {
 
 ncclDataType_t NcclType(CommDtype t) { return t == CommDtype::kF32 ? ncclFloat32 : ncclBfloat16; }
 
+// The loaded NCCL: a communicator exists only after CreateGroup loaded it.
+const NcclApi& Api() { return **LoadNccl(); }
+
 absl::Status NcclStatus(ncclResult_t r, const char* what) {
   if (r == ncclSuccess) return absl::OkStatus();
-  const std::string msg = absl::StrCat(what, ": ", ncclGetErrorString(r));
+  const std::string msg = absl::StrCat(what, ": ", Api().GetErrorString(r));
   if (r == ncclInvalidArgument || r == ncclInvalidUsage) return absl::InvalidArgumentError(msg);
   return absl::InternalError(msg);
 }
@@ -45,9 +49,12 @@ absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator:
       return absl::InvalidArgumentError(absl::StrCat("devices: device ", d, " appears twice"));
     }
   }
+  absl::StatusOr<const NcclApi*> api = LoadNccl();
+  if (!api.ok()) return api.status();
   const int n = static_cast<int>(devices.size());
   std::vector<ncclComm_t> comms(n, nullptr);
-  absl::Status s = NcclStatus(ncclCommInitAll(comms.data(), n, devices.data()), "ncclCommInitAll");
+  absl::Status s =
+      NcclStatus(Api().CommInitAll(comms.data(), n, devices.data()), "ncclCommInitAll");
   if (!s.ok()) return s;
   std::vector<std::unique_ptr<NcclCommunicator>> out;
   for (int i = 0; i < n; ++i) {
@@ -59,7 +66,7 @@ absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator:
     if (s.ok()) s = CudaStatus(cudaMemset(buf, 0, sizeof(float)), "cudaMemset");
     if (!s.ok()) {
       if (stream != nullptr) (void)cudaStreamDestroy(stream);
-      for (int j = i; j < n; ++j) (void)ncclCommDestroy(comms[j]);
+      for (int j = i; j < n; ++j) (void)Api().CommDestroy(comms[j]);
       return s;  // the ranks made so far are destroyed by `out`
     }
     out.emplace_back(new NcclCommunicator(i, n, devices[i], comms[i], stream, buf));
@@ -70,7 +77,7 @@ absl::StatusOr<std::vector<std::unique_ptr<NcclCommunicator>>> NcclCommunicator:
 NcclCommunicator::~NcclCommunicator() {
   (void)cudaSetDevice(device_);
   if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
-  if (comm_ != nullptr && !aborted_.load()) (void)ncclCommDestroy(comm_);
+  if (comm_ != nullptr && !aborted_.load()) (void)Api().CommDestroy(comm_);
   if (barrier_buf_ != nullptr) (void)cudaFree(barrier_buf_);
   if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
 }
@@ -78,7 +85,7 @@ NcclCommunicator::~NcclCommunicator() {
 void NcclCommunicator::Abort() {
   std::call_once(abort_once_, [this] {
     aborted_.store(true);
-    (void)ncclCommAbort(comm_);  // frees the communicator; pending operations end
+    (void)Api().CommAbort(comm_);  // frees the communicator; pending operations end
   });
 }
 
@@ -94,7 +101,7 @@ absl::Status NcclCommunicator::AllReduceSum(void* buf, size_t count, CommDtype d
   if (aborted_.load()) return absl::InternalError("NCCL group aborted");
   absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
   if (!s.ok()) return s;
-  return Finish(ncclAllReduce(buf, buf, count, NcclType(dtype), ncclSum, comm_, stream()),
+  return Finish(Api().AllReduce(buf, buf, count, NcclType(dtype), ncclSum, comm_, stream()),
                 "ncclAllReduce");
 }
 
@@ -106,7 +113,7 @@ absl::Status NcclCommunicator::AllGather(const void* in, void* out, size_t count
   if (aborted_.load()) return absl::InternalError("NCCL group aborted");
   absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
   if (!s.ok()) return s;
-  return Finish(ncclAllGather(in, out, count, NcclType(dtype), comm_, stream()), "ncclAllGather");
+  return Finish(Api().AllGather(in, out, count, NcclType(dtype), comm_, stream()), "ncclAllGather");
 }
 
 absl::Status NcclCommunicator::Broadcast(void* buf, size_t count, CommDtype dtype, int root) {
@@ -119,7 +126,7 @@ absl::Status NcclCommunicator::Broadcast(void* buf, size_t count, CommDtype dtyp
   if (aborted_.load()) return absl::InternalError("NCCL group aborted");
   absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
   if (!s.ok()) return s;
-  return Finish(ncclBroadcast(buf, buf, count, NcclType(dtype), root, comm_, stream()),
+  return Finish(Api().Broadcast(buf, buf, count, NcclType(dtype), root, comm_, stream()),
                 "ncclBroadcast");
 }
 
@@ -127,8 +134,9 @@ absl::Status NcclCommunicator::Barrier() {
   if (aborted_.load()) return absl::InternalError("NCCL group aborted");
   absl::Status s = CudaStatus(cudaSetDevice(device_), "cudaSetDevice");
   if (!s.ok()) return s;
-  return Finish(ncclAllReduce(barrier_buf_, barrier_buf_, 1, ncclFloat32, ncclSum, comm_, stream()),
-                "ncclAllReduce (barrier)");
+  return Finish(
+      Api().AllReduce(barrier_buf_, barrier_buf_, 1, ncclFloat32, ncclSum, comm_, stream()),
+      "ncclAllReduce (barrier)");
 }
 
 absl::Status NcclCommunicator::EnqueueAllReduceSumF32(float* buf, size_t count,
@@ -136,7 +144,7 @@ absl::Status NcclCommunicator::EnqueueAllReduceSumF32(float* buf, size_t count,
   if (aborted_.load()) return absl::InternalError("EnqueueAllReduceSumF32: NCCL group aborted");
   if (count == 0) return absl::OkStatus();
   if (buf == nullptr) return absl::InvalidArgumentError("EnqueueAllReduceSumF32: buf is null");
-  return NcclStatus(ncclAllReduce(buf, buf, count, ncclFloat32, ncclSum, comm_, stream),
+  return NcclStatus(Api().AllReduce(buf, buf, count, ncclFloat32, ncclSum, comm_, stream),
                     "ncclAllReduce");
 }
 
@@ -147,7 +155,7 @@ absl::Status NcclCommunicator::EnqueueAllGatherF32(const float* in, float* out, 
   if (in == nullptr || out == nullptr) {
     return absl::InvalidArgumentError("EnqueueAllGatherF32: in or out is null");
   }
-  return NcclStatus(ncclAllGather(in, out, count, ncclFloat32, comm_, stream), "ncclAllGather");
+  return NcclStatus(Api().AllGather(in, out, count, ncclFloat32, comm_, stream), "ncclAllGather");
 }
 
 }  // namespace sambay

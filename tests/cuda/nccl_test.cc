@@ -1,11 +1,14 @@
 // NcclCommunicator on real GPUs: TP=1 on one GPU, TP=2 where two exist (one thread per rank).
-// Skips without a CUDA device (and is empty without NCCL).
+// Skips without a CUDA device or without a loadable libnccl.so.2 (and is empty without the NCCL
+// header); the loader's error path runs everywhere.
 #include <thread>
 #include <vector>
 
 #include "tests/cuda/cuda_test_util.h"
 #if defined(SAMBAY_HAVE_NCCL)
+#include "absl/strings/match.h"
 #include "engine/comm/nccl_communicator.h"
+#include "engine/comm/nccl_loader.h"
 #endif
 
 namespace sambay {
@@ -73,6 +76,13 @@ void RunRank(NcclCommunicator& comm, size_t n, std::vector<std::string>* errors)
   }
 }
 
+// NCCL is loaded at run time: skip (saying why) where the machine has none.
+#define SAMBAY_REQUIRE_NCCL()                                \
+  do {                                                       \
+    absl::StatusOr<const NcclApi*> nccl = LoadNccl();        \
+    if (!nccl.ok()) GTEST_SKIP() << nccl.status().message(); \
+  } while (false)
+
 void RunGroup(int tp) {
   std::vector<int> devices;
   for (int d = 0; d < tp; ++d) devices.push_back(d);
@@ -92,20 +102,38 @@ void RunGroup(int tp) {
 
 TEST(NcclCommunicatorTest, Tp1OnOneGpu) {
   SAMBAY_REQUIRE_GPU();
+  SAMBAY_REQUIRE_NCCL();
   RunGroup(1);
 }
 
 TEST(NcclCommunicatorTest, Tp2OnTwoGpus) {
   SAMBAY_REQUIRE_GPU();
   if (cuda::DeviceCount() < 2) GTEST_SKIP() << "needs two GPUs";
+  SAMBAY_REQUIRE_NCCL();
   RunGroup(2);
 }
 
 TEST(NcclCommunicatorTest, RejectsBadGroups) {
   SAMBAY_REQUIRE_GPU();
+  SAMBAY_REQUIRE_NCCL();
   EXPECT_EQ(NcclCommunicator::CreateGroup({}).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(NcclCommunicator::CreateGroup({0, 0}).status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+// No GPU needed: a library that cannot be loaded is a FailedPrecondition naming it, and the
+// process goes on (the binaries no longer link NCCL).
+TEST(NcclLoaderTest, MissingLibraryIsAClearError) {
+  auto api = LoadNcclFrom("/nonexistent/libnccl.so.2");
+  ASSERT_FALSE(api.ok());
+  EXPECT_EQ(api.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(api.status().message(), "/nonexistent/libnccl.so.2"))
+      << api.status();
+  EXPECT_TRUE(absl::StrContains(api.status().message(), "SAMBAY_NCCL_LIBRARY")) << api.status();
+  // A library without the NCCL symbols is refused the same way, naming the first one missing.
+  auto wrong = LoadNcclFrom("libm.so.6");
+  ASSERT_FALSE(wrong.ok());
+  EXPECT_EQ(wrong.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_TRUE(absl::StrContains(wrong.status().message(), "ncclCommInitAll")) << wrong.status();
 }
 #endif  // SAMBAY_HAVE_NCCL
 

@@ -13,6 +13,9 @@
 
 #include "absl/strings/match.h"
 #include "engine/cuda/cuda_group.h"
+#if defined(SAMBAY_HAVE_NCCL)
+#include "engine/comm/nccl_loader.h"
+#endif
 #include "engine/model.h"
 #include "tests/cuda/cuda_model_util.h"
 #include "tests/cuda/cuda_test_util.h"
@@ -308,6 +311,9 @@ TEST(CudaTpTest, RankFailureMidPassBreaksTheGroup) {
 
 TEST(CudaTpTest, NcclTwoGpusMatchOneGpu) {
   if (DeviceCount() < 2) GTEST_SKIP() << "needs 2 CUDA devices (" << DeviceCount() << " present)";
+#if defined(SAMBAY_HAVE_NCCL)
+  if (auto nccl = LoadNccl(); !nccl.ok()) GTEST_SKIP() << nccl.status().message();
+#endif
   auto m = MakeCheckpoint(TpTestConfig(), 45);
   ASSERT_NE(m, nullptr);
   const int64_t V = m->cpu->config().vocab_size;
