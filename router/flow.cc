@@ -6,6 +6,7 @@
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
+#include "common/request_id.h"
 #include "sambay/v1/worker.grpc.pb.h"
 
 namespace sambay {
@@ -229,7 +230,8 @@ std::unique_ptr<grpc::ClientContext> RequestFlow::NewContext() {
   if (gpr_time_cmp(sctx_.raw_deadline(), gpr_inf_future(sctx_.raw_deadline().clock_type)) != 0) {
     ctx->set_deadline(sctx_.deadline());
   }
-  ctx->AddMetadata("x-request-id", req_.request_id);
+  // gRPC aborts on a value it cannot send: only a valid id travels (common/request_id.h).
+  if (IsValidRequestId(req_.request_id)) ctx->AddMetadata("x-request-id", req_.request_id);
   return ctx;
 }
 

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "common/request_id.h"
 #include "engine/tokenizer/chat.h"
 
 namespace sambay {
@@ -65,11 +66,11 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const pb::GenerateRequest& req,
                                 limits.max_request_bytes, " (--max-request-bytes)"));
   }
   PreparedRequest out;
-  if (req.request_id().size() > 128) {
+  if (req.request_id().size() > kMaxRequestIdBytes) {
     return Invalid("request_id: must be at most 128 bytes");
   }
-  for (char c : req.request_id()) {
-    if (c < 0x21 || c > 0x7e) return Invalid("request_id: must be printable ASCII without spaces");
+  if (!req.request_id().empty() && !IsValidRequestId(req.request_id())) {
+    return Invalid("request_id: must be printable ASCII without spaces");
   }
   out.request_id = req.request_id();
   switch (req.prompt_case()) {

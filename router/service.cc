@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
+#include "common/request_id.h"
 #include "engine/tokenizer/chat.h"
 
 namespace sambay {
@@ -21,13 +22,17 @@ uint64_t RandomU64() {
   return gen();
 }
 
+// The request's id: its request_id field (validated with the request), else a valid
+// x-request-id header, else a new one. A header gRPC would refuse to send on (TAB, DEL, bytes
+// >= 0x80) is replaced, never copied into the worker calls (common/request_id.h).
 std::string RequestIdFor(const grpc::ServerContextBase* ctx, const pb::GenerateRequest& req) {
   if (!req.request_id().empty()) return req.request_id();
   auto it = ctx->client_metadata().find("x-request-id");
-  if (it != ctx->client_metadata().end() && !it->second.empty() && it->second.size() <= 128) {
-    return std::string(it->second.data(), it->second.size());
+  if (it != ctx->client_metadata().end()) {
+    const absl::string_view v(it->second.data(), it->second.size());
+    if (IsValidRequestId(v)) return std::string(v);
   }
-  return absl::StrFormat("req-%016x", RandomU64());
+  return NewRequestId();
 }
 
 }  // namespace

@@ -128,6 +128,13 @@ absl::Status Scheduler::Validate(const SequenceRequest& r) const {
     return absl::InvalidArgumentError(
         absl::StrCat("top_logprobs: must be in [0, ", kMaxTopLogprobs, "], got ", r.top_logprobs));
   }
+  // A sequence draws at most one number per token it made, so more draws than the context are
+  // impossible; skipping them (Sampler::Advance, one step each on the engine thread) would hang
+  // the engine for 2^64 steps.
+  if (r.rng_draws > static_cast<uint64_t>(ctx)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rng_draws: ", r.rng_draws, " exceeds the context limit ", ctx));
+  }
   int64_t tokens;
   if (r.mode == SeqMode::kImported) {
     if (r.handle.empty() || r.handle.size() > 128) {

@@ -12,6 +12,7 @@
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
+#include "common/request_id.h"
 #include "engine/state_io.h"
 #include "worker/state_push.h"
 
@@ -24,11 +25,15 @@ constexpr absl::Duration kPoll = absl::Milliseconds(50);
 constexpr uint32_t kMinChunkBytes = 64 << 10;
 constexpr uint32_t kMaxChunkBytes = 16 << 20;
 
+// The id for logs and for the calls this worker makes: the request_id field, else the
+// x-request-id header; "" when neither passes IsValidRequestId (a value gRPC would refuse to
+// send on, which would abort the worker when passed to PushState).
 std::string RequestId(const grpc::ServerContext* ctx, const std::string& field) {
-  if (!field.empty()) return field;
+  if (!field.empty()) return IsValidRequestId(field) ? field : "";
   auto it = ctx->client_metadata().find("x-request-id");
   if (it == ctx->client_metadata().end()) return "";
-  return std::string(it->second.data(), it->second.size());
+  const absl::string_view v(it->second.data(), it->second.size());
+  return IsValidRequestId(v) ? std::string(v) : "";
 }
 
 // The API's defaults: unset top_p and repetition_penalty are 1.0 (off), unset seed is 0.

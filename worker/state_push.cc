@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "common/request_id.h"
 
 namespace sambay {
 
@@ -16,7 +17,7 @@ absl::StatusOr<PushResult> PushState(sambay::v1::Worker::StubInterface& stub,
                                      const std::string& address) {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(deadline));
-  if (!request_id.empty()) ctx.AddMetadata("x-request-id", request_id);
+  if (IsValidRequestId(request_id)) ctx.AddMetadata("x-request-id", request_id);
   sambay::v1::PushStateResponse reply;
   PushResult result;
   const absl::Time start = absl::Now();

@@ -6,10 +6,13 @@
 // Each test starts its own cluster (gtest_discover_tests runs every test in its own process).
 #include <algorithm>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/strings/escaping.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
@@ -263,6 +266,51 @@ TEST(RouterGenerate, RequestIds) {
   EXPECT_TRUE(WaitFor([&] { return absl::StrContains(c.router().Logs(), "trace-rejected-7"); },
                       absl::Seconds(2)))
       << c.router().Logs();
+}
+
+// Runs tests/router/raw_grpc_call.js (Node's http2: a client that sends header values gRPC
+// clients refuse) against the router; its JSON line, or "" when node is missing.
+std::string RawGrpcCall(int port, const std::string& path, const std::string& header,
+                        const std::string& value, const std::string& body) {
+  if (std::system("command -v node >/dev/null 2>&1") != 0) return "";
+  const std::string cmd = absl::StrCat(
+      "node ", SAMBAY_SOURCE_DIR, "/tests/router/raw_grpc_call.js ", port, " ", path, " ", header,
+      " ", absl::BytesToHexString(value), " ", absl::BytesToHexString(body), " 2>&1");
+  std::string out;
+  if (FILE* p = popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+    pclose(p);
+  }
+  return out;
+}
+
+// An x-request-id that gRPC accepts inbound but refuses to send (TAB, bytes >= 0x80) once made
+// the router abort when it copied the header into the worker calls, losing every stream. Now the
+// router replaces it with a generated id: the call succeeds and the router keeps serving.
+TEST(RouterGenerate, HeaderIdsGrpcCannotSendAreReplaced) {
+  Cluster c;
+  {
+    const absl::Status started = c.Start(1, 1, 0);
+    ASSERT_TRUE(started.ok()) << started << "\n" << c.Logs();
+  }
+  const v1::GenerateRequest req = IdsRequest({3, 14, 15}, Greedy(), 4);
+  const std::string body = req.SerializeAsString();
+  const std::string port(c.router().address().substr(c.router().address().rfind(':') + 1));
+  for (const std::string& value : {std::string("trace\tid"), std::string("caf\xe9"),
+                                  std::string("\x80\xff"), std::string(200, 'x')}) {
+    const std::string out =
+        RawGrpcCall(std::stoi(port), "/sambay.v1.Generation/Generate", "x-request-id", value, body);
+    if (out.empty()) GTEST_SKIP() << "node is not installed (scripts/install-deps.sh installs it)";
+    SCOPED_TRACE(absl::StrCat("x-request-id ", absl::CHexEscape(value), ": ", out));
+    EXPECT_TRUE(absl::StrContains(out, "\"grpc_status\":\"0\"")) << c.Logs();
+    EXPECT_GE(std::count(out.begin(), out.end(), '{'), 1);
+    // The router still serves: a normal stream succeeds.
+    const StreamResult r = Generate(c.stub(), req, absl::Seconds(20));
+    ASSERT_TRUE(r.status.ok()) << r.Describe() << "\n" << c.Logs();
+    EXPECT_EQ(r.ids.size(), 4u);
+  }
 }
 
 TEST(RouterGenerate, TokenizeDetokenizeRoundTrip) {

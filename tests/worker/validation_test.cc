@@ -246,6 +246,18 @@ TEST_F(ValidationTest, PrefillBadInput) {
     req.set_return_logprobs(true);
     req.set_top_logprobs(21);
     ExpectInvalid(status_of(req), "top_logprobs", "top_logprobs 21");
+    // rng_draws past the context once looped 2^64 times on the engine thread: every later
+    // prefill hung and SIGTERM could not drain the worker.
+    req = MakePrefill(prompt, ok, dest, "h");
+    req.set_rng_draws(~uint64_t{0});
+    ExpectInvalid(status_of(req), "rng_draws", "rng_draws 2^64-1");
+    req.set_rng_draws(kMaxContext + 1);
+    ExpectInvalid(status_of(req), "rng_draws", "rng_draws max_context + 1");
+  }
+  {
+    v1::DecodeRequest local = MakeLocalDecode(prompt, ok, 8);
+    local.set_rng_draws(~uint64_t{0});
+    ExpectInvalid(DecodeStatus(*both_, local), "rng_draws", "local decode rng_draws 2^64-1");
   }
   ExpectIdle(*both_);
   ExpectIdle(*decode_);
