@@ -2,6 +2,8 @@
 
 #include <chrono>
 
+#include "absl/strings/str_cat.h"
+
 namespace sambay {
 
 using grpc::health::v1::HealthCheckRequest;
@@ -39,6 +41,16 @@ grpc::Status HealthService::Check(grpc::ServerContext* ctx, const HealthCheckReq
 grpc::Status HealthService::Watch(grpc::ServerContext* ctx, const HealthCheckRequest* req,
                                   grpc::ServerWriter<HealthCheckResponse>* writer) {
   std::unique_lock<std::mutex> lock(mu_);
+  if (watch_streams_ >= max_watch_streams_) {
+    return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                        absl::StrCat("Watch: ", watch_streams_,
+                                     " streams are open, the most this server serves; use Check"));
+  }
+  ++watch_streams_;
+  struct Count {
+    int& n;
+    ~Count() { --n; }  // runs with mu_ held: every return below holds `lock`
+  } count{watch_streams_};
   uint64_t seen = ~uint64_t{0};
   HealthCheckResponse::ServingStatus last = HealthCheckResponse::UNKNOWN;
   for (;;) {

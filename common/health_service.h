@@ -5,6 +5,10 @@
 // asynchronous completion queues and hand them over with a thread switch each (the router
 // streams on such queues). "" is liveness; other names are set by the server (readiness).
 //
+// A synchronous Watch holds one of the server's threads for as long as it is open, so at most
+// `max_watch_streams` are served at once; more answer RESOURCE_EXHAUSTED at once (a client
+// holding many Watch streams open cannot take the threads that probes (Check) need).
+//
 // Ownership: owns the status table.
 // Thread-safety: all methods are thread-safe.
 #ifndef SAMBAY_COMMON_HEALTH_SERVICE_H_
@@ -21,6 +25,10 @@ namespace sambay {
 
 class HealthService final : public grpc::health::v1::Health::Service {
  public:
+  static constexpr int kDefaultMaxWatchStreams = 8;
+  explicit HealthService(int max_watch_streams = kDefaultMaxWatchStreams)
+      : max_watch_streams_(max_watch_streams) {}
+
   // Unknown names answer NOT_FOUND (Check) or SERVICE_UNKNOWN (Watch) until set.
   void SetServingStatus(const std::string& service, bool serving);
   // Every name NOT_SERVING from now on, and open Watch calls end (call before Server::Shutdown).
@@ -32,11 +40,13 @@ class HealthService final : public grpc::health::v1::Health::Service {
                      grpc::ServerWriter<grpc::health::v1::HealthCheckResponse>* writer) override;
 
  private:
+  const int max_watch_streams_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::map<std::string, bool> status_;
-  bool shutdown_ = false;
-  uint64_t version_ = 0;  // bumped on every change
+  std::map<std::string, bool> status_;  // guarded by mu_
+  bool shutdown_ = false;               // guarded by mu_
+  uint64_t version_ = 0;                // guarded by mu_; bumped on every change
+  int watch_streams_ = 0;               // guarded by mu_; Watch calls being served
 };
 
 }  // namespace sambay

@@ -19,8 +19,10 @@ bool IsValidRequestId(absl::string_view id) {
   return true;
 }
 
-std::string NewRequestId() {
-  uint64_t r[2];
+namespace {
+
+// Fills `r` from the kernel's cryptographic source; aborts when there is none.
+void RandomBits(uint64_t (&r)[2]) {
   size_t got = 0;
   while (got < sizeof(r)) {
     const ssize_t n = getrandom(reinterpret_cast<char*>(r) + got, sizeof(r) - got, 0);
@@ -31,7 +33,16 @@ std::string NewRequestId() {
     }
     got += static_cast<size_t>(n);
   }
-  return absl::StrFormat("req-%016x%016x", r[0], r[1]);
+}
+
+}  // namespace
+
+std::string NewRequestId() { return "req-" + RandomHex128(); }
+
+std::string RandomHex128() {
+  uint64_t r[2];
+  RandomBits(r);
+  return absl::StrFormat("%016x%016x", r[0], r[1]);
 }
 
 }  // namespace sambay

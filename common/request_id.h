@@ -24,6 +24,10 @@ bool IsValidRequestId(absl::string_view id);
 // "req-" and 32 hex digits (128 random bits from getrandom).
 std::string NewRequestId();
 
+// 32 hex digits (128 random bits from getrandom): a secret that names one object, e.g. a
+// decode reservation's handle (whoever knows it can push that sequence's state).
+std::string RandomHex128();
+
 }  // namespace sambay
 
 #endif  // SAMBAY_COMMON_REQUEST_ID_H_

@@ -4,8 +4,11 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdio>
 #include <fstream>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 
@@ -20,7 +23,77 @@ sigset_t TerminationSignals() {
   return s;
 }
 
+// One capped method's counter: calls admitted and not yet ended.
+struct CallCap {
+  int max = 0;
+  std::atomic<int> open{0};
+};
+using CallCaps = std::map<std::string, std::unique_ptr<CallCap>>;
+
+// Lives for one call: holds a slot of its method's cap, or cancels the call when none is free.
+class CallCapInterceptor final : public grpc::experimental::Interceptor {
+ public:
+  CallCapInterceptor(std::shared_ptr<const CallCaps> caps, CallCap* cap,
+                     grpc::experimental::ServerRpcInfo* info)
+      : caps_(std::move(caps)), cap_(cap), info_(info) {
+    admitted_ = cap_->open.fetch_add(1) < cap_->max;
+    if (!admitted_) cap_->open.fetch_sub(1);
+  }
+  ~CallCapInterceptor() override {
+    if (admitted_) cap_->open.fetch_sub(1);
+  }
+  void Intercept(grpc::experimental::InterceptorBatchMethods* methods) override {
+    using grpc::experimental::InterceptionHookPoints;
+    if (!admitted_ && !cancelled_ &&
+        methods->QueryInterceptionHookPoint(InterceptionHookPoints::POST_RECV_INITIAL_METADATA)) {
+      cancelled_ = true;
+      info_->server_context()->TryCancel();
+    }
+    methods->Proceed();
+  }
+
+ private:
+  std::shared_ptr<const CallCaps> caps_;  // keeps cap_ alive
+  CallCap* cap_;
+  grpc::experimental::ServerRpcInfo* info_;
+  bool admitted_ = false;
+  bool cancelled_ = false;
+};
+
+class CallCapFactory final : public grpc::experimental::ServerInterceptorFactoryInterface {
+ public:
+  explicit CallCapFactory(std::shared_ptr<const CallCaps> caps) : caps_(std::move(caps)) {}
+  grpc::experimental::Interceptor* CreateServerInterceptor(
+      grpc::experimental::ServerRpcInfo* info) override {
+    auto it = caps_->find(info->method());
+    if (it == caps_->end()) return nullptr;
+    return new CallCapInterceptor(caps_, it->second.get(), info);
+  }
+
+ private:
+  std::shared_ptr<const CallCaps> caps_;
+};
+
 }  // namespace
+
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeCallCapInterceptor(
+    std::map<std::string, int> caps) {
+  auto counters = std::make_shared<CallCaps>();
+  for (const auto& [method, max] : caps) {
+    auto c = std::make_unique<CallCap>();
+    c->max = max;
+    (*counters)[method] = std::move(c);
+  }
+  return std::make_unique<CallCapFactory>(std::move(counters));
+}
+
+void CapUnownedStreams(grpc::ServerBuilder& builder) {
+  std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
+  creators.push_back(MakeCallCapInterceptor(
+      {{"/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", kMaxReflectionStreams},
+       {"/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", kMaxReflectionStreams}}));
+  builder.experimental().SetInterceptorCreators(std::move(creators));
+}
 
 void BlockTerminationSignals() {
   sigset_t s = TerminationSignals();

@@ -1,12 +1,20 @@
 // Start-up and shutdown pieces shared by the server binaries (sambay-worker, sambay-router):
 // termination signals taken by sigwait, the port file, the flags both register (ServerFlags) and
-// flag parsing with the usual exits.
+// flag parsing with the usual exits, and caps on concurrent calls of services the servers do not
+// own (gRPC's reflection).
 // Call from main() only (process-wide effects); not thread-safe. RegisterServerFlags writes
-// through its ServerFlags pointer, which must outlive FlagSet::Parse.
+// through its ServerFlags pointer, which must outlive FlagSet::Parse. The call-cap interceptor
+// factory is thread-safe (atomic counters) and owns its counters (shared with its interceptors,
+// so they may outlive it).
 #ifndef SAMBAY_COMMON_SERVER_UTIL_H_
 #define SAMBAY_COMMON_SERVER_UTIL_H_
 
+#include <grpcpp/server_builder.h>
+#include <grpcpp/support/server_interceptor.h>
+
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -69,6 +77,21 @@ absl::Status CheckServerFlags(const ServerFlags& flags);
 
 // RpcLimits with the keepalive of the flags (the message cap left at its default).
 RpcLimits ServerRpcLimits(const ServerFlags& flags);
+
+// Reflection streams (grpc.reflection v1alpha and v1 ServerReflectionInfo) served at once. A
+// synchronous reflection stream holds a server thread while it is open.
+inline constexpr int kMaxReflectionStreams = 4;
+
+// Per-method caps on concurrent calls ("/package.Service/Method" -> most at once), for
+// synchronous services whose handlers this code does not own. A call past its method's cap is
+// cancelled as it arrives (the client sees CANCELLED "Cancelled on the server side"), so its
+// handler returns at once instead of holding one of the server's threads.
+std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeCallCapInterceptor(
+    std::map<std::string, int> caps);
+
+// Installs MakeCallCapInterceptor with the reflection caps on `builder` (this replaces any
+// interceptor creators set before: call it once, before BuildAndStart).
+void CapUnownedStreams(grpc::ServerBuilder& builder);
 
 }  // namespace sambay
 

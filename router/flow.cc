@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
@@ -41,6 +42,7 @@ RequestFlow::RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq)
       done_tag_{this, 0, FlowTag::kDone},
       write_tag_{this, 0, FlowTag::kWrite},
       finish_tag_{this, 0, FlowTag::kFinish},
+      tick_tag_{this, 0, FlowTag::kTick},
       decoder_(*deps.tokenizer) {
   for (const auto& [s, id] : deps.tokenizer->special_tokens()) special_ids_.insert(id);
   if (deps_.live != nullptr) deps_.live->fetch_add(1);
@@ -83,6 +85,9 @@ void RequestFlow::OnTag(const FlowTag& tag, bool ok) {
       return;
     case FlowTag::kFinish:
       return;
+    case FlowTag::kTick:
+      OnTick(ok);
+      return;
     default:
       return;
   }
@@ -113,6 +118,10 @@ void RequestFlow::OnServerDone() {
     status_ = deadline ? absl::DeadlineExceededError("the request's deadline passed while queued")
                        : absl::CancelledError("cancelled while queued");
     End();
+    return;
+  }
+  if (parked_) {  // no worker call to report back
+    HandleOutcome(WorkerError(grpc::Status::OK, "", true));
     return;
   }
   // Their ends report back through WorkerError, which sees server_cancelled_.
@@ -190,8 +199,14 @@ void RequestFlow::MaybeRelease() {
 
 void RequestFlow::Start() {
   Post([this] {
-    if (ended_) return;
+    if (ended_) {
+      // Cancelled or aborted while the host was taking it off its queue to start it: the slot
+      // it was given goes back.
+      host_.FlowEnded(this);
+      return;
+    }
     started_ = true;
+    ArmTick();
     usage_.set_prompt_tokens(static_cast<uint32_t>(req_.prompt.size()));
     const double queue_s = absl::ToDoubleSeconds(absl::Now() - received_);
     metrics_.queue_time.Observe(queue_s);
@@ -207,6 +222,11 @@ void RequestFlow::Abort() {
     aborted_ = true;
     if (!started_) {
       host_.FlowDequeue(this);
+      finish_ = pb::FINISH_REASON_ABORT;
+      End();
+      return;
+    }
+    if (parked_) {
       finish_ = pb::FINISH_REASON_ABORT;
       End();
       return;
@@ -247,6 +267,7 @@ void RequestFlow::CancelAll() {
 // ---- Placement and attempts ----------------------------------------------------------------
 
 void RequestFlow::Place() {
+  parked_ = false;
   if (aborted_) {
     finish_ = pb::FINISH_REASON_ABORT;
     End();
@@ -257,6 +278,14 @@ void RequestFlow::Place() {
   // In place on a role-both decode worker when it is also the best (or only) prefill pick.
   const int pi = di >= 0 ? policy_.PickPrefill(workers, bad_prefill_) : -1;
   if (di < 0 || pi < 0) {
+    // Full, not gone: the same workers with a free slot each would do.
+    std::vector<WorkerSnapshot> roomy = workers;
+    for (WorkerSnapshot& w : roomy) w.free_slots = std::max<int64_t>(w.free_slots, 1);
+    const int rd = policy_.PickDecode(roomy, bad_decode_);
+    if (rd >= 0 && policy_.PickPrefill(roomy, bad_prefill_) >= 0) {
+      Park();
+      return;
+    }
     status_ = absl::UnavailableError(absl::StrCat(
         "no healthy ", di < 0 ? "decode" : "prefill", " worker can take the request",
         generated_.empty() ? "" : absl::StrCat(" (after ", generated_.size(), " tokens)")));
@@ -265,6 +294,7 @@ void RequestFlow::Place() {
     return;
   }
   auto add_worker = [&](const std::string& a) {
+    if (!options_.usage_workers) return;
     if (usage_.workers_size() == 0 || usage_.workers(usage_.workers_size() - 1) != a) {
       usage_.add_workers(a);
     }
@@ -283,6 +313,7 @@ void RequestFlow::Place() {
 
 void RequestFlow::StartInPlace(const WorkerSnapshot& w) {
   decode_worker_ = w.address;
+  prefill_only_ = false;
   auto stub = registry_.Stub(w.address);
   if (stub == nullptr) {
     HandleOutcome(
@@ -335,9 +366,23 @@ void RequestFlow::StartSplit(const WorkerSnapshot& p, const WorkerSnapshot& d) {
   const bool penalties =
       (req_.sampling.has_repetition_penalty() && req_.sampling.repetition_penalty() != 1.0f) ||
       req_.sampling.presence_penalty() != 0.0f;
-  // 1. Reserve on the decode worker.
-  handle_ = absl::StrCat(req_.request_id, "/", migrations_, ".", prefill_failures_, ".",
-                         absl::ToUnixNanos(absl::Now()));
+  got_first_ = false;
+  decode_failed_ = false;
+  decode_status_ = grpc::Status::OK;
+  decode_id_ = prefill_id_ = 0;
+  decode_ = nullptr;
+  prefill_ = nullptr;
+  prefill_only_ = remaining <= 1;
+  if (prefill_only_) {
+    // The prefill's first token is the last one: no reservation (it would need room for a
+    // second token, which at the context's edge does not exist).
+    handle_.clear();
+    StartPrefill();
+    return;
+  }
+  // 1. Reserve on the decode worker. The handle is a secret: whoever knows it can push this
+  // sequence's state.
+  handle_ = RandomHex128();
   pb::DecodeRequest dr;
   dr.set_request_id(req_.request_id);
   dr.set_handle(handle_);
@@ -361,13 +406,44 @@ void RequestFlow::StartSplit(const WorkerSnapshot& p, const WorkerSnapshot& d) {
   decode_id_ = id;
   prefill_id_ = 0;
   prefill_ = nullptr;
-  got_first_ = false;
-  decode_failed_ = false;
-  decode_status_ = grpc::Status::OK;
   stage_ = Stage::kReserving;
+  last_renew_ = absl::Now();
   decode_->Start([&](grpc::ClientContext* c, const pb::DecodeRequest& r,
                      grpc::CompletionQueue* q) { return dstub->PrepareAsyncDecode(c, r, q); },
                  std::move(dr), cq_);
+}
+
+void RequestFlow::StartPrefill() {
+  auto pstub = registry_.Stub(prefill_worker_);
+  if (pstub == nullptr) {
+    CancelCall(decode_id_);
+    decode_id_ = 0;
+    HandleOutcome(
+        WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), prefill_worker_, false));
+    return;
+  }
+  pb::PrefillRequest pr;
+  pr.set_request_id(req_.request_id);
+  pr.mutable_token_ids()->Add(req_.prompt.begin(), req_.prompt.end());
+  pr.mutable_token_ids()->Add(generated_.begin(), generated_.end());
+  *pr.mutable_sampling() = req_.sampling;
+  pr.set_rng_draws(generated_.size());
+  if (!prefill_only_) {
+    pr.mutable_destination()->set_address(decode_worker_);
+    pr.mutable_destination()->set_handle(handle_);
+  }
+  pr.set_return_logprobs(req_.logprobs);
+  pr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
+  registry_.Adjust(prefill_worker_, -1, consumed_);
+  const uint64_t pid = next_call_id_++;
+  auto call = std::make_unique<PrefillStream>(this, pid, prefill_worker_, NewContext());
+  prefill_ = call.get();
+  calls_.emplace(pid, std::move(call));
+  prefill_id_ = pid;
+  stage_ = Stage::kPrefilling;
+  prefill_->Start([&](grpc::ClientContext* c, const pb::PrefillRequest& r,
+                      grpc::CompletionQueue* q) { return pstub->PrepareAsyncPrefill(c, r, q); },
+                  std::move(pr), cq_);
 }
 
 void RequestFlow::OnDecodeRead(uint64_t id) {
@@ -381,37 +457,11 @@ void RequestFlow::OnDecodeRead(uint64_t id) {
       return;
     }
     // 2. Prefill on P with the reservation as destination; its first token goes out at once.
-    auto pstub = registry_.Stub(prefill_worker_);
-    if (pstub == nullptr) {
-      CancelCall(decode_id_);
-      decode_id_ = 0;
-      HandleOutcome(
-          WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), prefill_worker_, false));
-      return;
-    }
-    pb::PrefillRequest pr;
-    pr.set_request_id(req_.request_id);
-    pr.mutable_token_ids()->Add(req_.prompt.begin(), req_.prompt.end());
-    pr.mutable_token_ids()->Add(generated_.begin(), generated_.end());
-    *pr.mutable_sampling() = req_.sampling;
-    pr.set_rng_draws(generated_.size());
-    pr.mutable_destination()->set_address(decode_worker_);
-    pr.mutable_destination()->set_handle(handle_);
-    pr.set_return_logprobs(req_.logprobs);
-    pr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
-    registry_.Adjust(prefill_worker_, -1, consumed_);
-    const uint64_t pid = next_call_id_++;
-    auto call = std::make_unique<PrefillStream>(this, pid, prefill_worker_, NewContext());
-    prefill_ = call.get();
-    calls_.emplace(pid, std::move(call));
-    prefill_id_ = pid;
-    stage_ = Stage::kPrefilling;
-    prefill_->Start([&](grpc::ClientContext* c, const pb::PrefillRequest& r,
-                        grpc::CompletionQueue* q) { return pstub->PrepareAsyncPrefill(c, r, q); },
-                    std::move(pr), cq_);
+    StartPrefill();
     return;
   }
   if (stage_ != Stage::kDecoding && stage_ != Stage::kInPlace) return;
+  last_progress_ = absl::Now();
   if (stage_ == Stage::kInPlace && msg.has_tokens() && inplace_first_) {
     inplace_first_ = false;
     registry_.Adjust(decode_worker_, 0, -consumed_);
@@ -496,11 +546,23 @@ void RequestFlow::OnPrefillDone(uint64_t id, const grpc::Status& st) {
     if (!got_first_) {
       registry_.Adjust(prefill_worker_, 0, -consumed_);
       HandleOutcome(WorkerError(st, prefill_worker_, false));
-    } else {
-      // The first token was sent but the state did not reach the decode worker: continue
-      // elsewhere from the tokens sent so far.
+    } else if (!prefill_only_ && absl::StartsWith(st.error_message(), "push to ")) {
+      // The first token was sent but the state did not reach the decode worker (the push to it
+      // failed): continue elsewhere from the tokens sent so far.
       HandleOutcome(WorkerError(st, decode_worker_, true));
+    } else {
+      // The prefill worker itself failed after its first token (e.g. died during the push):
+      // it is to blame, not the decode worker.
+      HandleOutcome(WorkerError(st, prefill_worker_, false));
     }
+    return;
+  }
+  if (prefill_only_) {
+    // Its one token ended the request (Emit saw to that); anything else is the worker's fault.
+    if (finish_ == pb::FINISH_REASON_UNSPECIFIED && status_.ok()) {
+      status_ = absl::InternalError("prefill worker ended without its first token");
+    }
+    End();
     return;
   }
   if (decode_failed_) {
@@ -515,6 +577,7 @@ void RequestFlow::OnPrefillDone(uint64_t id, const grpc::Status& st) {
   }
   // 3. The state is on D: stream its tokens.
   stage_ = Stage::kDecoding;
+  last_progress_ = absl::Now();
   decode_->Next();
 }
 
@@ -551,8 +614,20 @@ void RequestFlow::HandleOutcome(Outcome o) {
       break;
     case Outcome::kRetryDecode:
       break;
+    case Outcome::kWaitCapacity:
+      Park();
+      return;
   }
   Place();
+}
+
+void RequestFlow::Park() {
+  stage_ = Stage::kIdle;
+  if (!parked_) {
+    Log(LogLevel::kDebug, "router", "waiting for a worker with room",
+        {{"request_id", req_.request_id}, {"tokens_sent", generated_.size()}});
+  }
+  parked_ = true;  // the next tick places it again
 }
 
 RequestFlow::Outcome RequestFlow::WorkerError(const grpc::Status& st, const std::string& worker,
@@ -582,6 +657,11 @@ RequestFlow::Outcome RequestFlow::WorkerError(const grpc::Status& st, const std:
        {"code", st.error_code()},
        {"error", st.error_message()},
        {"tokens_sent", generated_.size()}});
+  if (st.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED) {
+    // Full, not failed: wait until it (or another worker) has room.
+    registry_.MarkFull(worker);
+    return Outcome::kWaitCapacity;
+  }
   if (!Retryable(st.error_code())) {
     // The worker judged the request itself wrong: no other worker would do better.
     status_ = FromGrpcStatus(st);
@@ -596,149 +676,6 @@ RequestFlow::Outcome RequestFlow::WorkerError(const grpc::Status& st, const std:
   }
   bad_decode_.insert(worker);
   return generated_.empty() ? Outcome::kRetryDecode : Outcome::kMigrate;
-}
-
-// ---- Streaming to the client ---------------------------------------------------------------
-
-bool RequestFlow::Emit(const std::vector<int32_t>& ids,
-                       const std::vector<const pb::PositionLogprobs*>& logprobs) {
-  if (!status_.ok() || finish_ != pb::FINISH_REASON_UNSPECIFIED) return false;
-  pb::GenerateResponse msg;
-  std::string text;
-  bool stopped = false;
-  int added = 0;
-  for (size_t i = 0; i < ids.size() && !stopped; ++i) {
-    const int32_t id = ids[i];
-    if (static_cast<int64_t>(generated_.size()) >= req_.max_new_tokens) break;
-    generated_.push_back(id);
-    ++added;
-    msg.add_token_ids(static_cast<uint32_t>(id));
-    if (req_.logprobs && i < logprobs.size() && logprobs[i] != nullptr) {
-      *msg.add_logprobs() = *logprobs[i];
-    }
-    if (special_ids_.count(id) == 0) {
-      auto piece = decoder_.Push(id);
-      if (piece.ok()) text += matcher_->Push(*piece, &stopped);
-    }
-    if (stopped || std::count(req_.stop_ids.begin(), req_.stop_ids.end(), id) > 0) {
-      finish_ = pb::FINISH_REASON_STOP;
-      stopped = true;
-    } else if (static_cast<int64_t>(generated_.size()) >= req_.max_new_tokens) {
-      finish_ = pb::FINISH_REASON_LENGTH;
-    }
-  }
-  msg.set_text(std::move(text));
-  const absl::Time now = absl::Now();
-  if (!sent_first_) {
-    first_token_at_ = now;
-    metrics_.ttft.Observe(absl::ToDoubleSeconds(now - received_));
-    usage_.set_time_to_first_token_seconds(absl::ToDoubleSeconds(now - received_));
-  } else if (added > 0) {
-    // Several tokens in one message arrived together: count each gap once.
-    const double gap = absl::ToDoubleSeconds(now - last_token_at_) / added;
-    for (int i = 0; i < added; ++i) metrics_.itl.Observe(gap);
-  }
-  sent_first_ = true;
-  last_token_at_ = now;
-  metrics_.generation_tokens.Increment(added);
-  Queue(msg);
-  return finish_ == pb::FINISH_REASON_UNSPECIFIED && status_.ok();
-}
-
-void RequestFlow::Queue(const pb::GenerateResponse& msg) {
-  if (!has_pending_) {
-    pending_ = msg;
-    has_pending_ = true;
-  } else {
-    // Merge: tokens, text and logprobs append; finish and usage come only in the last one.
-    pending_.mutable_token_ids()->MergeFrom(msg.token_ids());
-    pending_.mutable_text()->append(msg.text());
-    pending_.mutable_logprobs()->MergeFrom(msg.logprobs());
-    if (msg.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) {
-      pending_.set_finish_reason(msg.finish_reason());
-    }
-    if (msg.has_usage()) *pending_.mutable_usage() = msg.usage();
-  }
-  PumpWrites();
-}
-
-void RequestFlow::PumpWrites() {
-  if (writing_ || finish_called_) return;
-  if (has_pending_) {
-    if (!wrote_any_) pending_.set_request_id(req_.request_id);
-    wrote_any_ = true;
-    inflight_.Swap(&pending_);
-    pending_.Clear();
-    has_pending_ = false;
-    writing_ = true;
-    ++server_pending_;
-    writer_.Write(inflight_, &write_tag_);
-    return;
-  }
-  if (ended_) {
-    finish_called_ = true;
-    ++server_pending_;
-    writer_.Finish(ToGrpcStatus(status_), &finish_tag_);
-  }
-}
-
-void RequestFlow::OnWriteDone(bool ok) {
-  writing_ = false;
-  if (!ok && !ended_) {
-    // The client is gone: stop the workers and end.
-    status_ = absl::CancelledError("the client went away");
-    metrics_.Failure("cancelled");
-    has_pending_ = false;
-    CancelAll();
-    decode_id_ = prefill_id_ = 0;
-    End();
-    return;
-  }
-  if (!ok) has_pending_ = false;
-  PumpWrites();
-}
-
-void RequestFlow::End() {
-  if (ended_) return;
-  ended_ = true;
-  stage_ = Stage::kEnded;
-  CancelAll();
-  if (finish_ != pb::FINISH_REASON_UNSPECIFIED && status_.ok()) {
-    pb::GenerateResponse msg;
-    // Incomplete UTF-8 at the end, then whatever the stop matcher still holds (nothing once a
-    // stop string matched).
-    bool stopped = false;
-    std::string text = matcher_->Push(decoder_.Finish(), &stopped);
-    if (!stopped) text += matcher_->Flush();
-    msg.set_text(text);
-    msg.set_finish_reason(finish_);
-    usage_.set_completion_tokens(static_cast<uint32_t>(generated_.size()));
-    usage_.set_migrations(static_cast<uint32_t>(migrations_));
-    if (sent_first_) {
-      usage_.set_decode_seconds(absl::ToDoubleSeconds(last_token_at_ - first_token_at_));
-    }
-    *msg.mutable_usage() = usage_;
-    Queue(msg);
-  } else if (sent_first_ && !status_.ok() && status_.code() != absl::StatusCode::kCancelled) {
-    metrics_.Finished("error");
-  }
-  if (started_) {
-    metrics_.e2e.Observe(absl::ToDoubleSeconds(absl::Now() - received_));
-    if (status_.ok()) {
-      metrics_.Finished(finish_ == pb::FINISH_REASON_STOP    ? "stop"
-                        : finish_ == pb::FINISH_REASON_ABORT ? "abort"
-                                                             : "length");
-    }
-  }
-  // Rejected calls were logged by the admission (and have no request id yet when invalid).
-  if (started_)
-    Log(status_.ok() ? LogLevel::kDebug : LogLevel::kWarning, "router", "request ended",
-        {{"request_id", req_.request_id},
-         {"status", status_.ToString()},
-         {"tokens", generated_.size()},
-         {"seconds", absl::ToDoubleSeconds(absl::Now() - received_)}});
-  PumpWrites();
-  if (started_) host_.FlowEnded(this);  // last: it may start the next queued flow
 }
 
 }  // namespace sambay

@@ -19,7 +19,18 @@
 // Worker calls carry the client's deadline; the client's cancel (the server call's done event)
 // cancels them; Abort() cancels them and ends the stream with finish_reason ABORT.
 // Writes to the client: one in flight at a time; tokens that arrive meanwhile are merged into
-// the next message (so a slow client gets fewer, larger messages, never a reordering).
+// the next message (so a slow client gets fewer, larger messages, never a reordering). A client
+// that leaves a write pending past write_timeout, or lets more than max_pending_output_bytes
+// pile up, is cut off (RESOURCE_EXHAUSTED, failure reason slow_client).
+//
+// Hangs and capacity (a timer on the flow's queue, every `tick`; flow_deadlines.cc): a decode
+// stream that sends no token for stall_timeout is treated as a failed worker (the sequence
+// migrates, token-identical, and the registry takes the worker out until a probe succeeds); an
+// attempt whose worker the registry took out (failed probes) is abandoned the same way; while
+// the prefill runs, the decode reservation's lease is renewed every lease_renew_interval. When
+// every worker that could take the request is full (no free slot, or RESOURCE_EXHAUSTED), the
+// flow waits (parked, holding its router slot) and is placed again at each tick, until the
+// client's deadline or cancel.
 //
 // Lifetime: Listen() creates a flow waiting for the next Generate call on a completion queue; it
 // holds a reference to itself until every operation it started (server and worker side) has
@@ -30,6 +41,7 @@
 #ifndef SAMBAY_ROUTER_FLOW_H_
 #define SAMBAY_ROUTER_FLOW_H_
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/completion_queue.h>
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/async_stream.h>
@@ -62,6 +74,12 @@ namespace sambay {
 struct FlowOptions {
   int migration_limit = 3;
   int prefill_retries = 2;
+  absl::Duration stall_timeout = absl::Seconds(5);   // decode: longest wait for the next token
+  absl::Duration write_timeout = absl::Seconds(30);  // longest pending write to the client
+  int64_t max_pending_output_bytes = 1 << 20;        // output waiting for a slow client
+  bool usage_workers = false;  // report worker addresses in usage.workers (internal topology)
+  absl::Duration lease_renew_interval = absl::Seconds(5);
+  absl::Duration tick = absl::Milliseconds(250);  // the timer that checks the above
 };
 
 class RequestFlow;
@@ -121,6 +139,9 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   void Abort();
   // Ends the call with `status` before it started (thread-safe; a rejected admission).
   void Reject(absl::Status status);
+  // Runs `fn` on the flow's serial queue (thread-safe), e.g. the admission after a prompt was
+  // tokenized on another thread. `fn` may call Start or Reject.
+  void RunOnQueue(std::function<void()> fn) { Post(std::move(fn)); }
 
  private:
   RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq);
@@ -130,9 +151,10 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
 
   enum class Outcome {
     kFinished,      // finish_ set
-    kRetryPrefill,  // the prefill worker failed before the first token
+    kRetryPrefill,  // the prefill worker failed (its tokens so far are kept)
     kRetryDecode,   // the decode worker could not take the sequence (no token lost)
     kMigrate,       // the decode worker failed mid-stream
+    kWaitCapacity,  // the worker was full (RESOURCE_EXHAUSTED): wait and place again
     kStop,          // end now with status_ (fatal error, client gone, abort)
   };
   // Where the current attempt is.
@@ -152,6 +174,11 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   void Place();
   void StartInPlace(const WorkerSnapshot& w);
   void StartSplit(const WorkerSnapshot& p, const WorkerSnapshot& d);
+  // The prefill call of a split attempt: to the reservation `handle_` on decode_worker_, or,
+  // with no reservation (the first token is the last one), with no destination.
+  void StartPrefill();
+  // No worker has room now, but some could take the request: wait for the next tick.
+  void Park();
   void OnDecodeRead(uint64_t id);
   void OnDecodeDone(uint64_t id, const grpc::Status& st);
   void OnPrefillRead(uint64_t id);
@@ -171,6 +198,17 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   void End();
   void Queue(const sambay::v1::GenerateResponse& msg);
   void PumpWrites();
+  // The client does not read its stream: end it (RESOURCE_EXHAUSTED) and cancel the call.
+  void SlowClient(const std::string& why);
+
+  // The timer (flow_deadlines.cc).
+  void ArmTick();
+  void OnTick(bool ok);
+  // Stalled streams and workers the registry took out; lease renewal.
+  void CheckAttempt(absl::Time now);
+  // Ends the current attempt as if `worker` had failed with UNAVAILABLE `why`.
+  void AbandonAttempt(const std::string& worker, bool decode_side, const std::string& why);
+  void RenewLease();
 
   const FlowDeps deps_;
   FlowHost& host_;
@@ -184,7 +222,9 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   grpc::ServerContext sctx_;
   sambay::v1::GenerateRequest request_;
   grpc::ServerAsyncWriter<sambay::v1::GenerateResponse> writer_{&sctx_};
-  FlowTag accept_tag_, done_tag_, write_tag_, finish_tag_;
+  FlowTag accept_tag_, done_tag_, write_tag_, finish_tag_, tick_tag_;
+  grpc::Alarm alarm_;
+  bool ticking_ = false;    // the alarm is set (counted in server_pending_)
   int server_pending_ = 0;  // server-side operations started and not yet returned
   bool accepted_ = false, server_cancelled_ = false;
   PreparedRequest req_;
@@ -225,10 +265,16 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   bool decode_failed_ = false;  // the decode call ended while the prefill was running
   grpc::Status decode_status_;  // ... with this status
   bool inplace_first_ = true;   // in place: no token yet (queued prefill tokens counted)
+  bool prefill_only_ = false;   // split attempt without a reservation
+  bool parked_ = false;         // waiting for a worker with room (Park)
+  absl::Time last_progress_;    // last message of the decoding stream
+  absl::Time last_renew_;       // last lease renewal (or the reservation)
 
   // Writes to the client.
   sambay::v1::GenerateResponse pending_, inflight_;
   bool has_pending_ = false, writing_ = false, wrote_any_ = false, finish_called_ = false;
+  int64_t pending_bytes_ = 0;  // size of pending_ (approximate: the merged messages' sizes)
+  absl::Time write_started_;   // of the write in flight
 };
 
 }  // namespace sambay

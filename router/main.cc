@@ -45,8 +45,8 @@ struct Flags {
   double dns_refresh_seconds = 10;
   double health_interval_seconds = 1;
   double probe_timeout_seconds = 1;
-  int64_t fail_threshold = 3;
-  double max_backoff_seconds = 30;
+  int64_t fail_threshold = 1;
+  double max_backoff_seconds = 2;
   std::string fingerprint;
   std::string placement = "least-loaded";
   int64_t max_concurrent = 256;
@@ -58,6 +58,11 @@ struct Flags {
   int64_t default_max_new_tokens = 256;
   int64_t max_new_tokens_limit = 32768;
   int64_t max_request_bytes = 4 << 20;
+  double stall_timeout_seconds = 5;
+  double write_timeout_seconds = 30;
+  int64_t max_pending_output_bytes = 1 << 20;
+  bool usage_workers = false;
+  double lease_renew_seconds = 5;
 };
 
 void Register(FlagSet& fs, Flags& f) {
@@ -108,6 +113,18 @@ void Register(FlagSet& fs, Flags& f) {
             "max_new_tokens when a request leaves it 0 (capped by the context).");
   fs.AddInt("max-new-tokens-limit", &f.max_new_tokens_limit, "Largest max_new_tokens accepted.");
   fs.AddInt("max-request-bytes", &f.max_request_bytes, "Largest Generate request (bytes).");
+  fs.AddDouble("stall-timeout-seconds", &f.stall_timeout_seconds,
+               "A decode stream with no token for this long counts as a failed worker: the "
+               "sequence migrates and the worker is taken out until a probe succeeds.");
+  fs.AddDouble("write-timeout-seconds", &f.write_timeout_seconds,
+               "A client that leaves one write unread for this long is cut off.");
+  fs.AddInt("max-pending-output-bytes", &f.max_pending_output_bytes,
+            "Most output bytes waiting for a slow client; beyond it the client is cut off.");
+  fs.AddDouble("lease-renew-seconds", &f.lease_renew_seconds,
+               "While a prefill runs, its decode reservation's lease is renewed this often (keep "
+               "it well below the workers' --lease-timeout).");
+  fs.AddBool("usage-workers", &f.usage_workers,
+             "Report the workers' addresses in usage.workers (internal topology: off by default).");
 }
 
 std::vector<std::string> List(const std::string& s) {
@@ -131,7 +148,9 @@ absl::Status Check(const Flags& f) {
   if (f.prefill_retries < 0) return absl::InvalidArgumentError("--prefill-retries: >= 0");
   if (f.fail_threshold < 1) return absl::InvalidArgumentError("--fail-threshold: >= 1");
   if (!(f.health_interval_seconds > 0) || !(f.probe_timeout_seconds > 0) ||
-      !(f.dns_refresh_seconds > 0) || !(f.max_backoff_seconds > 0)) {
+      !(f.dns_refresh_seconds > 0) || !(f.max_backoff_seconds > 0) ||
+      !(f.stall_timeout_seconds > 0) || !(f.write_timeout_seconds > 0) ||
+      !(f.lease_renew_seconds > 0)) {
     return absl::InvalidArgumentError("--*-seconds: must be > 0");
   }
   if (f.default_max_new_tokens < 1 || f.max_new_tokens_limit < 1) {
@@ -139,6 +158,9 @@ absl::Status Check(const Flags& f) {
   }
   if (f.max_request_bytes < 1024) {
     return absl::InvalidArgumentError("--max-request-bytes: must be >= 1024");
+  }
+  if (f.max_pending_output_bytes < 4096) {
+    return absl::InvalidArgumentError("--max-pending-output-bytes: must be >= 4096");
   }
   return SetLogLevel(f.server.log_level);
 }
@@ -206,6 +228,11 @@ int Run(int argc, char** argv) {
   so.max_queue = f.max_queue;
   so.flow.migration_limit = static_cast<int>(f.migration_limit);
   so.flow.prefill_retries = static_cast<int>(f.prefill_retries);
+  so.flow.stall_timeout = absl::Seconds(f.stall_timeout_seconds);
+  so.flow.write_timeout = absl::Seconds(f.write_timeout_seconds);
+  so.flow.max_pending_output_bytes = f.max_pending_output_bytes;
+  so.flow.usage_workers = f.usage_workers;
+  so.flow.lease_renew_interval = absl::Seconds(f.lease_renew_seconds);
   GenerationService service(registry, **policy, metrics, **tokenizer, limits, so);
 
   HealthService health_service;
@@ -217,12 +244,20 @@ int Run(int argc, char** argv) {
   builder.RegisterService(&service);
   builder.RegisterService(&health_service);
   RpcLimits server_limits = rpc;
-  // The transport cap is well above --max-request-bytes so that the handler, not gRPC, rejects
-  // an oversized request (INVALID_ARGUMENT naming it, not a retryable RESOURCE_EXHAUSTED).
   server_limits.max_message_bytes = std::max<int64_t>(64 << 20, 4 * f.max_request_bytes);
   ConfigureServer(builder, server_limits);
+  // Requests: a little above --max-request-bytes, so that the handler rejects a request slightly
+  // too large (INVALID_ARGUMENT naming the field) and gRPC refuses a far larger one
+  // (RESOURCE_EXHAUSTED) before it is parsed.
+  builder.SetMaxReceiveMessageSize(
+      static_cast<int>(std::min<int64_t>(f.max_request_bytes + (64 << 10), INT_MAX)));
   grpc::ResourceQuota quota("sambay-router");
   quota.SetMaxThreads(64);  // the synchronous methods (Generate runs on the io threads)
+  // gRPC 1.51 buffers a whole request before checking the receive cap: the transports' memory is
+  // bounded here instead (past it, gRPC cancels streams with RESOURCE_EXHAUSTED), room for eight
+  // requests of the largest size at once.
+  quota.Resize(
+      static_cast<size_t>(std::max<int64_t>(32 << 20, 8 * (f.max_request_bytes + (64 << 10)))));
   builder.SetResourceQuota(quota);
   const int io_threads = static_cast<int>(
       f.io_threads > 0 ? f.io_threads

@@ -1,9 +1,5 @@
 #include "router/metrics.h"
 
-#include <vector>
-
-#include "absl/strings/str_cat.h"
-
 namespace sambay {
 namespace {
 
@@ -86,18 +82,11 @@ RouterMetrics::RouterMetrics()
 }
 
 absl::StatusOr<int> RouterMetrics::Serve(const std::string& host, int port) {
-  try {
-    exposer_ = std::make_unique<prometheus::Exposer>(absl::StrCat(host, ":", port), 2);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics-port: cannot listen on ", host, ":", port, ": ", e.what()));
-  }
-  exposer_->RegisterCollectable(registry_);
-  // Debian's civetweb crashes sending a 404 (prometheus-cpp issue #739): serve every path.
-  exposer_->RegisterCollectable(registry_, "/");
-  const std::vector<int> ports = exposer_->GetListeningPorts();
-  if (ports.empty()) return absl::InternalError("metrics exposer has no listening port");
-  return ports[0];
+  if (http_ != nullptr) return absl::FailedPreconditionError("metrics are already served");
+  auto http = std::make_unique<MetricsHttpServer>(registry_);
+  absl::StatusOr<int> bound = http->Start(host, port);
+  if (bound.ok()) http_ = std::move(http);
+  return bound;
 }
 
 void RouterMetrics::Finished(const std::string& r) {
@@ -114,14 +103,14 @@ void RouterMetrics::Reject(const std::string& r) {
 }
 
 void RouterMetrics::WorkerUp(const std::string& address, const std::string& role, bool up) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto& g = worker_up_[address];
   if (g == nullptr) g = &worker_up_family_->Add({{"worker", address}, {"role", role}});
   g->Set(up ? 1 : 0);
 }
 
 void RouterMetrics::WorkerRemoved(const std::string& address) {
-  std::lock_guard<std::mutex> lock(mu_);
+  absl::MutexLock lock(&mu_);
   auto it = worker_up_.find(address);
   if (it == worker_up_.end()) return;
   worker_up_family_->Remove(it->second);

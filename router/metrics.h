@@ -1,6 +1,6 @@
-// RouterMetrics: the router's Prometheus series (prefix sambay_router_, base units), served on
-// their own port by prometheus-cpp. Latency histograms use vLLM's bucket boundaries so existing
-// dashboards and alerts carry over.
+// RouterMetrics: the router's Prometheus series (prefix sambay_router_, base units), kept by
+// prometheus-cpp and served on their own port by MetricsHttpServer (common/metrics_http.h).
+// Latency histograms use vLLM's bucket boundaries so existing dashboards and alerts carry over.
 //
 //   sambay_router_time_to_first_token_seconds      histogram  request received -> first token sent
 //   sambay_router_inter_token_latency_seconds      histogram  gap between consecutive tokens
@@ -16,12 +16,11 @@
 //   sambay_router_worker_up{worker,role}           gauge  1 healthy, 0 not (removed with the
 //   worker)
 //
-// Ownership: owns the registry of series and the exposer. Thread-safety: all methods.
+// Ownership: owns the registry of series and the HTTP server. Thread-safety: all methods.
 #ifndef SAMBAY_ROUTER_METRICS_H_
 #define SAMBAY_ROUTER_METRICS_H_
 
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/family.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
@@ -29,10 +28,12 @@
 
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/metrics_http.h"
 
 namespace sambay {
 
@@ -40,7 +41,7 @@ class RouterMetrics {
  public:
   static constexpr const char* kFailureReasons[] = {
       "no_worker", "prefill_failed", "decode_failed", "migration_limit",
-      "deadline",  "cancelled",      "internal"};
+      "deadline",  "cancelled",      "internal",      "slow_client"};
   static constexpr const char* kRejectReasons[] = {"queue_full", "invalid", "draining"};
   static constexpr const char* kFinishReasons[] = {"stop", "length", "abort", "error"};
 
@@ -68,11 +69,11 @@ class RouterMetrics {
   void WorkerRemoved(const std::string& address);
 
  private:
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> http_;  // null until Serve
   std::map<std::string, prometheus::Counter*> finished_, failures_, rejections_;
   prometheus::Family<prometheus::Gauge>* worker_up_family_;
-  std::mutex mu_;  // worker_up_
-  std::map<std::string, prometheus::Gauge*> worker_up_;
+  absl::Mutex mu_;
+  std::map<std::string, prometheus::Gauge*> worker_up_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sambay

@@ -51,18 +51,21 @@ class RoundRobin : public PlacementPolicy {
  public:
   std::string name() const override { return "round-robin"; }
   int PickPrefill(const std::vector<WorkerSnapshot>& w, const std::set<std::string>& ex) override {
-    return Next(Candidates(w, ex, true));
+    return Next(Candidates(w, ex, true), prefill_counter_);
   }
   int PickDecode(const std::vector<WorkerSnapshot>& w, const std::set<std::string>& ex) override {
-    return Next(Candidates(w, ex, false));
+    return Next(Candidates(w, ex, false), decode_counter_);
   }
 
  private:
-  int Next(const std::vector<int>& c) {
+  // One counter per role: with a shared one, every placement (a decode pick, then a prefill
+  // pick) advanced it twice, and with an even number of decode candidates the prefill picks
+  // never reached half of the prefill workers.
+  static int Next(const std::vector<int>& c, std::atomic<uint64_t>& counter) {
     if (c.empty()) return -1;
-    return c[counter_.fetch_add(1) % c.size()];
+    return c[counter.fetch_add(1) % c.size()];
   }
-  std::atomic<uint64_t> counter_{0};
+  std::atomic<uint64_t> prefill_counter_{0}, decode_counter_{0};
 };
 
 }  // namespace

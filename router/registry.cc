@@ -198,6 +198,9 @@ void WorkerRegistry::Probe(const std::string& address) {
   if (e.failures >= options_.fail_threshold || !e.healthy) SetUpLocked(e, false);
   // The worker may have restarted with another model or role: ask again when it is back.
   if (st.error_code() == grpc::StatusCode::UNAVAILABLE) e.info_known = false;
+  // A fresh channel for the next probe: the old one may sit in its reconnect backoff, or on a
+  // connection a partition or a stopped process left half-open (calls already made keep theirs).
+  e.stub = pb::Worker::NewStub(MakeChannel(address, options_.limits));
   const int shift = std::min(e.failures - 1, 16);
   e.next_probe = now + std::min(options_.max_backoff, options_.health_interval * (1 << shift));
 }
@@ -211,7 +214,11 @@ void WorkerRegistry::ProbeAll() {
       if (e.next_probe <= now) due.push_back(a);
     }
   }
-  for (const std::string& a : due) Probe(a);
+  // Concurrently: a hung worker costs one probe timeout, not one per worker behind it.
+  std::vector<std::thread> probes;
+  probes.reserve(due.size());
+  for (const std::string& a : due) probes.emplace_back([this, a] { Probe(a); });
+  for (std::thread& t : probes) t.join();
   std::function<void(bool)> cb;
   bool ready;
   {
@@ -292,6 +299,20 @@ void WorkerRegistry::Adjust(const std::string& address, int64_t slots_delta,
   if (it == workers_.end()) return;
   it->second.slots_adjust += slots_delta;
   it->second.prefill_adjust += prefill_tokens_delta;
+}
+
+bool WorkerRegistry::IsHealthy(const std::string& address) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(address);
+  return it != workers_.end() && it->second.healthy && !it->second.refused && it->second.info_known;
+}
+
+void WorkerRegistry::MarkFull(const std::string& address) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = workers_.find(address);
+  if (it == workers_.end()) return;
+  Entry& e = it->second;
+  e.slots_adjust = -static_cast<int64_t>(e.load.free_slots());
 }
 
 void WorkerRegistry::ReportFailure(const std::string& address, const absl::Status& status) {

@@ -1,8 +1,10 @@
 // WorkerRegistry: the router's view of its workers. Workers come from static lists (per role,
 // or "any": the role is read from GetInfo) and from DNS names re-resolved periodically (a
 // Kubernetes headless Service gives one address per pod). A probe thread calls GetInfo once per
-// worker (model fingerprint and roles) and GetLoad every health interval. A worker is healthy
-// after a successful probe; after `fail_threshold` failed probes in a row (or a connection
+// worker (model fingerprint and roles) and GetLoad every health interval; the probes that are
+// due run concurrently (a thread each), so a hung worker delays no other worker's probe, and a
+// worker whose probe failed gets a fresh channel (not one stuck on a dead connection). A worker is
+// healthy after a successful probe; after `fail_threshold` failed probes in a row (or a connection
 // failure reported by a request) it is taken out, probed with exponential backoff, and
 // re-admitted by the first successful probe. Every worker must serve the same model: the first
 // fingerprint seen (or --fingerprint) is the cluster's; a worker with another is refused and
@@ -79,6 +81,10 @@ class WorkerRegistry {
   void Adjust(const std::string& address, int64_t slots_delta, int64_t prefill_tokens_delta);
   // A request saw this worker fail at the connection level: take it out until a probe succeeds.
   void ReportFailure(const std::string& address, const absl::Status& status);
+  // In the registry, healthy, and serving the cluster's model (what Healthy() lists).
+  bool IsHealthy(const std::string& address) const;
+  // The worker refused a sequence for lack of room: no free slot until its next probe.
+  void MarkFull(const std::string& address);
 
   // Called at once with Ready(), then (from the probe thread) whenever it changes.
   void SetReadyCallback(std::function<void(bool)> cb);

@@ -3,9 +3,13 @@
 #include <algorithm>
 #include <cmath>
 
+#include "absl/strings/escaping.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/limits.h"
 #include "common/request_id.h"
 #include "engine/tokenizer/chat.h"
+#include "proto/wire_validation.h"
 
 namespace sambay {
 namespace {
@@ -32,6 +36,52 @@ size_t Utf8Floor(const std::string& s, size_t n) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::vector<int32_t>> EncodeChatPrompt(const Tokenizer& tokenizer,
+                                                      const pb::Chat& chat,
+                                                      const std::string& field) {
+  if (chat.messages().empty()) return Invalid(absl::StrCat(field, ".messages: must not be empty"));
+  std::vector<ChatMessage> msgs;
+  msgs.reserve(chat.messages_size());
+  for (int i = 0; i < chat.messages_size(); ++i) {
+    const pb::ChatMessage& m = chat.messages(i);
+    const std::string where = absl::StrCat(field, ".messages[", i, "].role: ");
+    if (m.role() != "system" && m.role() != "user" && m.role() != "assistant" &&
+        m.role() != "tool") {
+      return Invalid(absl::StrCat(where, "must be system, user, assistant or tool, got \"",
+                                  absl::CHexEscape(m.role()), "\""));
+    }
+    if (!tokenizer.SpecialTokenId("<|" + m.role() + "|>").has_value()) {
+      return Invalid(absl::StrCat(where, "\"", m.role(),
+                                  "\" is not supported by the model's tokenizer (",
+                                  tokenizer.name(), " has no <|", m.role(), "|> token)"));
+    }
+    msgs.push_back({m.role(), m.content()});
+  }
+  auto ids = EncodeChat(tokenizer, msgs);
+  if (!ids.ok()) {
+    // "messages[i].content: ..." names a field under `field`; other errors concern the whole chat.
+    const absl::string_view msg = ids.status().message();
+    return absl::Status(ids.status().code(), absl::StartsWith(msg, "messages")
+                                                 ? absl::StrCat(field, ".", msg)
+                                                 : absl::StrCat(field, ": ", msg));
+  }
+  return ids;
+}
+
+size_t PromptTextBytes(const pb::GenerateRequest& req) {
+  switch (req.prompt_case()) {
+    case pb::GenerateRequest::kText:
+      return req.text().size();
+    case pb::GenerateRequest::kChat: {
+      size_t n = 0;
+      for (const auto& m : req.chat().messages()) n += m.role().size() + m.content().size();
+      return n;
+    }
+    default:
+      return 0;
+  }
+}
 
 absl::Status ValidateSampling(const pb::SamplingParams& s) {
   if (!std::isfinite(s.temperature()) || s.temperature() < 0) {
@@ -60,6 +110,8 @@ absl::Status ValidateSampling(const pb::SamplingParams& s) {
 absl::StatusOr<PreparedRequest> PrepareRequest(const pb::GenerateRequest& req,
                                                const Tokenizer& tokenizer,
                                                const RouterLimits& limits, uint64_t random_seed) {
+  // A string field that was not UTF-8 (proto/wire_validation.h: recorded, not parsed).
+  if (std::string bad = WireError(req); !bad.empty()) return Invalid(bad);
   const size_t bytes = req.ByteSizeLong();
   if (static_cast<int64_t>(bytes) > limits.max_request_bytes) {
     return Invalid(absl::StrCat("request: ", bytes, " bytes exceeds the limit of ",
@@ -90,19 +142,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const pb::GenerateRequest& req,
       out.prompt.assign(req.token_ids().ids().begin(), req.token_ids().ids().end());
       break;
     case pb::GenerateRequest::kChat: {
-      if (req.chat().messages().empty()) return Invalid("chat.messages: must not be empty");
-      std::vector<ChatMessage> msgs;
-      for (int i = 0; i < req.chat().messages_size(); ++i) {
-        const auto& m = req.chat().messages(i);
-        if (m.role() != "system" && m.role() != "user" && m.role() != "assistant") {
-          return Invalid(absl::StrCat("chat.messages[", i,
-                                      "].role: must be system, user or assistant, got \"", m.role(),
-                                      "\""));
-        }
-        msgs.push_back({m.role(), m.content()});
-      }
-      auto ids = EncodeChat(tokenizer, msgs);
-      if (!ids.ok()) return Invalid(absl::StrCat("chat: ", ids.status().message()));
+      auto ids = EncodeChatPrompt(tokenizer, req.chat(), "chat");
+      if (!ids.ok()) return ids.status();
       out.prompt = *std::move(ids);
       break;
     }
@@ -135,6 +176,10 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const pb::GenerateRequest& req,
                                 " new tokens exceeds the context length ", limits.max_context));
   }
   out.max_new_tokens = max_new;
+  if (static_cast<size_t>(st.stop_token_ids_size()) > kMaxStopTokenIds) {
+    return Invalid(absl::StrCat("stopping.stop_token_ids: at most ", kMaxStopTokenIds, " ids, got ",
+                                st.stop_token_ids_size()));
+  }
   if (absl::Status s = CheckIds(st.stop_token_ids(), limits.vocab_size, "stopping.stop_token_ids");
       !s.ok()) {
     return s;

@@ -1,6 +1,7 @@
 // Request preparation for the router: validates a public GenerateRequest before any worker is
 // touched (INVALID_ARGUMENT naming the field), turns its prompt into token ids, applies the
-// defaults, and matches stop strings on the streamed text.
+// defaults, and matches stop strings on the streamed text. The chat encoding is shared with
+// Tokenize, so both accept and refuse the same messages with the same errors.
 //
 // Stateless functions; StopMatcher is a value type used by one request (not thread-safe).
 #ifndef SAMBAY_ROUTER_REQUEST_H_
@@ -45,6 +46,18 @@ struct PreparedRequest {
 absl::StatusOr<PreparedRequest> PrepareRequest(const sambay::v1::GenerateRequest& request,
                                                const Tokenizer& tokenizer,
                                                const RouterLimits& limits, uint64_t random_seed);
+
+// A chat prompt as ids (the chat format of engine/tokenizer/chat.h). Roles system, user, assistant
+// and tool; at least one message. Errors name the field under `field` (e.g. "chat"):
+// INVALID_ARGUMENT "chat.messages[i].role: ..." for an unknown role or one whose marker token the
+// model's tokenizer lacks, "chat.messages: must not be empty", "chat.messages[i].content: ...".
+absl::StatusOr<std::vector<int32_t>> EncodeChatPrompt(const Tokenizer& tokenizer,
+                                                      const sambay::v1::Chat& chat,
+                                                      const std::string& field);
+
+// Bytes of prompt text to tokenize (text, or every chat message's role and content); 0 for a
+// token-id prompt. The service tokenizes large prompts off its streaming threads.
+size_t PromptTextBytes(const sambay::v1::GenerateRequest& request);
 
 // Validates sampling values (names "sampling.<field>").
 absl::Status ValidateSampling(const sambay::v1::SamplingParams& s);

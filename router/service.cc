@@ -8,9 +8,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "common/limits.h"
 #include "common/log.h"
+#include "common/peer_identity.h"
 #include "common/request_id.h"
-#include "engine/tokenizer/chat.h"
 
 namespace sambay {
 namespace {
@@ -33,6 +34,17 @@ std::string RequestIdFor(const grpc::ServerContextBase* ctx, const pb::GenerateR
     if (IsValidRequestId(v)) return std::string(v);
   }
   return NewRequestId();
+}
+
+// INVALID_ARGUMENT naming `field` when `req` is larger than --max-request-bytes. (gRPC refuses
+// messages much larger than that before they reach a handler: router/main.cc.)
+absl::Status CheckRequestBytes(const google::protobuf::Message& req, const char* field,
+                               const RouterLimits& limits) {
+  const size_t bytes = req.ByteSizeLong();
+  if (static_cast<int64_t>(bytes) <= limits.max_request_bytes) return absl::OkStatus();
+  return absl::InvalidArgumentError(
+      absl::StrCat(field, ": the request is ", bytes, " bytes, more than the limit of ",
+                   limits.max_request_bytes, " (--max-request-bytes)"));
 }
 
 }  // namespace
@@ -82,7 +94,42 @@ void GenerationService::StopServing(absl::Duration timeout) {
 void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
   const pb::GenerateRequest& req = flow->request();
   const std::string rid = RequestIdFor(&flow->server_context(), req);
-  auto prepared = PrepareRequest(req, tokenizer_, limits_, RandomU64());
+  const uint64_t seed = RandomU64();
+  if (PromptTextBytes(req) <= kInlinePromptBytes) {
+    Admit(flow, rid, PrepareRequest(req, tokenizer_, limits_, seed), /*pooled=*/false);
+    return;
+  }
+  // A large prompt: tokenized on the pool, then admitted on the flow's queue. The request is not
+  // modified after the call was accepted, so the pool may read it.
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    preparing_.insert(flow.get());
+  }
+  const bool queued = pool_.TrySubmit([this, flow, rid, seed] {
+    absl::StatusOr<PreparedRequest> prepared =
+        PrepareRequest(flow->request(), tokenizer_, limits_, seed);
+    flow->RunOnQueue([this, flow, rid, prepared = std::move(prepared)]() mutable {
+      Admit(flow, rid, std::move(prepared), /*pooled=*/true);
+    });
+  });
+  if (!queued) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      preparing_.erase(flow.get());
+    }
+    metrics_.Reject("queue_full");
+    flow->Reject(absl::ResourceExhaustedError(
+        absl::StrCat("the router is tokenizing ", kMaxPreparing, " large prompts: retry later")));
+  }
+}
+
+void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, const std::string& rid,
+                              absl::StatusOr<PreparedRequest> prepared, bool pooled) {
+  if (pooled) {
+    std::lock_guard<std::mutex> lock(mu_);
+    // FlowGone took it out: gRPC is done with the call (the client went away meanwhile).
+    if (preparing_.erase(flow.get()) == 0) return;
+  }
   if (!prepared.ok()) {
     metrics_.Reject("invalid");
     Log(LogLevel::kInfo, "router", "request rejected",
@@ -91,12 +138,14 @@ void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
     return;
   }
   prepared->request_id = rid;
-  flow->SetPrepared(*std::move(prepared));
+  std::string caller = PeerIdentity(flow->server_context());
   absl::Status rejected;
   bool start = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    flows_.emplace(rid, FlowRef{flow.get(), flow});
+    // Under mu_: FlowGone reads the request id SetPrepared writes.
+    flow->SetPrepared(*std::move(prepared));
+    flows_.emplace(rid, FlowRef{flow.get(), flow, std::move(caller)});
     if (draining_) {
       metrics_.Reject("draining");
       rejected = absl::UnavailableError("the router is draining: retry on another replica");
@@ -170,6 +219,7 @@ bool GenerationService::FlowDequeue(RequestFlow* flow) {
 
 void GenerationService::FlowGone(RequestFlow* flow) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (preparing_.erase(flow) > 0) return;  // still being tokenized: Admit drops it
   if (flow->request_id().empty()) return;  // rejected before it had one
   for (auto it = flows_.lower_bound(flow->request_id());
        it != flows_.end() && it->first == flow->request_id(); ++it) {
@@ -185,11 +235,14 @@ grpc::Status GenerationService::Abort(grpc::ServerContext* ctx, const pb::AbortR
   if (req->request_id().empty()) {
     return ToGrpcStatus(absl::InvalidArgumentError("request_id: required"));
   }
+  // Only the caller's own requests; anyone else's are answered as unknown ids.
+  const std::string caller = PeerIdentity(*ctx);
   std::vector<std::shared_ptr<RequestFlow>> found;
   {
     std::lock_guard<std::mutex> lock(mu_);
     for (auto it = flows_.lower_bound(req->request_id());
          it != flows_.end() && it->first == req->request_id(); ++it) {
+      if (it->second.caller != caller) continue;
       if (auto f = it->second.ref.lock()) found.push_back(std::move(f));
     }
   }
@@ -200,22 +253,21 @@ grpc::Status GenerationService::Abort(grpc::ServerContext* ctx, const pb::AbortR
 
 grpc::Status GenerationService::Tokenize(grpc::ServerContext* ctx, const pb::TokenizeRequest* req,
                                          pb::TokenizeResponse* resp) {
-  if (static_cast<int64_t>(req->ByteSizeLong()) > limits_.max_request_bytes) {
-    return ToGrpcStatus(absl::InvalidArgumentError("request: exceeds --max-request-bytes"));
+  const bool text = req->input_case() == pb::TokenizeRequest::kText;
+  if (absl::Status s = CheckRequestBytes(*req, text ? "text" : "chat", limits_); !s.ok()) {
+    return ToGrpcStatus(s);
   }
   absl::StatusOr<std::vector<int32_t>> ids;
-  if (req->input_case() == pb::TokenizeRequest::kText) {
+  if (text) {
     ids = tokenizer_.Encode(req->text(), false);
-    if (!ids.ok())
+    if (!ids.ok()) {
       return ToGrpcStatus(
           absl::InvalidArgumentError(absl::StrCat("text: ", ids.status().message())));
+    }
   } else if (req->input_case() == pb::TokenizeRequest::kChat) {
-    std::vector<ChatMessage> msgs;
-    for (const auto& m : req->chat().messages()) msgs.push_back({m.role(), m.content()});
-    ids = EncodeChat(tokenizer_, msgs);
-    if (!ids.ok())
-      return ToGrpcStatus(
-          absl::InvalidArgumentError(absl::StrCat("chat: ", ids.status().message())));
+    // The encoding of Generate's chat prompts: the same roles, the same errors.
+    ids = EncodeChatPrompt(tokenizer_, req->chat(), "chat");
+    if (!ids.ok()) return ToGrpcStatus(ids.status());
   } else {
     return ToGrpcStatus(absl::InvalidArgumentError("input: set text or chat"));
   }
@@ -226,7 +278,15 @@ grpc::Status GenerationService::Tokenize(grpc::ServerContext* ctx, const pb::Tok
 grpc::Status GenerationService::Detokenize(grpc::ServerContext* ctx,
                                            const pb::DetokenizeRequest* req,
                                            pb::DetokenizeResponse* resp) {
+  if (static_cast<size_t>(req->token_ids_size()) > kMaxDetokenizeIds) {
+    return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+        "token_ids: at most ", kMaxDetokenizeIds, " ids, got ", req->token_ids_size())));
+  }
+  if (absl::Status s = CheckRequestBytes(*req, "token_ids", limits_); !s.ok()) {
+    return ToGrpcStatus(s);
+  }
   std::vector<int32_t> ids;
+  ids.reserve(req->token_ids_size());
   for (int i = 0; i < req->token_ids_size(); ++i) {
     if (req->token_ids(i) >= static_cast<uint64_t>(limits_.vocab_size)) {
       return ToGrpcStatus(absl::InvalidArgumentError(
@@ -268,7 +328,7 @@ void GenerationService::StartDrain() {
 
 int64_t GenerationService::active() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<int64_t>(flows_.size());
+  return static_cast<int64_t>(flows_.size() + preparing_.size());
 }
 
 }  // namespace sambay

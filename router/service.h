@@ -4,13 +4,18 @@
 // stream): validates (PrepareRequest; INVALID_ARGUMENT naming the field, before any worker is
 // touched), admits into a bounded queue (at most max_concurrent requests served at once and
 // max_queue waiting, started in arrival order as slots free; beyond that RESOURCE_EXHAUSTED at
-// once; UNAVAILABLE while draining), then runs the flow. The request id comes from the request,
-// else the x-request-id metadata, else a generated one; it is in every log line and sent to the
-// workers. Abort / Tokenize / Detokenize / GetModelInfo (synchronous handlers) as
-// generate.proto documents.
+// once; UNAVAILABLE while draining), then runs the flow. A prompt with more than
+// kInlinePromptBytes of text is tokenized on a small pool (TaskPool), not on the streaming thread
+// that accepted the call, so it does not stall the other streams of that thread; its admission
+// then continues on the flow's queue. The request id comes from the request, else the
+// x-request-id metadata, else a generated one; it is in every log line and sent to the workers.
+// Abort / Tokenize / Detokenize / GetModelInfo (synchronous handlers) as generate.proto
+// documents. Abort reaches only the requests of the same caller (common/peer_identity.h); for
+// anyone else's request it answers as for an unknown id, so ids cannot be probed.
 //
 // Ownership: borrows registry, policy, metrics, tokenizer (they outlive the server). Holds weak
-// references to the live flows (for Abort) and strong ones to the waiting flows.
+// references to the live flows (for Abort), strong ones to the waiting flows, and the tokenizing
+// pool (destroyed first, which drops the prompts not yet tokenized).
 // Thread-safety: handlers and flow callbacks run concurrently; shared state is under one mutex,
 // never held while calling into a flow.
 #ifndef SAMBAY_ROUTER_SERVICE_H_
@@ -21,6 +26,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -32,6 +38,7 @@
 #include "router/placement.h"
 #include "router/registry.h"
 #include "router/request.h"
+#include "router/task_pool.h"
 #include "sambay/v1/generate.grpc.pb.h"
 
 namespace sambay {
@@ -41,6 +48,13 @@ struct RouterServiceOptions {
   int64_t max_queue = 1024;
   FlowOptions flow;
 };
+
+// Prompts with more text than this (bytes of text, or of chat roles and contents) are tokenized on
+// the service's pool rather than on the streaming thread.
+inline constexpr size_t kInlinePromptBytes = 16 << 10;
+// The pool: threads, and prompts waiting for one (beyond: RESOURCE_EXHAUSTED at once).
+inline constexpr int kPrepareThreads = 2;
+inline constexpr size_t kMaxPreparing = 64;
 
 class GenerationService final : public GenerationAsyncBase, private FlowHost {
  public:
@@ -64,7 +78,8 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
 
   // New Generate calls get UNAVAILABLE; running and queued ones continue.
   void StartDrain();
-  // Generate calls not yet done (running, queued, or flushing their last messages).
+  // Generate calls not yet done (being tokenized, running, queued, or flushing their last
+  // messages).
   int64_t active() const;
 
  private:
@@ -77,6 +92,10 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
   // at once, e.g. with no worker, runs as a loop, not a recursion).
   static void StartFlow(std::shared_ptr<RequestFlow> flow);
   void UpdateGauges();  // under mu_
+  // Admits a validated flow (or rejects it). `pooled`: it was prepared on the pool, and is
+  // dropped if gRPC finished with it meanwhile (FlowGone). On the flow's queue.
+  void Admit(const std::shared_ptr<RequestFlow>& flow, const std::string& rid,
+             absl::StatusOr<PreparedRequest> prepared, bool pooled);
 
   WorkerRegistry& registry_;
   PlacementPolicy& policy_;
@@ -96,8 +115,13 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
   struct FlowRef {
     RequestFlow* flow;
     std::weak_ptr<RequestFlow> ref;
+    std::string caller;  // PeerIdentity of the Generate call
   };
   std::multimap<std::string, FlowRef> flows_;  // by request id
+  std::set<RequestFlow*> preparing_;           // accepted, prompt being tokenized on pool_
+
+  // Last member: destroyed (joined) first, while what its tasks use still exists.
+  TaskPool pool_{kPrepareThreads, kMaxPreparing};
 };
 
 }  // namespace sambay

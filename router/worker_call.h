@@ -27,7 +27,7 @@ class RequestFlow;
 
 // A completion-queue tag: which flow, which of its calls (0 = the server call), which event.
 struct FlowTag {
-  enum Kind { kAccept, kDone, kWrite, kFinish, kCallStart, kCallRead, kCallFinish };
+  enum Kind { kAccept, kDone, kWrite, kFinish, kTick, kCallStart, kCallRead, kCallFinish };
   RequestFlow* flow = nullptr;
   uint64_t call = 0;
   Kind kind = kAccept;

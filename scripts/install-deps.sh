@@ -7,16 +7,17 @@ set -euo pipefail
 PACKAGES=(
   build-essential g++ cmake ninja-build git pkg-config ca-certificates
   libabsl-dev nlohmann-json3-dev libopenblas-dev libhwy-dev libicu-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
+  libgtest-dev libgmock-dev libbenchmark-dev clang-14 libfuzzer-14-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto
-  prometheus-cpp-dev
+  prometheus-cpp-dev libevent-dev
   python3 python3-numpy python3-grpcio python3-protobuf curl
 )
 
 # Test tools for the deployment files (tests/deploy): promtool and a Prometheus server
-# (package prometheus), unzip for the helm binary below, PyYAML for the chart assertions.
+# (package prometheus), unzip for the helm binary below, PyYAML for the chart assertions; nft and
+# ip for the router partition test (tests/router/partition_test.cc).
 # deploy/Dockerfile's build stage installs PACKAGES above, not these.
-TEST_PACKAGES=(prometheus unzip python3-yaml)
+TEST_PACKAGES=(prometheus unzip python3-yaml nftables iproute2)
 PACKAGES+=("${TEST_PACKAGES[@]}")
 
 # Node.js + npm fetch the reference tokenizer data (npm package `tiktoken`). A machine that

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Builds with warnings as errors and runs every test:
 #   1. the Release build in build/ and all of its CTest tests (unit, golden, CLI, reference);
-#   2. an AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/ running the C++
-#      test binaries again (the worker, router and client integration tests against sanitized
-#      sambay-worker and sambay-router processes);
+#   2. an AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/ (clang-14, -O1,
+#      with the libFuzzer targets: -DSAMBAY_FUZZ=ON) running the C++ test binaries again (the
+#      worker, router and client integration tests against sanitized sambay-worker and
+#      sambay-router processes), then scripts/fuzz.sh: every seed corpus replayed and every fuzz
+#      target fuzzed for FUZZ_SECONDS (default 20) seconds (docs/reliability.md);
 #   3. when the Release build has the CUDA backend: scripts/gpu-pack.sh into build/carry-gpu and
 #      the GPU run's script as a dry run (DRY_RUN=1 scripts/gpu-check.sh: binaries start,
 #      libraries resolve, GPU tests skip, the benchmark refuses cleanly), so it cannot rot.
 # Every stage prints its wall time. Exits non-zero on the first failure.
-# Environment: JOBS (default: number of cores).
+# Environment: JOBS (default: number of cores), FUZZ_SECONDS (default 20).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
@@ -38,8 +40,16 @@ if [[ -x build/bin/cuda_tests ]]; then
   tail -n 3 build/gpu-dry-run/gpu-check.log
 fi
 
-stage "Sanitizer build (ASan + UBSan)"
-BUILD_DIR=build-asan bash scripts/build.sh -DSAMBAY_WERROR=ON -DSAMBAY_SANITIZE=ON -DSAMBAY_CUDA=OFF
+stage "Sanitizer build (clang-14, ASan + UBSan, libFuzzer targets)"
+# clang for libFuzzer; -O1 keeps the build no slower than the g++ -O3 one it replaced. A cache
+# from another compiler cannot be switched in place.
+if [[ -f build-asan/CMakeCache.txt ]] &&
+   ! grep -q '^CMAKE_CXX_COMPILER:[A-Z]*=.*clang++-14$' build-asan/CMakeCache.txt; then
+  rm -rf build-asan
+fi
+CC=clang-14 CXX=clang++-14 BUILD_DIR=build-asan bash scripts/build.sh -DSAMBAY_WERROR=ON \
+  -DSAMBAY_FUZZ=ON -DSAMBAY_CUDA=OFF "-DCMAKE_C_FLAGS_RELEASE=-O1 -DNDEBUG" \
+  "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -DNDEBUG"
 stage "Sanitizer run"
 export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1
 export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -51,6 +61,11 @@ build-asan/bin/worker_tests --gtest_brief=1
 # The router and client tests start the sanitized sambay-router (and workers) the same way.
 build-asan/bin/router_tests --gtest_brief=1
 build-asan/bin/client_tests --gtest_brief=1
+
+FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+stage "Fuzz: replay corpora + $FUZZ_SECONDS s per target"
+BUILD_DIR=build-asan bash scripts/fuzz.sh --replay
+BUILD_DIR=build-asan bash scripts/fuzz.sh --seconds "$FUZZ_SECONDS" --parallel "$JOBS"
 
 stage "Release tests"
 ctest --test-dir build --output-on-failure -j "$JOBS"

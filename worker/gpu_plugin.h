@@ -2,7 +2,7 @@
 // (worker/cuda_plugin.cc + worker/cuda_backend.cc + engine/cuda, built only with CUDA) at
 // start, so a CPU worker never maps the CUDA libraries. That matters beyond size: libraries
 // linked at start put their thread-locals in every thread's stack (cuBLASLt's are ~94 KiB, more
-// than civetweb's 100 KiB metrics threads can spare), while a dlopen'ed library's thread-locals
+// than a thread created with a small stack can spare), while a dlopen'ed library's thread-locals
 // are allocated on first use instead. The executable exports its symbols (ENABLE_EXPORTS), so
 // the plugin binds to the worker's own engine code rather than a second copy.
 //

@@ -24,6 +24,7 @@
 #include "worker/engine_backend.h"
 #include "worker/gpu_plugin.h"
 #include "worker/metrics.h"
+#include "worker/push_policy.h"
 #include "worker/scheduler.h"
 #include "worker/service.h"
 
@@ -51,6 +52,10 @@ struct Flags {
   bool cuda_graphs = false;
   double lease_timeout = 30;
   int64_t max_message_mib = 32;
+  std::string push_allow = "loopback";
+  double push_first_chunk_timeout = 10;
+  double push_chunk_timeout = 10;
+  int64_t max_push_streams = 0;
 };
 
 void Register(FlagSet& fs, Flags& f) {
@@ -92,6 +97,15 @@ void Register(FlagSet& fs, Flags& f) {
   fs.AddDouble("lease-timeout", &f.lease_timeout,
                "Seconds a Decode reservation waits for its whole state before it is freed.");
   fs.AddInt("max-message-mib", &f.max_message_mib, "Largest gRPC message, both directions (MiB).");
+  fs.AddString("push-allow", &f.push_allow,
+               "Where Prefill may push states: comma-separated *, loopback, CIDR blocks, IP "
+               "addresses, HOST or HOST:PORT (docs/worker.md).");
+  fs.AddDouble("push-first-chunk-timeout", &f.push_first_chunk_timeout,
+               "Seconds a PushState stream may wait for its first chunk.");
+  fs.AddDouble("push-chunk-timeout", &f.push_chunk_timeout,
+               "Seconds a PushState stream may wait between chunks.");
+  fs.AddInt("max-push-streams", &f.max_push_streams,
+            "Most PushState streams served at once (0 = --max-running).");
 }
 
 absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
@@ -126,6 +140,13 @@ absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
   if (f.max_message_mib < 1 || f.max_message_mib > 1024) {
     return absl::InvalidArgumentError("--max-message-mib: must be in [1, 1024]");
   }
+  if (!(f.push_first_chunk_timeout > 0) || !(f.push_chunk_timeout > 0)) {
+    return absl::InvalidArgumentError("--push-first-chunk-timeout/--push-chunk-timeout: > 0");
+  }
+  if (f.max_push_streams < 0 || f.max_push_streams > f.max_running) {
+    return absl::InvalidArgumentError("--max-push-streams: must be in [0, --max-running]");
+  }
+  if (auto allow = PushAllowList::Parse(f.push_allow); !allow.ok()) return allow.status();
   return SetLogLevel(f.server.log_level);
 }
 
@@ -227,7 +248,12 @@ int Run(int argc, char** argv) {
   limits.max_message_bytes = f.max_message_mib << 20;
 
   Scheduler scheduler(*engine, so, &metrics);
-  WorkerService service(*engine, scheduler, metrics, roles, limits, SAMBAY_VERSION);
+  WorkerServiceOptions wo;
+  wo.push_allow = *PushAllowList::Parse(f.push_allow);  // checked by CheckFlags
+  wo.push_first_chunk_timeout = absl::Seconds(f.push_first_chunk_timeout);
+  wo.push_chunk_timeout = absl::Seconds(f.push_chunk_timeout);
+  wo.max_push_streams = f.max_push_streams == 0 ? f.max_running : f.max_push_streams;
+  WorkerService service(*engine, scheduler, metrics, roles, limits, SAMBAY_VERSION, wo);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -237,8 +263,10 @@ int Run(int argc, char** argv) {
                            grpc::InsecureServerCredentials(), &grpc_port);
   builder.RegisterService(&service);
   ConfigureServer(builder, limits);
-  // Each streaming call holds a thread: two per admitted sequence (Decode + PushState) plus
-  // room for probes and load queries. Beyond this, calls fail fast with RESOURCE_EXHAUSTED.
+  CapUnownedStreams(builder);  // reflection streams (each holds a thread)
+  // Each streaming call holds a thread: two per admitted sequence (Decode + PushState, capped
+  // by --max-push-streams) plus room for probes, reflection (capped) and load queries. Beyond
+  // this, calls fail fast with RESOURCE_EXHAUSTED.
   grpc::ResourceQuota quota("sambay-worker");
   quota.SetMaxThreads(static_cast<int>(2 * f.max_running + 32));
   builder.SetResourceQuota(quota);

@@ -1,9 +1,6 @@
 #include "worker/metrics.h"
 
 #include <cstring>
-#include <vector>
-
-#include "absl/strings/str_cat.h"
 
 namespace sambay {
 namespace {
@@ -115,19 +112,11 @@ WorkerMetrics::WorkerMetrics(const std::string& fingerprint, const std::string& 
 }
 
 absl::StatusOr<int> WorkerMetrics::Serve(const std::string& host, int port) {
-  try {
-    exposer_ = std::make_unique<prometheus::Exposer>(absl::StrCat(host, ":", port), 2);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("metrics-port: cannot listen on ", host, ":", port, ": ", e.what()));
-  }
-  exposer_->RegisterCollectable(registry_);
-  // Debian's civetweb crashes while sending its 404 page (prometheus-cpp issue #739), so "/"
-  // (which civetweb matches as a prefix of every path) serves the metrics too: any path answers.
-  exposer_->RegisterCollectable(registry_, "/");
-  const std::vector<int> ports = exposer_->GetListeningPorts();
-  if (ports.empty()) return absl::InternalError("metrics exposer has no listening port");
-  return ports[0];
+  if (http_ != nullptr) return absl::FailedPreconditionError("metrics are already served");
+  auto http = std::make_unique<MetricsHttpServer>(registry_);
+  absl::StatusOr<int> bound = http->Start(host, port);
+  if (bound.ok()) http_ = std::move(http);
+  return bound;
 }
 
 void WorkerMetrics::Reject(RejectReason reason) { rejections_.at(reason)->Increment(); }

@@ -1,5 +1,5 @@
-// WorkerMetrics: the worker's Prometheus series (prefix sambay_worker_, base units), served by
-// prometheus-cpp's exposer on its own port.
+// WorkerMetrics: the worker's Prometheus series (prefix sambay_worker_, base units), kept by
+// prometheus-cpp and served on its own port by MetricsHttpServer (common/metrics_http.h).
 //
 // Series (labels in braces):
 //   sambay_worker_info{fingerprint,role,version}          gauge, always 1
@@ -18,14 +18,13 @@
 //   sambay_worker_rejections_total{reason=slots|memory|draining|role}  counter
 //   sambay_worker_failures_total{reason=...}                counter  (see kFailureReasons)
 //
-// Ownership: owns its registry; the exposer (if started) holds a weak reference.
+// Ownership: owns its registry and the HTTP server (if started), which shares the registry.
 // Thread-safety: every method may be called from any thread (prometheus-cpp metrics are atomic;
 // label children are created once in the constructor).
 #ifndef SAMBAY_WORKER_METRICS_H_
 #define SAMBAY_WORKER_METRICS_H_
 
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/gauge.h>
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
@@ -36,6 +35,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/metrics_http.h"
 
 namespace sambay {
 
@@ -86,7 +86,7 @@ class WorkerMetrics {
   static const char* FailureReasonFor(const absl::Status& status);
 
  private:
-  std::unique_ptr<prometheus::Exposer> exposer_;
+  std::unique_ptr<MetricsHttpServer> http_;  // null until Serve
   std::map<RejectReason, prometheus::Counter*> rejections_;
   std::map<FinishKind, prometheus::Counter*> finished_;
   std::map<std::string, prometheus::Counter*> failures_;

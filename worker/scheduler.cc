@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/check.h"
+#include "common/limits.h"
 #include "common/log.h"
 
 namespace sambay {
@@ -123,6 +124,10 @@ absl::Status Scheduler::Validate(const SequenceRequest& r) const {
   if (absl::Status s = ValidateSamplingParams(r.sampling); !s.ok()) {
     return absl::InvalidArgumentError(absl::StrCat("sampling.", s.message()));
   }
+  if (r.stop_ids.size() > kMaxStopTokenIds) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stop_token_ids: ", r.stop_ids.size(), " ids, at most ", kMaxStopTokenIds));
+  }
   if (absl::Status s = CheckIds(r.stop_ids, vocab, "stop_token_ids"); !s.ok()) return s;
   if (r.top_logprobs < 0 || r.top_logprobs > kMaxTopLogprobs) {
     return absl::InvalidArgumentError(
@@ -137,8 +142,9 @@ absl::Status Scheduler::Validate(const SequenceRequest& r) const {
   }
   int64_t tokens;
   if (r.mode == SeqMode::kImported) {
-    if (r.handle.empty() || r.handle.size() > 128) {
-      return absl::InvalidArgumentError("handle: must be 1 to 128 bytes");
+    if (r.handle.empty() || r.handle.size() > kMaxHandleBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("handle: must be 1 to ", kMaxHandleBytes, " bytes, got ", r.handle.size()));
     }
     if (r.prompt_tokens < 1) {
       return absl::InvalidArgumentError(
@@ -186,6 +192,10 @@ absl::Status Scheduler::Validate(const SequenceRequest& r) const {
 
 absl::StatusOr<std::shared_ptr<Sequence>> Scheduler::Admit(SequenceRequest request) {
   if (absl::Status s = Validate(request); !s.ok()) return s;
+  // Sorted and unique: Emit looks each new token up by binary search on the engine thread.
+  std::sort(request.stop_ids.begin(), request.stop_ids.end());
+  request.stop_ids.erase(std::unique(request.stop_ids.begin(), request.stop_ids.end()),
+                         request.stop_ids.end());
   const int64_t total = request.mode == SeqMode::kImported
                             ? request.prompt_tokens + 1 + request.max_new_tokens
                             : static_cast<int64_t>(request.prompt.size()) + request.max_new_tokens;
@@ -241,7 +251,22 @@ absl::StatusOr<std::shared_ptr<Sequence>> Scheduler::BeginReceive(const std::str
         absl::StrCat("handle: a state transfer for \"", handle, "\" is already under way"));
   }
   seq->sched.phase = Phase::kReceiving;
+  // The state is arriving: the lease no longer runs (PushState's chunk deadline bounds the rest
+  // of the transfer), so a long transfer cannot expire mid-way.
+  seq->sched.lease_deadline = absl::InfiniteFuture();
   return seq;
+}
+
+absl::Status Scheduler::RenewLease(const std::string& handle) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = handles_.find(handle);
+  if (it == handles_.end()) {
+    return absl::NotFoundError(absl::StrCat("handle: no live reservation \"", handle, "\""));
+  }
+  if (it->second->sched.phase == Phase::kReserved) {
+    it->second->sched.lease_deadline = absl::Now() + options_.lease;
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Scheduler::CompleteReceive(const std::shared_ptr<Sequence>& seq,
@@ -472,7 +497,7 @@ bool Scheduler::Emit(Sequence& seq, int32_t tok, absl::Span<const float> row, Se
   eng.state->rng_state = eng.sampler->rng_state();
   ++eng.emitted;
   seq.Push(std::move(ev));
-  if (std::find(r.stop_ids.begin(), r.stop_ids.end(), tok) != r.stop_ids.end()) {
+  if (std::binary_search(r.stop_ids.begin(), r.stop_ids.end(), tok)) {
     *finish = SeqFinish::kStop;
     return true;
   }
@@ -551,7 +576,6 @@ void Scheduler::Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) {
       if (done) finished.emplace_back(decode[i], f);
     }
     if (prefill != nullptr) {
-      prefill->engine.prefill_pos += chunk;
       if (last_chunk) {
         SeqFinish f;
         prefill->SetTime(&SeqTimes::prefilled, end);  // before the token event is visible
@@ -575,6 +599,9 @@ void Scheduler::Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) {
   }
 
   std::lock_guard<std::mutex> lock(mu_);
+  // Written under mu_ (Load reads it there); only this thread writes it, so its unlocked reads
+  // here are safe.
+  if (st.ok() && prefill != nullptr) prefill->engine.prefill_pos += chunk;
   if (!st.ok()) {
     // Requests are validated at admission, so this is an engine fault: fail the step's
     // sequences, keep serving the others.

@@ -94,6 +94,10 @@ class Scheduler {
   absl::Status CompleteReceive(const std::shared_ptr<Sequence>& seq,
                                std::unique_ptr<SequenceState> state, double import_seconds,
                                int64_t bytes);
+  // Restarts the lease of reservation `handle` (now + options().lease) while it waits for its
+  // state; OK without effect once the state is arriving (the lease has stopped). NOT_FOUND for
+  // an unknown or ended handle.
+  absl::Status RenewLease(const std::string& handle);
   // The status a sequence ended with, or OK while it is live.
   absl::Status EndStatus(const std::shared_ptr<Sequence>& seq) const;
 

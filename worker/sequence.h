@@ -45,9 +45,9 @@ struct SequenceRequest {
   int64_t prompt_tokens = 0;     // kImported: tokens the pushed state has consumed
   std::vector<int32_t> history;  // kImported: tokens the state consumed (penalties)
   SamplingParams sampling;
-  uint64_t rng_draws = 0;      // kPrefillOnly / kLocal: draws already made
-  int64_t max_new_tokens = 1;  // tokens this sequence may emit here
-  std::vector<int32_t> stop_ids;
+  uint64_t rng_draws = 0;         // kPrefillOnly / kLocal: draws already made
+  int64_t max_new_tokens = 1;     // tokens this sequence may emit here
+  std::vector<int32_t> stop_ids;  // sorted and unique once admitted (Scheduler::Admit)
   bool logprobs = false;
   int top_logprobs = 0;
 };
@@ -118,7 +118,8 @@ class Sequence {
     std::unique_ptr<SequenceState> state;
     std::unique_ptr<Sampler> sampler;
     std::vector<int32_t> history;  // penalties' history (prompt + generated)
-    int64_t prefill_pos = 0;       // prompt tokens already run
+    int64_t prefill_pos = 0;       // prompt tokens already run; written under the scheduler's
+                                   // mutex (Scheduler::Load reads it there)
     int32_t pending = -1;          // sampled token the next decode step consumes
     int64_t emitted = 0;
   } engine;

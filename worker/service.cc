@@ -11,9 +11,11 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_status.h"
+#include "common/limits.h"
 #include "common/log.h"
 #include "common/request_id.h"
 #include "engine/state_io.h"
+#include "worker/request_convert.h"
 #include "worker/state_push.h"
 
 namespace sambay {
@@ -34,27 +36,6 @@ std::string RequestId(const grpc::ServerContext* ctx, const std::string& field) 
   if (it == ctx->client_metadata().end()) return "";
   const absl::string_view v(it->second.data(), it->second.size());
   return IsValidRequestId(v) ? std::string(v) : "";
-}
-
-// The API's defaults: unset top_p and repetition_penalty are 1.0 (off), unset seed is 0.
-SamplingParams ToSampling(const pb::SamplingParams& s) {
-  SamplingParams p;
-  p.temperature = s.temperature();
-  p.top_k = s.top_k();
-  p.top_p = s.has_top_p() ? s.top_p() : 1.0f;
-  p.min_p = s.min_p();
-  p.repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0f;
-  p.presence_penalty = s.presence_penalty();
-  p.seed = s.has_seed() ? s.seed() : 0;
-  return p;
-}
-
-std::vector<int32_t> ToIds(const google::protobuf::RepeatedField<uint32_t>& ids) {
-  std::vector<int32_t> out;
-  out.reserve(ids.size());
-  // Ids above INT32_MAX become negative and are rejected by validation as out of vocabulary.
-  for (uint32_t id : ids) out.push_back(static_cast<int32_t>(id));
-  return out;
 }
 
 void ToProto(const TokenLogprobs& lp, pb::PositionLogprobs* out) {
@@ -118,13 +99,35 @@ std::optional<SeqEvent> NextEvent(grpc::ServerContext* ctx, Scheduler& scheduler
 }  // namespace
 
 WorkerService::WorkerService(EngineBackend& model, Scheduler& scheduler, WorkerMetrics& metrics,
-                             WorkerRoles roles, RpcLimits peer_limits, std::string version)
+                             WorkerRoles roles, RpcLimits peer_limits, std::string version,
+                             WorkerServiceOptions options)
     : model_(model),
       scheduler_(scheduler),
       metrics_(metrics),
       roles_(roles),
-      peers_(peer_limits),
+      options_(std::move(options)),
+      peers_(peer_limits, options_.peer_channels),
       version_(std::move(version)) {}
+
+absl::Status WorkerService::CheckDestination(const pb::StateDestination& d,
+                                             const std::string& rid) const {
+  if (d.address().empty() || d.handle().empty()) {
+    return absl::InvalidArgumentError(
+        "destination: address and handle are both required when a destination is given (the "
+        "decode worker's reservation)");
+  }
+  if (d.handle().size() > kMaxHandleBytes) {
+    return absl::InvalidArgumentError(absl::StrCat("destination.handle: must be at most ",
+                                                   kMaxHandleBytes, " bytes, got ",
+                                                   d.handle().size()));
+  }
+  absl::Status s = options_.push_allow.Check(d.address());
+  if (!s.ok()) {
+    Log(LogLevel::kWarning, "worker", "push destination refused",
+        {{"request_id", rid}, {"error", s.ToString()}});
+  }
+  return s;
+}
 
 grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillRequest* req,
                                     grpc::ServerWriter<pb::PrefillResponse>* writer) {
@@ -134,9 +137,13 @@ grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillR
     metrics_.Reject(RejectReason::kRole);
     return ToGrpcStatus(absl::FailedPreconditionError("this worker does not serve role prefill"));
   }
-  if (req->destination().address().empty() || req->destination().handle().empty()) {
-    return ToGrpcStatus(absl::InvalidArgumentError(
-        "destination: address and handle are required (the decode worker's reservation)"));
+  // Without a destination the first token is all the caller wants (e.g. the last token the
+  // context has room for): the state is dropped after it.
+  const bool push = req->has_destination();
+  if (push) {
+    if (absl::Status s = CheckDestination(req->destination(), rid); !s.ok()) {
+      return ToGrpcStatus(s);
+    }
   }
   uint32_t chunk_bytes =
       req->max_chunk_bytes() == 0 ? kDefaultStateChunkBytes : req->max_chunk_bytes();
@@ -145,16 +152,7 @@ grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillR
         absl::InvalidArgumentError(absl::StrCat("max_chunk_bytes: must be in [", kMinChunkBytes,
                                                 ", ", kMaxChunkBytes, "], got ", chunk_bytes)));
   }
-  SequenceRequest r;
-  r.request_id = rid;
-  r.mode = SeqMode::kPrefillOnly;
-  r.prompt = ToIds(req->token_ids());
-  r.sampling = ToSampling(req->sampling());
-  r.rng_draws = req->rng_draws();
-  r.max_new_tokens = 1;
-  r.logprobs = req->return_logprobs();
-  r.top_logprobs = static_cast<int>(std::min<uint32_t>(req->top_logprobs(), 1000));
-  auto admitted = scheduler_.Admit(std::move(r));
+  auto admitted = scheduler_.Admit(FromPrefillRequest(*req, rid));
   if (!admitted.ok()) return ToGrpcStatus(admitted.status());
   std::shared_ptr<Sequence> seq = *std::move(admitted);
   SeqGuard guard(scheduler_, seq);
@@ -181,6 +179,11 @@ grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillR
     }
   }
 
+  if (!push) {
+    state.reset();
+    scheduler_.Retire(seq, FinishKind::kLength);
+    return grpc::Status::OK;
+  }
   // 2. Export and push to the destination; the state is freed before the reply.
   const absl::Time t0 = absl::Now();
   auto chunks = model_.Export(*state, chunk_bytes);
@@ -224,22 +227,52 @@ grpc::Status WorkerService::PushState(grpc::ServerContext* ctx,
     metrics_.Reject(RejectReason::kRole);
     return ToGrpcStatus(absl::FailedPreconditionError("this worker does not serve role decode"));
   }
+  // Each stream holds a server thread: past the cap, refuse at once (GetLoad, probes and the
+  // Decode streams keep theirs).
+  struct StreamSlot {
+    std::atomic<int64_t>& n;
+    ~StreamSlot() { n.fetch_sub(1); }
+  } slot{push_streams_};
+  if (const int64_t open = push_streams_.fetch_add(1) + 1; open > options_.max_push_streams) {
+    metrics_.Reject(RejectReason::kSlots);
+    return ToGrpcStatus(
+        absl::ResourceExhaustedError(absl::StrCat("PushState: ", open - 1,
+                                                  " streams are open, the most this worker serves "
+                                                  "(--max-push-streams); retry later")));
+  }
+  CallWatchdog::Timer timer(watchdog_, ctx);
+  const std::string first_late = absl::StrCat(
+      "PushState: no chunk within ", absl::FormatDuration(options_.push_first_chunk_timeout),
+      " of the stream's start (--push-first-chunk-timeout)");
+  timer.Arm(absl::Now() + options_.push_first_chunk_timeout, first_late);
   pb::StateChunk msg;
   if (!reader->Read(&msg)) {
+    if (timer.expired()) return ToGrpcStatus(absl::DeadlineExceededError(first_late));
     return ToGrpcStatus(ctx->IsCancelled() ? absl::UnavailableError("the sender went away")
                                            : absl::InvalidArgumentError("the stream has no chunk"));
   }
   if (msg.handle().empty()) {
     return ToGrpcStatus(absl::InvalidArgumentError("handle: required in the first message"));
   }
+  if (msg.handle().size() > kMaxHandleBytes) {
+    return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+        "handle: must be at most ", kMaxHandleBytes, " bytes, got ", msg.handle().size())));
+  }
   auto claimed = scheduler_.BeginReceive(msg.handle());
   if (!claimed.ok()) return ToGrpcStatus(claimed.status());
-  std::shared_ptr<Sequence> seq = *std::move(claimed);
+  return ReceiveState(ctx, reader, *std::move(claimed), msg, timer, resp);
+}
+
+grpc::Status WorkerService::ReceiveState(grpc::ServerContext* ctx,
+                                         grpc::ServerReader<pb::StateChunk>* reader,
+                                         std::shared_ptr<Sequence> seq, pb::StateChunk& msg,
+                                         CallWatchdog::Timer& timer, pb::PushStateResponse* resp) {
   const std::string rid = RequestId(ctx, seq->request().request_id);
+  const std::string handle = msg.handle();
   auto fail = [&](const absl::Status& s) {
     scheduler_.Fail(seq, s, WorkerMetrics::FailureReasonFor(s));
     Log(LogLevel::kWarning, "worker", "state import failed",
-        {{"request_id", rid}, {"handle", msg.handle()}, {"error", s.ToString()}});
+        {{"request_id", rid}, {"handle", handle}, {"error", s.ToString()}});
     return ToGrpcStatus(s);
   };
   StateImporter importer(model_.config(), model_.fingerprint(), seq->request().prompt_tokens,
@@ -247,8 +280,8 @@ grpc::Status WorkerService::PushState(grpc::ServerContext* ctx,
   const absl::Time start = absl::Now();
   absl::Duration import_time;
   int64_t bytes = 0, chunks = 0;
-  do {
-    // The reservation may have ended meanwhile (lease, release, cancel).
+  for (;;) {
+    // The reservation may have ended meanwhile (release, cancel).
     if (auto end = seq->end_status(); end.has_value()) {
       return ToGrpcStatus(end->ok() ? absl::CancelledError("the reservation ended") : *end);
     }
@@ -258,7 +291,16 @@ grpc::Status WorkerService::PushState(grpc::ServerContext* ctx,
     bytes += static_cast<int64_t>(msg.data().size());
     ++chunks;
     if (!s.ok()) return fail(s);
-  } while (reader->Read(&msg));
+    const std::string late =
+        absl::StrCat("PushState: no chunk for ", absl::FormatDuration(options_.push_chunk_timeout),
+                     " after chunk ", chunks, " (--push-chunk-timeout)");
+    timer.Arm(absl::Now() + options_.push_chunk_timeout, late);
+    if (!reader->Read(&msg)) {
+      if (timer.expired()) return fail(absl::DeadlineExceededError(late));
+      break;
+    }
+  }
+  timer.Arm(absl::InfiniteFuture());
   if (ctx->IsCancelled()) {
     return fail(absl::UnavailableError(
         absl::StrCat("state transfer aborted: the sender went away after ", chunks, " chunks")));
@@ -281,39 +323,18 @@ grpc::Status WorkerService::PushState(grpc::ServerContext* ctx,
 grpc::Status WorkerService::Decode(grpc::ServerContext* ctx, const pb::DecodeRequest* req,
                                    grpc::ServerWriter<pb::DecodeResponse>* writer) {
   CallScope scope(inflight_);
-  SequenceRequest r;
-  r.request_id = RequestId(ctx, req->request_id());
-  switch (req->source_case()) {
-    case pb::DecodeRequest::kHandle:
-      if (!roles_.decode) {
-        metrics_.Reject(RejectReason::kRole);
-        return ToGrpcStatus(
-            absl::FailedPreconditionError("this worker does not serve role decode"));
-      }
-      r.mode = SeqMode::kImported;
-      r.handle = req->handle();
-      r.prompt_tokens = req->prompt_tokens();
-      r.history = ToIds(req->history());
-      break;
-    case pb::DecodeRequest::kLocalPrompt:
-      if (!roles_.decode || !roles_.prefill) {
-        metrics_.Reject(RejectReason::kRole);
-        return ToGrpcStatus(absl::FailedPreconditionError(
-            "local_prompt: needs a worker with role both (prefill and decode)"));
-      }
-      r.mode = SeqMode::kLocal;
-      r.prompt = ToIds(req->local_prompt().ids());
-      r.rng_draws = req->rng_draws();
-      break;
-    default:
-      return ToGrpcStatus(absl::InvalidArgumentError("source: set handle or local_prompt"));
+  auto converted = FromDecodeRequest(*req, RequestId(ctx, req->request_id()));
+  if (!converted.ok()) return ToGrpcStatus(converted.status());
+  if (converted->mode == SeqMode::kImported && !roles_.decode) {
+    metrics_.Reject(RejectReason::kRole);
+    return ToGrpcStatus(absl::FailedPreconditionError("this worker does not serve role decode"));
   }
-  r.sampling = ToSampling(req->sampling());
-  r.max_new_tokens = req->max_new_tokens();
-  r.stop_ids = ToIds(req->stop_token_ids());
-  r.logprobs = req->return_logprobs();
-  r.top_logprobs = static_cast<int>(std::min<uint32_t>(req->top_logprobs(), 1000));
-  auto admitted = scheduler_.Admit(std::move(r));
+  if (converted->mode == SeqMode::kLocal && (!roles_.decode || !roles_.prefill)) {
+    metrics_.Reject(RejectReason::kRole);
+    return ToGrpcStatus(absl::FailedPreconditionError(
+        "local_prompt: needs a worker with role both (prefill and decode)"));
+  }
+  auto admitted = scheduler_.Admit(*std::move(converted));
   if (!admitted.ok()) return ToGrpcStatus(admitted.status());
   std::shared_ptr<Sequence> seq = *std::move(admitted);
   SeqGuard guard(scheduler_, seq);
@@ -377,6 +398,20 @@ grpc::Status WorkerService::Release(grpc::ServerContext* ctx, const pb::ReleaseR
                                                          handle.empty() ? rid : handle, "\"")));
   }
   resp->set_released(static_cast<uint32_t>(n));
+  return grpc::Status::OK;
+}
+
+grpc::Status WorkerService::RenewLease(grpc::ServerContext* ctx, const pb::RenewLeaseRequest* req,
+                                       pb::RenewLeaseResponse* resp) {
+  if (!roles_.decode) {
+    return ToGrpcStatus(absl::FailedPreconditionError("this worker does not serve role decode"));
+  }
+  if (req->handle().empty() || req->handle().size() > kMaxHandleBytes) {
+    return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
+        "handle: must be 1 to ", kMaxHandleBytes, " bytes, got ", req->handle().size())));
+  }
+  if (absl::Status s = scheduler_.RenewLease(req->handle()); !s.ok()) return ToGrpcStatus(s);
+  resp->set_lease_seconds(absl::ToDoubleSeconds(scheduler_.options().lease));
   return grpc::Status::OK;
 }
 

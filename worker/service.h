@@ -6,10 +6,16 @@
 // Every handler that admits a sequence ends it on every exit path (client cancel, deadline,
 // write failure, error), so slots and state memory are never leaked.
 //
+// Robustness (issue 13): Prefill pushes only to destinations its PushAllowList admits
+// (PERMISSION_DENIED naming destination.address otherwise), through a bounded LRU of channels;
+// PushState streams are capped (RESOURCE_EXHAUSTED past max_push_streams, so idle senders cannot
+// take the threads GetLoad needs) and bounded in time by a CallWatchdog (first chunk, then
+// between chunks: DEADLINE_EXCEEDED, the reservation freed).
+//
 // Ownership: borrows the model, scheduler and metrics (they outlive the server); owns a cache
-// of channels to peer workers.
+// of channels to peer workers and the PushState watchdog (its thread).
 // Thread-safety: gRPC calls handlers concurrently from its thread pool; all shared state is in
-// the (thread-safe) scheduler, metrics and channel cache.
+// the (thread-safe) scheduler, metrics, channel cache and watchdog, or atomic.
 #ifndef SAMBAY_WORKER_SERVICE_H_
 #define SAMBAY_WORKER_SERVICE_H_
 
@@ -21,8 +27,10 @@
 #include "common/grpc_channel.h"
 #include "engine/model.h"
 #include "sambay/v1/worker.grpc.pb.h"
+#include "worker/call_watchdog.h"
 #include "worker/engine_backend.h"
 #include "worker/metrics.h"
+#include "worker/push_policy.h"
 #include "worker/scheduler.h"
 
 namespace sambay {
@@ -32,11 +40,22 @@ struct WorkerRoles {
   bool decode = true;
 };
 
+struct WorkerServiceOptions {
+  PushAllowList push_allow = PushAllowList::Loopback();   // Prefill destinations
+  size_t peer_channels = PeerChannels::kDefaultCapacity;  // cached channels to decode workers
+  // PushState: the first chunk must arrive within this of the stream's start, each next chunk
+  // (or the end of the stream) within push_chunk_timeout of the one before.
+  absl::Duration push_first_chunk_timeout = absl::Seconds(10);
+  absl::Duration push_chunk_timeout = absl::Seconds(10);
+  int64_t max_push_streams = 64;  // PushState calls served at once
+};
+
 class WorkerService final : public sambay::v1::Worker::Service {
  public:
   // `engine` is the scheduler's (EngineBackend; the CPU Model or a GPU).
   WorkerService(EngineBackend& engine, Scheduler& scheduler, WorkerMetrics& metrics,
-                WorkerRoles roles, RpcLimits peer_limits, std::string version);
+                WorkerRoles roles, RpcLimits peer_limits, std::string version,
+                WorkerServiceOptions options = {});
 
   grpc::Status Prefill(grpc::ServerContext* ctx, const sambay::v1::PrefillRequest* req,
                        grpc::ServerWriter<sambay::v1::PrefillResponse>* writer) override;
@@ -47,6 +66,8 @@ class WorkerService final : public sambay::v1::Worker::Service {
                       grpc::ServerWriter<sambay::v1::DecodeResponse>* writer) override;
   grpc::Status Release(grpc::ServerContext* ctx, const sambay::v1::ReleaseRequest* req,
                        sambay::v1::ReleaseResponse* resp) override;
+  grpc::Status RenewLease(grpc::ServerContext* ctx, const sambay::v1::RenewLeaseRequest* req,
+                          sambay::v1::RenewLeaseResponse* resp) override;
   grpc::Status GetLoad(grpc::ServerContext* ctx, const sambay::v1::GetLoadRequest* req,
                        sambay::v1::WorkerLoad* resp) override;
   grpc::Status GetInfo(grpc::ServerContext* ctx, const sambay::v1::GetInfoRequest* req,
@@ -66,12 +87,24 @@ class WorkerService final : public sambay::v1::Worker::Service {
     std::atomic<int>& n_;
   };
 
+  // Prefill's destination: address and handle present, the handle's size, --push-allow.
+  absl::Status CheckDestination(const sambay::v1::StateDestination& d,
+                                const std::string& rid) const;
+  // PushState after the first message claimed the reservation: the chunks, the import.
+  grpc::Status ReceiveState(grpc::ServerContext* ctx,
+                            grpc::ServerReader<sambay::v1::StateChunk>* reader,
+                            std::shared_ptr<Sequence> seq, sambay::v1::StateChunk& first,
+                            CallWatchdog::Timer& timer, sambay::v1::PushStateResponse* resp);
+
   std::atomic<int> inflight_{0};
+  std::atomic<int64_t> push_streams_{0};  // PushState calls being served
   EngineBackend& model_;
   Scheduler& scheduler_;
   WorkerMetrics& metrics_;
   const WorkerRoles roles_;
-  ChannelCache peers_;
+  const WorkerServiceOptions options_;
+  PeerChannels peers_;
+  CallWatchdog watchdog_;
   const std::string version_;
 };
 

@@ -19,12 +19,18 @@
 #                      120)
 #   --worker-args "A"  extra flags for every worker, split on spaces (SAMBAY_CLUSTER_WORKER_ARGS)
 #   --router-args "A"  extra flags for the router, split on spaces (SAMBAY_CLUSTER_ROUTER_ARGS)
+#   --restart          restart a worker that exits, on its port (SAMBAY_CLUSTER_RESTART=1)
 #
 # Everything the script says goes to stderr; the --run command owns stdout. The router address is
-# also written to WORKDIR/router.address. On exit, Ctrl-C or SIGTERM every process group gets
-# SIGTERM (router first), then SIGKILL after 15 s, and is reaped. Exit codes: the command's status
-# with --run; 130 on Ctrl-C; 143 on SIGTERM; 1 when startup fails; 2 for bad flags. See
-# docs/client.md.
+# also written to WORKDIR/router.address. While it serves (without --run), a worker that exits is
+# reported and the cluster keeps serving on the others (the router fails over); with --restart
+# the worker is started again on the same port (at most once every 2 s), and the router
+# re-admits it. The router exiting stops the cluster (exit 1). On exit, Ctrl-C, SIGTERM, SIGHUP
+# or SIGQUIT every process group gets SIGTERM (router first), then SIGKILL after 15 s, and is
+# reaped; a second signal while stopping sends SIGKILL at once, and the script still reaps every
+# process before it exits. Exit codes: the command's status with --run; 130 on Ctrl-C; 143 on
+# SIGTERM; 129 on SIGHUP; 131 on SIGQUIT; 1 when startup fails or the router exits; 2 for bad
+# flags. See docs/client.md.
 set -euo pipefail
 
 readonly SCRIPT=cluster.sh
@@ -40,6 +46,7 @@ WORKDIR="${SAMBAY_CLUSTER_WORKDIR:-}"
 TIMEOUT="${SAMBAY_CLUSTER_TIMEOUT:-120}"
 WORKER_ARGS="${SAMBAY_CLUSTER_WORKER_ARGS:-}"
 ROUTER_ARGS="${SAMBAY_CLUSTER_ROUTER_ARGS:-}"
+RESTART="${SAMBAY_CLUSTER_RESTART:-0}"
 readonly HOST=127.0.0.1
 readonly STOP_TIMEOUT=15
 RUN=0
@@ -69,6 +76,7 @@ while [[ $# -gt 0 ]]; do
     --timeout) need_value "$@"; TIMEOUT="$2"; shift 2 ;;
     --worker-args) need_value "$@"; WORKER_ARGS="$2"; shift 2 ;;
     --router-args) need_value "$@"; ROUTER_ARGS="$2"; shift 2 ;;
+    --restart) RESTART=1; shift ;;
     --prefill=* | --decode=* | --both=* | --model=* | --bin=* | --port=* | --workdir=* | \
       --timeout=* | --worker-args=* | --router-args=*)
       set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
@@ -89,6 +97,7 @@ is_count "$PREFILL" || usage_error "--prefill: \"$PREFILL\" is not a count"
 is_count "$DECODE" || usage_error "--decode: \"$DECODE\" is not a count"
 is_count "$BOTH" || usage_error "--both: \"$BOTH\" is not a count"
 if ! is_count "$PORT" || ((PORT > 65535)); then usage_error "--port: \"$PORT\" is not a port"; fi
+[[ "$RESTART" == 0 || "$RESTART" == 1 ]] || usage_error "SAMBAY_CLUSTER_RESTART: \"$RESTART\" is not 0 or 1"
 if ! is_count "$TIMEOUT" || ((TIMEOUT == 0)); then
   usage_error "--timeout: \"$TIMEOUT\" is not a number of seconds"
 fi
@@ -126,18 +135,35 @@ alive() {
   [[ -n "$state" && "$state" != Z ]]
 }
 
-# stop_group PID...: SIGTERM to each group, wait up to STOP_TIMEOUT, then SIGKILL; reap.
+# Signals: the first one exits (through cleanup); one that comes while cleanup runs makes it
+# SIGKILL what is left at once (FORCE), and cleanup still reaps everything before exiting.
+STOPPING=0
+FORCE=0
+on_signal() { # EXIT_CODE
+  if ((STOPPING)); then
+    FORCE=1
+    return
+  fi
+  exit "$1"
+}
+
+# stop_group PID...: SIGTERM to each group, wait up to STOP_TIMEOUT (or until FORCE), then
+# SIGKILL; reap.
 stop_group() {
   local pid deadline=$((SECONDS + STOP_TIMEOUT)) left
   for pid in "$@"; do kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true; done
   while true; do
     left=0
     for pid in "$@"; do alive "$pid" && left=1; done
-    ((left == 0 || SECONDS >= deadline)) && break
+    ((left == 0 || SECONDS >= deadline || FORCE)) && break
     sleep 0.1
   done
   for pid in "$@"; do
-    if alive "$pid"; then say "pid $pid did not stop in ${STOP_TIMEOUT}s; SIGKILL"; fi
+    if alive "$pid" && ((FORCE)); then
+      say "pid $pid: SIGKILL (second signal)"
+    elif alive "$pid"; then
+      say "pid $pid did not stop in ${STOP_TIMEOUT}s; SIGKILL"
+    fi
     kill -KILL -- "-$pid" 2>/dev/null || true
     kill -KILL "$pid" 2>/dev/null || true
   done
@@ -148,31 +174,44 @@ ROUTER_PID=""
 SLEEP_PID=""
 cleanup() {
   local rc=$?
-  trap - EXIT INT TERM
+  STOPPING=1 # from here on a signal only sets FORCE (the traps stay)
+  trap - EXIT
   set +e
   [[ -n "$SLEEP_PID" ]] && kill "$SLEEP_PID" 2>/dev/null
-  if ((${#PIDS[@]} > 0)); then
-    say "stopping ${#PIDS[@]} processes (logs in $WORKDIR)"
+  local pid workers=()
+  for pid in "${PIDS[@]}"; do [[ -n "$pid" && "$pid" != "$ROUTER_PID" ]] && workers+=("$pid"); done
+  if [[ -n "$ROUTER_PID" ]] || ((${#workers[@]} > 0)); then
+    say "stopping $((${#workers[@]} + (${#ROUTER_PID} > 0))) processes (logs in $WORKDIR)"
     [[ -n "$ROUTER_PID" ]] && stop_group "$ROUTER_PID"
-    local workers=()
-    for pid in "${PIDS[@]}"; do [[ "$pid" != "$ROUTER_PID" ]] && workers+=("$pid"); done
     ((${#workers[@]} > 0)) && stop_group "${workers[@]}"
   fi
   exit "$rc"
 }
 trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap 'on_signal 130' INT
+trap 'on_signal 143' TERM
+trap 'on_signal 129' HUP
+trap 'on_signal 131' QUIT
 
-# start NAME BINARY ARGS...: stdout/stderr to WORKDIR/NAME.{stdout,log}, port file NAME.port.
-start() {
+# launch NAME BINARY ARGS...: stdout/stderr to WORKDIR/NAME.{stdout,log} (appended), port file
+# NAME.port; sets LAUNCHED to its pid.
+declare -A STARTED_AT=()
+launch() {
   local name="$1"
   shift
   rm -f "$WORKDIR/$name.port"
   "${SETSID[@]}" "$@" --port-file "$WORKDIR/$name.port" \
-    >"$WORKDIR/$name.stdout" 2>"$WORKDIR/$name.log" </dev/null &
-  PIDS+=("$!")
-  NAMES+=("$name")
+    >>"$WORKDIR/$name.stdout" 2>>"$WORKDIR/$name.log" </dev/null &
+  LAUNCHED=$!
+  STARTED_AT[$name]=$SECONDS
+}
+# start NAME BINARY ARGS...: launch, and track it in PIDS / NAMES.
+start() {
+  : >"$WORKDIR/$1.stdout"
+  : >"$WORKDIR/$1.log"
+  launch "$@"
+  PIDS+=("$LAUNCHED")
+  NAMES+=("$1")
 }
 
 # wait_port_file NAME PID: waits for NAME.port; prints its grpc_port.
@@ -192,12 +231,17 @@ wait_port_file() {
   echo "$port"
 }
 
+worker_cmd() { # ROLE PORT -> WORKER_CMD
+  WORKER_CMD=("$BIN/sambay-worker" --model "$MODEL" --role "$1" --host "$HOST" --port "$2"
+    --metrics-port 0 "${WORKER_EXTRA[@]}")
+}
+
 worker_list() { # ROLE COUNT -> starts them; sets LIST to their names
   local role="$1" n="$2" i
   LIST=()
   for ((i = 0; i < n; i++)); do
-    start "$role-$i" "$BIN/sambay-worker" --model "$MODEL" --role "$role" --host "$HOST" \
-      --port 0 --metrics-port 0 "${WORKER_EXTRA[@]}"
+    worker_cmd "$role" 0
+    start "$role-$i" "${WORKER_CMD[@]}"
     LIST+=("$role-$i")
   done
 }
@@ -224,8 +268,13 @@ PREFILL_ADDRS=(); DECODE_ADDRS=(); BOTH_ADDRS=()
 for n in "${PREFILL_NAMES[@]}"; do a="$(address_of "$n")" || exit 1; PREFILL_ADDRS+=("$a"); done
 for n in "${DECODE_NAMES[@]}"; do a="$(address_of "$n")" || exit 1; DECODE_ADDRS+=("$a"); done
 for n in "${BOTH_NAMES[@]}"; do a="$(address_of "$n")" || exit 1; BOTH_ADDRS+=("$a"); done
+declare -A PORT_OF=() # worker name -> its gRPC port (a restart reuses it: the router knows it)
+ALL_NAMES=("${PREFILL_NAMES[@]}" "${DECODE_NAMES[@]}" "${BOTH_NAMES[@]}")
+ALL_ADDRS=("${PREFILL_ADDRS[@]}" "${DECODE_ADDRS[@]}" "${BOTH_ADDRS[@]}")
+for i in "${!ALL_NAMES[@]}"; do PORT_OF[${ALL_NAMES[$i]}]="${ALL_ADDRS[$i]##*:}"; done
 
-ROUTER_FLAGS=(--model "$MODEL" --host "$HOST" --port "$PORT" --metrics-port 0)
+# usage.workers on: a local cluster has no topology to hide, and it shows where each request ran.
+ROUTER_FLAGS=(--model "$MODEL" --host "$HOST" --port "$PORT" --metrics-port 0 --usage-workers true)
 ((${#PREFILL_ADDRS[@]} > 0)) && ROUTER_FLAGS+=(--prefill-workers "$(join_by_comma "${PREFILL_ADDRS[@]}")")
 ((${#DECODE_ADDRS[@]} > 0)) && ROUTER_FLAGS+=(--decode-workers "$(join_by_comma "${DECODE_ADDRS[@]}")")
 ((${#BOTH_ADDRS[@]} > 0)) && ROUTER_FLAGS+=(--workers "$(join_by_comma "${BOTH_ADDRS[@]}")")
@@ -258,10 +307,31 @@ if ((RUN)); then
   exit "$rc"
 fi
 
+# worker_exited INDEX: reaps the worker; restarts it with --restart, else drops it.
+worker_exited() {
+  local i="$1" name="${NAMES[$1]}" status=0 started
+  wait "${PIDS[$i]}" 2>/dev/null || status=$?
+  if ((!RESTART)); then
+    say "$name exited (status $status; log: $WORKDIR/$name.log); serving on the other workers"
+    PIDS[i]=""
+    return
+  fi
+  # A worker that keeps failing is restarted at most once every 2 s.
+  started="${STARTED_AT[$name]}"
+  ((SECONDS - started >= 2)) || sleep 2
+  say "$name exited (status $status; log: $WORKDIR/$name.log); restarting it on port ${PORT_OF[$name]}"
+  worker_cmd "${name%-*}" "${PORT_OF[$name]}"
+  launch "$name" "${WORKER_CMD[@]}"
+  PIDS[i]="$LAUNCHED"
+}
+
 say "press Ctrl-C to stop"
 while true; do
   for i in "${!PIDS[@]}"; do
-    alive "${PIDS[$i]}" || die "${NAMES[$i]} exited unexpectedly (log: $WORKDIR/${NAMES[$i]}.log)"
+    [[ -z "${PIDS[$i]}" ]] || alive "${PIDS[$i]}" && continue
+    [[ "${PIDS[$i]}" == "$ROUTER_PID" ]] &&
+      die "the router exited unexpectedly (log: $WORKDIR/router.log); stopping the cluster"
+    worker_exited "$i"
   done
   sleep 1 &
   SLEEP_PID=$!

@@ -435,7 +435,7 @@ class MetricsContractTest(unittest.TestCase):
         self.assertEqual({dict(k[1])["reason"] for k in self.router.samples
                           if k[0] == "sambay_router_request_failures_total"},
                          {"no_worker", "prefill_failed", "decode_failed", "migration_limit",
-                          "deadline", "cancelled", "internal"})
+                          "deadline", "cancelled", "internal", "slow_client"})
 
     def test_histograms_are_well_formed(self):
         for name, s in self.scrapes.items():

@@ -33,8 +33,10 @@ std::chrono::system_clock::time_point DeadlineIn(absl::Duration d) {
 absl::StatusOr<std::unique_ptr<Router>> Router::Start(const std::vector<std::string>& args,
                                                       const std::string& dir,
                                                       const std::string& name, int workers_up) {
-  std::vector<std::string> all = {"--model", TinyModelDir(),   "--host", "127.0.0.1",   "--port",
-                                  "0",       "--metrics-port", "0",      "--log-level", "info"};
+  // usage.workers on: the tests check where each request ran.
+  std::vector<std::string> all = {
+      "--model", TinyModelDir(), "--host", "127.0.0.1",       "--port", "0", "--metrics-port",
+      "0",       "--log-level",  "info",   "--usage-workers", "true"};
   all.insert(all.end(), args.begin(), args.end());
   std::unique_ptr<Router> r(new Router());
   auto server =

@@ -364,7 +364,8 @@ TEST_F(FaultsTest, ClientCancelFreesTheReservation) {
 }
 
 TEST_F(FaultsTest, LeaseExpiryIsDeadlineExceeded) {
-  auto w = Worker::Start("decode", {"--lease-timeout", "1"}, dir_->path(), "lease");
+  auto w = Worker::Start("decode", {"--lease-timeout", "1", "--push-chunk-timeout", "1"},
+                         dir_->path(), "lease");
   ASSERT_TRUE(w.ok()) << w.status();
   extra_ = std::move(*w);
   auto info = extra_->GetInfo();
@@ -393,7 +394,9 @@ TEST_F(FaultsTest, LeaseExpiryIsDeadlineExceeded) {
   grpc::Status st = PushChunks(*extra_, handle, ValidChunks(), absl::Seconds(10));
   EXPECT_EQ(st.error_code(), grpc::StatusCode::NOT_FOUND) << StatusString(st);
 
-  // The lease also bounds a transfer that starts but does not finish in time.
+  // Once the state starts arriving the lease stops (a long transfer cannot expire mid-way,
+  // RobustnessTest.LeaseStopsOnceTheStateArrives); a transfer that stalls is bounded by
+  // --push-chunk-timeout instead.
   std::vector<std::string> chunks = ValidChunks();
   const std::string slow = NewHandle("slow");
   DecodeStream stream2(extra_->stub(), MakeHandleDecode(slow, kPromptLen, Greedy(), 4),

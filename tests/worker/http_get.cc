@@ -105,6 +105,13 @@ bool ParseSampleLine(const std::string& line, MetricSample* out) {
 
 absl::StatusOr<HttpResponse> HttpGet(const std::string& host, int port, const std::string& path,
                                      absl::Duration timeout) {
+  return HttpExchange(
+      host, port, absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", host, ":", port, "\r\n\r\n"),
+      timeout);
+}
+
+absl::StatusOr<HttpResponse> HttpExchange(const std::string& host, int port, const std::string& req,
+                                          absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
@@ -128,8 +135,6 @@ absl::StatusOr<HttpResponse> HttpGet(const std::string& host, int port, const st
           absl::StrCat("http: connect ", host, ":", port, ": ", strerror(err)));
     }
   }
-  const std::string req =
-      absl::StrCat("GET ", path, " HTTP/1.0\r\nHost: ", host, ":", port, "\r\n\r\n");
   size_t sent = 0;
   while (sent < req.size()) {
     const ssize_t w = send(fd.get(), req.data() + sent, req.size() - sent, MSG_NOSIGNAL);

@@ -1,5 +1,5 @@
-// Test support: a minimal HTTP/1.0 GET client (to scrape /metrics of a live process) and a
-// reader of Prometheus text-format samples.
+// Test support: a minimal HTTP/1.0 client (GET, or raw request bytes) (to scrape /metrics of a live
+// process) and a reader of Prometheus text-format samples.
 //
 // Stateless functions; thread-safe.
 #ifndef SAMBAY_TESTS_WORKER_HTTP_GET_H_
@@ -25,6 +25,13 @@ struct HttpResponse {
 // The whole exchange is bounded by `timeout`.
 absl::StatusOr<HttpResponse> HttpGet(const std::string& host, int port, const std::string& path,
                                      absl::Duration timeout = absl::Seconds(5));
+
+// Sends `request` (raw bytes: any method, malformed on purpose) and reads until the server
+// closes the connection, bounded by `timeout`; the first response of what came back (a body that
+// follows is kept whole in `body`). DATA_LOSS when the bytes are not an HTTP response.
+absl::StatusOr<HttpResponse> HttpExchange(const std::string& host, int port,
+                                          const std::string& request,
+                                          absl::Duration timeout = absl::Seconds(5));
 
 // The body of http://127.0.0.1:port/metrics (error unless the status is 200).
 absl::StatusOr<std::string> ScrapeMetrics(int port, absl::Duration timeout = absl::Seconds(5));

@@ -352,6 +352,94 @@ TEST_F(SchedulerTest, LeaseExpiresWithDeadlineExceeded) {
   EXPECT_EQ(sched.BeginReceive("late").status().code(), absl::StatusCode::kNotFound);
 }
 
+// Issue 13, defect 7: RenewLease restarts a waiting reservation's lease; once the state starts
+// arriving (BeginReceive) the lease stops.
+TEST_F(SchedulerTest, LeaseRenewsAndStopsWhenTheStateArrives) {
+  SchedulerOptions o = Options();
+  o.lease = absl::Milliseconds(300);
+  Scheduler sched(model(), o, nullptr);
+  SequenceRequest r;
+  r.mode = SeqMode::kImported;
+  r.handle = "slow";
+  r.prompt_tokens = 3;
+  r.max_new_tokens = 2;
+  auto seq = sched.Admit(r);
+  ASSERT_TRUE(seq.ok());
+  for (int i = 0; i < 6; ++i) {  // 600 ms, two leases long
+    ASSERT_TRUE(sched.RenewLease("slow").ok());
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_FALSE((*seq)->end_status().has_value());
+  ASSERT_TRUE(sched.BeginReceive("slow").ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(700));
+  EXPECT_FALSE((*seq)->end_status().has_value()) << "the lease expired mid-transfer";
+  EXPECT_TRUE(sched.RenewLease("slow").ok());  // no effect now
+  sched.Fail(*seq, absl::CancelledError("test"));
+  EXPECT_EQ(sched.active(), 0);
+  EXPECT_EQ(sched.RenewLease("slow").code(), absl::StatusCode::kNotFound);
+}
+
+// Issue 13, defect 14: Load() reads prefill progress while the engine thread advances it (run
+// under ThreadSanitizer, this reported the unlocked write of prefill_pos).
+TEST_F(SchedulerTest, LoadDuringChunkedPrefillIsConsistent) {
+  Scheduler sched(model(), Options(), nullptr);  // 16-token chunks
+  SequenceRequest r;
+  r.mode = SeqMode::kLocal;
+  r.prompt = RandomIds(400, vocab(), 3);
+  r.max_new_tokens = 1;
+  auto seq = sched.Admit(r);
+  ASSERT_TRUE(seq.ok());
+  std::atomic<bool> done{false};
+  int64_t last = 400, bad = 0;
+  std::thread reader([&] {
+    while (!done.load()) {
+      const int64_t q = sched.Load().queued_prefill_tokens;
+      if (q < 0 || q > last) ++bad;
+      last = q;
+    }
+  });
+  std::vector<int32_t> t;
+  EXPECT_TRUE(Collect(**seq, &t).ok());
+  done.store(true);
+  reader.join();
+  EXPECT_EQ(bad, 0);
+  EXPECT_EQ(sched.Load().queued_prefill_tokens, 0);
+}
+
+// Issue 13, defect 5: at most kMaxStopTokenIds stop ids; any of them stops, in any order.
+TEST_F(SchedulerTest, StopIdsAreCappedAndFoundInAnyOrder) {
+  Scheduler sched(model(), Options(), nullptr);
+  const std::vector<int32_t> prompt = RandomIds(12, vocab(), 9);
+  const std::vector<int32_t> ref = Reference(prompt, SamplingParams{}, 6);
+  ASSERT_EQ(ref.size(), 6u);
+  SequenceRequest r;
+  r.mode = SeqMode::kLocal;
+  r.prompt = prompt;
+  r.max_new_tokens = 6;
+  r.stop_ids.assign(1025, 1);
+  auto over = sched.Admit(r);
+  ASSERT_FALSE(over.ok());
+  EXPECT_EQ(over.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(over.status().message().rfind("stop_token_ids:", 0), 0u) << over.status();
+  // 1024 ids, descending, with repeats, none of the first two tokens: stops at the first other.
+  r.stop_ids.clear();
+  for (int64_t i = 0; r.stop_ids.size() < 1024; ++i) {
+    const int32_t id = static_cast<int32_t>(vocab() - 1 - i % vocab());
+    if (id != ref[0] && id != ref[1]) r.stop_ids.push_back(id);
+  }
+  size_t expect = 2;
+  while (expect < ref.size() && (ref[expect] == ref[0] || ref[expect] == ref[1])) ++expect;
+  auto seq = sched.Admit(r);
+  ASSERT_TRUE(seq.ok()) << seq.status();
+  std::vector<int32_t> got;
+  SeqFinish finish;
+  ASSERT_TRUE(Collect(**seq, &got, &finish).ok());
+  EXPECT_EQ(got, std::vector<int32_t>(ref.begin(), ref.begin() + std::min(expect + 1, ref.size())));
+  if (expect < ref.size()) {
+    EXPECT_EQ(finish, SeqFinish::kStop);
+  }
+}
+
 TEST_F(SchedulerTest, CancelWhileRunningFreesTheSlot) {
   Scheduler sched(model(), Options(), nullptr);
   SequenceRequest r;

@@ -120,7 +120,7 @@ TEST(MetricsTextTest, ReadsSamplesByNameAndLabels) {
   EXPECT_EQ(MetricSum(text, "sambay_worker_info", {{"role", "prefill"}}), 0);
 }
 
-TEST(HttpGetTest, ScrapesAPrometheusExposer) {
+TEST(HttpGetTest, ScrapesTheMetricsEndpoint) {
   WorkerMetrics metrics("fp", "decode", "test");
   auto port = metrics.Serve("127.0.0.1", 0);
   ASSERT_TRUE(port.ok()) << port.status();
@@ -132,8 +132,13 @@ TEST(HttpGetTest, ScrapesAPrometheusExposer) {
   EXPECT_EQ(MetricValue(*text, "sambay_worker_running_sequences"), 3);
   EXPECT_EQ(MetricValue(*text, "sambay_worker_failures_total", {{"reason", "data_loss"}}), 1);
   EXPECT_EQ(MetricValue(*text, "sambay_worker_rejections_total", {{"reason", "slots"}}), 1);
-  // (No request for another path here: Debian's civetweb crashes the whole process on its 404
-  // path; tests/worker/metrics_test.cc checks that against a real worker.)
+  auto other = HttpGet("127.0.0.1", *port, "/other");
+  ASSERT_TRUE(other.ok()) << other.status();
+  EXPECT_EQ(other->status, 404);
+  auto post = HttpExchange("127.0.0.1", *port, "POST /metrics HTTP/1.0\r\n\r\n");
+  ASSERT_TRUE(post.ok()) << post.status();
+  EXPECT_EQ(post->status, 405);
+  EXPECT_TRUE(ScrapeMetrics(*port).ok());
 }
 
 TEST(HttpGetTest, RefusedConnectionIsAnError) {

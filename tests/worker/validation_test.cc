@@ -230,10 +230,7 @@ TEST_F(ValidationTest, PrefillBadInput) {
     ExpectInvalid(status_of(MakePrefill(prompt, s, dest, "h")), c.field, c.what);
   }
   {
-    v1::PrefillRequest req = MakePrefill(prompt, ok, dest, "h");
-    req.clear_destination();
-    ExpectInvalid(status_of(req), "destination", "no destination");
-    req = MakePrefill(prompt, ok, "", "h");
+    v1::PrefillRequest req = MakePrefill(prompt, ok, "", "h");
     ExpectInvalid(status_of(req), "destination", "empty destination.address");
     req = MakePrefill(prompt, ok, dest, "");
     ExpectInvalid(status_of(req), "destination", "empty destination.handle");

@@ -1,0 +1,71 @@
+// MetricsHttpServer: the Prometheus /metrics endpoint of the router and the worker, an HTTP/1.1
+// server on libevent's evhttp with its own event-loop thread.
+//
+// Behaviour (docs/worker.md, "The metrics endpoint"):
+//   GET or HEAD /metrics (any query string)  200, Content-Type: text/plain; version=0.0.4
+//   GET or HEAD on any other path            404
+//   POST, PUT, DELETE, OPTIONS, TRACE, CONNECT, PATCH   405 with `Allow: GET, HEAD`
+//   a method evhttp does not know             501 (evhttp's answer)
+//   a malformed request line or header        400 (evhttp's answer), or the connection closed
+//   headers over max_header_bytes             400 (evhttp's answer), connection closed
+//   a body over max_body_bytes                413 (evhttp's answer), connection closed
+// Every connection is dropped after `timeout` without progress (idle keep-alive), and the server
+// stops reading from a connection older than max_connection_age (a slowloris client that sends a
+// byte now and then): a request in flight is answered, then the connection closes. At most
+// max_connections are open at once: beyond that, new connections wait in the kernel's accept
+// queue until one closes (closed connections are counted out within 200 ms). The loop never
+// blocks on a peer, so a stalled or idle connection cannot hold up another scrape.
+//
+// Ownership: holds a shared reference to the collectable it serves. Thread-safety: Start and Stop
+// (and the destructor) must be called from one thread at a time; the collectable's Collect() is
+// called on the server's own thread and must be thread-safe (prometheus::Registry's is).
+#ifndef SAMBAY_COMMON_METRICS_HTTP_H_
+#define SAMBAY_COMMON_METRICS_HTTP_H_
+
+#include <prometheus/collectable.h>
+
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace sambay {
+
+struct MetricsHttpOptions {
+  int max_header_bytes = 8 << 10;              // request line and headers together; more gets 400
+  int max_body_bytes = 4 << 10;                // a scrape has no body; more gets 413
+  absl::Duration timeout = absl::Seconds(10);  // a read or write without progress: closed
+  absl::Duration max_connection_age = absl::Seconds(20);  // then no more requests are read
+  int max_connections = 128;  // open at once; more wait in the accept queue
+};
+
+class MetricsHttpServer {
+ public:
+  explicit MetricsHttpServer(std::shared_ptr<prometheus::Collectable> collectable,
+                             MetricsHttpOptions options = {});
+  ~MetricsHttpServer();  // Stop()
+  MetricsHttpServer(const MetricsHttpServer&) = delete;
+  MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
+
+  // Listens on host:port (port 0 = a free port) and starts the server thread. Returns the bound
+  // port; UNAVAILABLE (naming host:port) when it cannot listen; FAILED_PRECONDITION when started.
+  absl::StatusOr<int> Start(const std::string& host, int port);
+
+  // Stops the thread and closes the listener and every connection. Idempotent.
+  void Stop();
+
+  // The libevent state (metrics_http.cc); public only so that its callbacks can name it.
+  struct Loop;
+
+ private:
+  std::shared_ptr<prometheus::Collectable> collectable_;
+  const MetricsHttpOptions options_;
+  std::unique_ptr<Loop> loop_;  // null until Start succeeds
+  std::thread thread_;
+};
+
+}  // namespace sambay
+
+#endif  // SAMBAY_COMMON_METRICS_HTTP_H_

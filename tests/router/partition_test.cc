@@ -1,0 +1,172 @@
+// A network partition between the router and one decode worker, with real processes: the worker
+// runs in a network namespace of its own, joined to this one by a veth pair (10.199.N.1 here,
+// 10.199.N.2 there), and nftables rules inside the namespace drop everything on the veth. The
+// streams it decodes must move on (token-identical) within the keepalive and stall bounds, the
+// router must take it out within 2 probe intervals and take it back within 2 after the rules go,
+// and no call may hang.
+//
+// Needs root, `ip` (iproute2) and `nft` (nftables): skipped otherwise, with the reason.
+// Traffic goes only to loopback and to the namespace this test makes (and removes).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "gtest/gtest.h"
+#include "tests/router/router_harness.h"
+
+namespace sambay::testing {
+namespace {
+
+namespace v1 = sambay::v1;
+
+// Runs a shell command quietly; true on exit status 0.
+bool Sh(const std::string& cmd) { return std::system((cmd + " >/dev/null 2>&1").c_str()) == 0; }
+
+// The namespace, its veth pair and addresses; removed (with the rules in it) on destruction.
+class Netns {
+ public:
+  Netns() {
+    const int n = static_cast<int>(getpid() % 200) + 20;
+    name_ = absl::StrCat("sbpart", getpid());
+    host_veth_ = absl::StrCat("sbh", getpid() % 100000);
+    ns_veth_ = absl::StrCat("sbn", getpid() % 100000);
+    host_ip_ = absl::StrCat("10.199.", n, ".1");
+    ns_ip_ = absl::StrCat("10.199.", n, ".2");
+  }
+  ~Netns() {
+    Sh("ip netns del " + name_);
+    Sh("ip link del " + host_veth_);
+  }
+  absl::Status Create() {
+    const std::vector<std::string> steps = {
+        "ip netns add " + name_,
+        "ip link add " + host_veth_ + " type veth peer name " + ns_veth_,
+        "ip link set " + ns_veth_ + " netns " + name_,
+        "ip addr add " + host_ip_ + "/24 dev " + host_veth_,
+        "ip link set " + host_veth_ + " up",
+        "ip netns exec " + name_ + " ip addr add " + ns_ip_ + "/24 dev " + ns_veth_,
+        "ip netns exec " + name_ + " ip link set " + ns_veth_ + " up",
+        "ip netns exec " + name_ + " ip link set lo up",
+    };
+    for (const std::string& s : steps) {
+      if (!Sh(s)) return absl::UnavailableError(absl::StrCat("`", s, "` failed"));
+    }
+    return absl::OkStatus();
+  }
+  // Drops every packet on the namespace's veth (both directions), or lets them through again.
+  bool Partition() {
+    const std::string nft = "ip netns exec " + name_ + " nft ";
+    return Sh(nft + "add table inet sbpart") &&
+           Sh(nft + "'add chain inet sbpart in { type filter hook input priority 0; }'") &&
+           Sh(nft + "'add chain inet sbpart out { type filter hook output priority 0; }'") &&
+           Sh(nft + "add rule inet sbpart in iifname " + ns_veth_ + " drop") &&
+           Sh(nft + "add rule inet sbpart out oifname " + ns_veth_ + " drop");
+  }
+  bool Heal() { return Sh("ip netns exec " + name_ + " nft delete table inet sbpart"); }
+  const std::string& name() const { return name_; }
+  const std::string& ns_ip() const { return ns_ip_; }
+
+ private:
+  std::string name_, host_veth_, ns_veth_, host_ip_, ns_ip_;
+};
+
+std::string SkipReason() {
+  if (geteuid() != 0) return "needs root (network namespaces)";
+  if (!Sh("command -v ip") || !Sh("command -v nft")) {
+    return "needs ip and nft (scripts/install-deps.sh installs iproute2 and nftables)";
+  }
+  return "";
+}
+
+TEST(RouterPartition, DecodeWorkerCutOffAndHealed) {
+  if (const std::string why = SkipReason(); !why.empty()) GTEST_SKIP() << why;
+  Netns ns;
+  if (absl::Status s = ns.Create(); !s.ok()) GTEST_SKIP() << "no network namespace: " << s;
+  ScratchDir scratch;
+  // The partitioned decode worker, inside the namespace.
+  auto far =
+      ServerProcess::Start("/usr/sbin/ip",
+                           {"netns", "exec", ns.name(), BinDir() + "/sambay-worker", "--model",
+                            TinyModelDir(), "--host", ns.ns_ip(), "--port", "0", "--metrics-port",
+                            "0", "--log-level", "info", "--role", "decode", "--threads", "1"},
+                           scratch.path(), "far");
+  ASSERT_TRUE(far.ok()) << far.status();
+  const std::string far_address = absl::StrCat(ns.ns_ip(), ":", (*far)->grpc_port());
+  // The prefill worker may push to the namespace's addresses.
+  auto prefill = Worker::Start("prefill", {"--push-allow", "127.0.0.0/8,10.199.0.0/16"},
+                               scratch.path(), "prefill");
+  ASSERT_TRUE(prefill.ok()) << prefill.status();
+  auto near = Worker::Start("decode", {}, scratch.path(), "near");
+  ASSERT_TRUE(near.ok()) << near.status();
+  // Round robin over the decode workers: half of the streams decode on the far one.
+  auto router = Router::Start({"--prefill-workers", (*prefill)->address(), "--decode-workers",
+                               absl::StrCat(far_address, ",", (*near)->address()), "--placement",
+                               "round-robin", "--keepalive-seconds", "2"},
+                              scratch.path(), "router", 3);
+  ASSERT_TRUE(router.ok()) << router.status();
+  Router& r = **router;
+  auto logs = [&] {
+    return absl::StrCat(r.Logs(), "\n--- far:\n", Tail((*far)->ReadStderr(), 4000));
+  };
+
+  std::vector<v1::GenerateRequest> requests;
+  for (int i = 0; i < 8; ++i) {
+    requests.push_back(IdsRequest(PromptIds(6 + 9 * i, 300 + i), Greedy(), 1500));
+  }
+  const std::vector<Reference> refs = References(requests, scratch.path());
+  std::vector<std::unique_ptr<Stream>> streams;
+  for (const auto& q : requests) {
+    streams.push_back(std::make_unique<Stream>(r.stub(), q, absl::Seconds(90)));
+  }
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return std::all_of(streams.begin(), streams.end(),
+                           [](const auto& s) { return s->tokens() >= 50 || s->done(); });
+      },
+      absl::Seconds(30)))
+      << logs();
+
+  ASSERT_TRUE(ns.Partition());
+  const absl::Time cut = absl::Now();
+  EXPECT_EQ(r.WaitMetricSum(
+                "sambay_router_worker_up", {{"worker", far_address}},
+                [](double v) { return v == 0; }, absl::Seconds(10)),
+            0)
+      << logs();
+  const double out_after = absl::ToDoubleSeconds(absl::Now() - cut);
+  for (size_t i = 0; i < streams.size(); ++i) {
+    const StreamResult& res = streams[i]->Wait();
+    ASSERT_TRUE(res.status.ok()) << "stream " << i << ": " << res.Describe() << "\n" << logs();
+    EXPECT_EQ(res.ids, refs[i].ids) << "stream " << i << ": " << res.Describe();
+  }
+  const double streams_done_after = absl::ToDoubleSeconds(absl::Now() - cut);
+
+  ASSERT_TRUE(ns.Heal());
+  const absl::Time healed = absl::Now();
+  EXPECT_EQ(r.WaitMetricSum(
+                "sambay_router_worker_up", {{"worker", far_address}},
+                [](double v) { return v == 1; }, absl::Seconds(10)),
+            1)
+      << logs();
+  const double back_after = absl::ToDoubleSeconds(absl::Now() - healed);
+  // 2 probe intervals (1 s each) plus the probe's own timeout.
+  EXPECT_LE(out_after, 3.0);
+  EXPECT_LE(back_after, 3.0);
+  RecordProperty("taken_out_ms", static_cast<int>(out_after * 1000));
+  RecordProperty("streams_done_ms", static_cast<int>(streams_done_after * 1000));
+  RecordProperty("taken_back_ms", static_cast<int>(back_after * 1000));
+  // It serves again.
+  const StreamResult after =
+      Generate(r.stub(), IdsRequest(PromptIds(5, 1), Greedy(), 8), absl::Seconds(20));
+  EXPECT_TRUE(after.status.ok()) << after.Describe();
+  (*far)->process().Kill();
+}
+
+}  // namespace
+}  // namespace sambay::testing
