@@ -1,9 +1,13 @@
-// A network partition between the router and one decode worker, with real processes: the worker
-// runs in a network namespace of its own, joined to this one by a veth pair (10.199.N.1 here,
-// 10.199.N.2 there), and nftables rules inside the namespace drop everything on the veth. The
-// streams it decodes must move on (token-identical) within the keepalive and stall bounds, the
-// router must take it out within 2 probe intervals and take it back within 2 after the rules go,
-// and no call may hang.
+// Network faults with real processes; one worker runs in a network namespace of its own, joined
+// to this one by a veth pair (10.199.N.1 here, 10.199.N.2 there), where nftables rules act on
+// its traffic:
+//   * a partition between the router and a decode worker (every packet on the veth dropped):
+//     the streams it decodes must move on (token-identical) within the keepalive and stall
+//     bounds, the router must take it out within 2 probe intervals and take it back within 2
+//     after the rules go, and no call may hang;
+//   * a prefill worker killed (SIGKILL) in the middle of its state push (its sends throttled so
+//     the push lasts seconds): the prefill worker is to blame, not the decode worker, and the
+//     request completes exactly.
 //
 // Needs root, `ip` (iproute2) and `nft` (nftables): skipped otherwise, with the reason.
 // Traffic goes only to loopback and to the namespace this test makes (and removes).
@@ -69,8 +73,18 @@ class Netns {
            Sh(nft + "add rule inet sbpart out oifname " + ns_veth_ + " drop");
   }
   bool Heal() { return Sh("ip netns exec " + name_ + " nft delete table inet sbpart"); }
+  // Slows everything the namespace sends on its veth to about `kbytes_per_second` (packets
+  // over the rate are dropped; TCP backs off).
+  bool Throttle(int kbytes_per_second) {
+    const std::string nft = "ip netns exec " + name_ + " nft ";
+    return Sh(nft + "add table inet sbslow") &&
+           Sh(nft + "'add chain inet sbslow out { type filter hook output priority 0; }'") &&
+           Sh(absl::StrCat(nft, "add rule inet sbslow out oifname ", ns_veth_, " limit rate over ",
+                           kbytes_per_second, " kbytes/second drop"));
+  }
   const std::string& name() const { return name_; }
   const std::string& ns_ip() const { return ns_ip_; }
+  const std::string& host_ip() const { return host_ip_; }
 
  private:
   std::string name_, host_veth_, ns_veth_, host_ip_, ns_ip_;
@@ -166,6 +180,68 @@ TEST(RouterPartition, DecodeWorkerCutOffAndHealed) {
       Generate(r.stub(), IdsRequest(PromptIds(5, 1), Greedy(), 8), absl::Seconds(20));
   EXPECT_TRUE(after.status.ok()) << after.Describe();
   (*far)->process().Kill();
+}
+
+// Round robin puts the request's prefill on the far worker (10.199... sorts before 127...),
+// whose sends are throttled to 100 KB/s: its state push (600 prompt tokens: over 1 MB) takes
+// seconds. It is
+// killed once the first token arrived. The router must blame it (not the decode worker, which
+// would leave no decode worker here), re-prefill prompt + first token on the near prefill
+// worker and finish exactly; the decode worker frees the abandoned reservation.
+TEST(RouterPartition, PrefillWorkerKilledDuringAPush) {
+  if (const std::string why = SkipReason(); !why.empty()) GTEST_SKIP() << why;
+  Netns ns;
+  if (absl::Status s = ns.Create(); !s.ok()) GTEST_SKIP() << "no network namespace: " << s;
+  ScratchDir scratch;
+  auto far = ServerProcess::Start("/usr/sbin/ip", {"netns",          "exec",
+                                                   ns.name(),        BinDir() + "/sambay-worker",
+                                                   "--model",        TinyModelDir(),
+                                                   "--host",         ns.ns_ip(),
+                                                   "--port",         "0",
+                                                   "--metrics-port", "0",
+                                                   "--log-level",    "info",
+                                                   "--role",         "prefill",
+                                                   "--threads",      "1",
+                                                   "--push-allow",   "127.0.0.0/8,10.199.0.0/16"},
+                                  scratch.path(), "far");
+  ASSERT_TRUE(far.ok()) << far.status();
+  const std::string far_address = absl::StrCat(ns.ns_ip(), ":", (*far)->grpc_port());
+  auto near = Worker::Start("prefill", {"--push-allow", "127.0.0.0/8,10.199.0.0/16"},
+                            scratch.path(), "near");
+  ASSERT_TRUE(near.ok()) << near.status();
+  // The decode worker listens on every address, so the far prefill worker can push to it.
+  auto decode = Worker::Start("decode", {"--host", "0.0.0.0"}, scratch.path(), "decode");
+  ASSERT_TRUE(decode.ok()) << decode.status();
+  const std::string decode_address =
+      absl::StrCat(ns.host_ip(), ":", (*decode)->server().grpc_port());
+  auto router =
+      Router::Start({"--prefill-workers", absl::StrCat(far_address, ",", (*near)->address()),
+                     "--decode-workers", decode_address, "--placement", "round-robin"},
+                    scratch.path(), "router", 3);
+  ASSERT_TRUE(router.ok()) << router.status();
+  Router& r = **router;
+  auto logs = [&] {
+    return absl::StrCat(r.Logs(), "\n--- far:\n", Tail((*far)->ReadStderr(), 4000),
+                        "\n--- decode:\n", (*decode)->Logs());
+  };
+  ASSERT_TRUE(ns.Throttle(100));
+  v1::GenerateRequest req = IdsRequest(PromptIds(600, 77), Seeded(0.8f, 0.9f, 5), 48);
+  auto ref = ReferenceIds(req, scratch.path());
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  Stream stream(r.stub(), req, absl::Seconds(60));
+  ASSERT_TRUE(WaitFor([&] { return stream.tokens() >= 1 || stream.done(); }, absl::Seconds(20)))
+      << logs();
+  ASSERT_FALSE(stream.done()) << stream.Wait().Describe() << "\n" << logs();
+  (*far)->process().Kill();
+  const StreamResult& res = stream.Wait();
+  ASSERT_TRUE(res.status.ok()) << res.Describe() << "\n" << logs();
+  EXPECT_EQ(res.ids, *ref) << res.Describe();
+  // far, decode, then near, decode: the same decode worker, never excluded.
+  ASSERT_EQ(res.usage.workers_size(), 4) << res.Describe();
+  EXPECT_EQ(res.usage.workers(0), far_address);
+  EXPECT_EQ(res.usage.workers(2), (*near)->address());
+  EXPECT_EQ(res.usage.workers(3), decode_address);
+  EXPECT_TRUE(WaitIdle(**decode, absl::Seconds(15)).ok()) << logs();
 }
 
 }  // namespace
