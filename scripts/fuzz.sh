@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Replays the libFuzzer seed corpora, or fuzzes each target for a fixed time (issue 13,
-# docs/reliability.md "Fuzzing"), and prints one table row per target.
+# Replays the libFuzzer seed corpora, or fuzzes each target for a fixed time
+# (docs/reliability.md "Fuzzing"), and prints one table row per target.
 #
 # Usage: scripts/fuzz.sh [--seconds N] [--replay] [--parallel P] [targets...]
 #   --replay      run every input of tests/fuzz/corpus/<target>/ once (no fuzzing)

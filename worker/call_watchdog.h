@@ -1,5 +1,5 @@
 // CallWatchdog: server-side deadlines for synchronous streaming calls whose client may stall
-// (issue 13, defect 9: a PushState sender that sends nothing). A blocking ServerReader::Read has
+// (a PushState sender that sends nothing). A blocking ServerReader::Read has
 // no timeout of its own; the watchdog's thread cancels the call when its deadline passes, with
 // status DEADLINE_EXCEEDED and the timer's message (what the client sees), which makes the
 // blocked Read return false, so the handler can free everything and return.

@@ -1,4 +1,4 @@
-// Where a prefill worker may push states (issue 13, defect 13): the Prefill caller names the
+// Where a prefill worker may push states: the Prefill caller names the
 // destination, so without a check any caller could make the worker open connections to any
 // address (server-side request forgery) and grow its channel cache without bound.
 //

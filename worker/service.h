@@ -6,7 +6,7 @@
 // Every handler that admits a sequence ends it on every exit path (client cancel, deadline,
 // write failure, error), so slots and state memory are never leaked.
 //
-// Robustness (issue 13): Prefill pushes only to destinations its PushAllowList admits
+// Robustness: Prefill pushes only to destinations its PushAllowList admits
 // (PERMISSION_DENIED naming destination.address otherwise), through a bounded LRU of channels;
 // PushState streams are capped (RESOURCE_EXHAUSTED past max_push_streams, so idle senders cannot
 // take the threads GetLoad needs) and bounded in time by a CallWatchdog (first chunk, then

@@ -610,7 +610,7 @@ RunResult GenerateUntilOk(const std::string& address, const std::string& dir,
   return r;
 }
 
-// Issue 13, defect 15: a worker that dies used to make cluster.sh stop the whole cluster. Now
+// a worker that dies used to make cluster.sh stop the whole cluster. Now
 // the cluster keeps serving on the other workers.
 TEST(ClusterScriptTest, KilledWorkerLeavesTheClusterServing) {
   Scratch scratch;
@@ -668,7 +668,7 @@ TEST(ClusterScriptTest, RestartBringsAKilledWorkerBack) {
   EXPECT_EQ(ProcessesMentioning(workdir), std::vector<std::string>{});
 }
 
-// Issue 13, defect 15: a second signal during the teardown used to kill the script before it
+// a second signal during the teardown used to kill the script before it
 // had stopped the workers, leaving them running. Now it SIGKILLs them and still reaps them all.
 TEST(ClusterScriptTest, SecondSignalDuringTeardownLeavesNoProcess) {
   for (const int second : {SIGTERM, SIGINT}) {

@@ -1,6 +1,6 @@
 // MetricsHttpServer (common/metrics_http.h) under hostile clients on raw sockets: every method,
 // malformed and oversized requests, pipelining, binary garbage, idle and slowloris connections.
-// After every case the server must still answer a scrape (issue 13, defects 2 and 14).
+// After every case the server must still answer a scrape.
 #include "common/metrics_http.h"
 
 #include <arpa/inet.h>

@@ -1,4 +1,4 @@
-// Shared helpers of the libFuzzer targets in tests/fuzz/ (issue 13, docs/reliability.md):
+// Shared helpers of the libFuzzer targets in tests/fuzz/ (docs/reliability.md):
 // where the tiny model and the o200k vocabulary are, a per-process scratch directory for the
 // loaders that read files, splitting one input into several files, and the small model config
 // the state-import target uses.

@@ -1,4 +1,4 @@
-// The router's metrics port under hostile HTTP (issue 13, defects 2 and 14): every method,
+// The router's metrics port under hostile HTTP: every method,
 // malformed and oversized requests, and idle connections get an HTTP error or are dropped; the
 // router keeps running and keeps serving /metrics promptly.
 #include <arpa/inet.h>

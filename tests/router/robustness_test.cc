@@ -34,6 +34,15 @@
 #include "gtest/gtest.h"
 #include "tests/router/router_harness.h"
 
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define SAMBAY_TEST_ASAN 1
+#endif
+#endif
+#if defined(__SANITIZE_ADDRESS__) && !defined(SAMBAY_TEST_ASAN)
+#define SAMBAY_TEST_ASAN 1
+#endif
+
 namespace sambay::testing {
 namespace {
 
@@ -281,7 +290,14 @@ TEST(RouterRobustness, HugeRequestsDoNotGrowTheRouter) {
   const int64_t growth = peak.load() - rss0;
   std::cerr << "router RSS: " << rss0 / (1 << 20) << " MiB, peak growth " << growth / (1 << 20)
             << " MiB\n";
-  EXPECT_LT(growth, 100 << 20) << "the router's RSS grew by " << growth / (1 << 20) << " MiB";
+#ifdef SAMBAY_TEST_ASAN
+  // ASan keeps freed memory in its quarantine and pads every allocation: RSS is not the
+  // router's. The Release run checks the figure; this one checks only that nothing broke.
+  constexpr int64_t kMaxGrowth = int64_t{1} << 40;
+#else
+  constexpr int64_t kMaxGrowth = 100 << 20;
+#endif
+  EXPECT_LT(growth, kMaxGrowth) << "the router's RSS grew by " << growth / (1 << 20) << " MiB";
   // It still serves.
   const StreamResult r = Generate(c.stub(), IdsRequest({1, 2, 3}, Greedy(), 4), absl::Seconds(20));
   EXPECT_TRUE(r.status.ok()) << r.Describe() << "\n" << c.Logs();

@@ -1,6 +1,6 @@
 // common/health_service (the router's synchronous grpc.health.v1 service) and the call-cap
 // interceptor of common/server_util, in process: Watch streams held open never take the
-// threads Check needs (issue 13, defect 4).
+// threads Check needs.
 #include "common/health_service.h"
 
 #include <grpcpp/create_channel.h>

@@ -1,7 +1,7 @@
 // The worker's metrics endpoint, scraped like Prometheus would: the documented series exist
 // with base-unit names, and every other request (another path or method, a load balancer's
 // probe, malformed or oversized requests, idle connections) gets an HTTP error or is dropped
-// instead of taking the worker down or blocking scrapes (DESIGN §4.3, §4.5; issue 13).
+// instead of taking the worker down or blocking scrapes (DESIGN §4.3, §4.5).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -47,7 +47,7 @@ TEST(MetricsEndpointTest, UnknownPathsAre404) {
   EXPECT_TRUE(text.ok()) << text.status();
 }
 
-// Issue 13, defect 2: any non-GET request used to segfault the worker inside civetweb's
+// any non-GET request used to segfault the worker inside civetweb's
 // error-response path. Every method, and malformed or oversized requests, get an HTTP error.
 TEST(MetricsEndpointTest, EveryMethodAndMalformedRequestGetsAnHttpError) {
   ScratchDir dir;
@@ -96,7 +96,7 @@ TEST(MetricsEndpointTest, EveryMethodAndMalformedRequestGetsAnHttpError) {
   EXPECT_EQ(MetricSum(*text, "sambay_worker_info", {{"role", "decode"}}), 1);
 }
 
-// Issue 13, defect 14: two idle TCP connections used to hold both of civetweb's threads, so
+// two idle TCP connections used to hold both of civetweb's threads, so
 // scrapes waited about 30 s.
 TEST(MetricsEndpointTest, IdleConnectionsDoNotBlockScrapes) {
   ScratchDir dir;

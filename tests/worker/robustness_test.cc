@@ -1,11 +1,11 @@
-// Robustness of one worker against hostile or stalled callers (issue 13, the worker's defects):
+// Robustness of one worker against hostile or stalled callers:
 //   * streams held open (Health/Watch, reflection, idle PushState) never take the threads that
-//     Check, GetLoad and Prefill need (defects 4 and 14);
-//   * stop_token_ids is capped and still stops exactly with a long unsorted list (defect 5);
-//   * handles up to kMaxHandleBytes work, longer ones are INVALID_ARGUMENT (defect 8);
-//   * a PushState sender that stalls is cut off, and the reservation freed (defect 9);
-//   * Prefill pushes only to allowed destinations (defect 13);
-//   * the lease stops once the state arrives, so a slow transfer completes (defect 7).
+//     Check, GetLoad and Prefill need;
+//   * stop_token_ids is capped and still stops exactly with a long unsorted list;
+//   * handles up to kMaxHandleBytes work, longer ones are INVALID_ARGUMENT;
+//   * a PushState sender that stalls is cut off, and the reservation freed;
+//   * Prefill pushes only to allowed destinations;
+//   * the lease stops once the state arrives, so a slow transfer completes.
 #include <grpcpp/client_context.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/generic/generic_stub.h>

@@ -352,7 +352,7 @@ TEST_F(SchedulerTest, LeaseExpiresWithDeadlineExceeded) {
   EXPECT_EQ(sched.BeginReceive("late").status().code(), absl::StatusCode::kNotFound);
 }
 
-// Issue 13, defect 7: RenewLease restarts a waiting reservation's lease; once the state starts
+// RenewLease restarts a waiting reservation's lease; once the state starts
 // arriving (BeginReceive) the lease stops.
 TEST_F(SchedulerTest, LeaseRenewsAndStopsWhenTheStateArrives) {
   SchedulerOptions o = Options();
@@ -379,7 +379,7 @@ TEST_F(SchedulerTest, LeaseRenewsAndStopsWhenTheStateArrives) {
   EXPECT_EQ(sched.RenewLease("slow").code(), absl::StatusCode::kNotFound);
 }
 
-// Issue 13, defect 14: Load() reads prefill progress while the engine thread advances it (run
+// Load() reads prefill progress while the engine thread advances it (run
 // under ThreadSanitizer, this reported the unlocked write of prefill_pos).
 TEST_F(SchedulerTest, LoadDuringChunkedPrefillIsConsistent) {
   Scheduler sched(model(), Options(), nullptr);  // 16-token chunks
@@ -406,7 +406,7 @@ TEST_F(SchedulerTest, LoadDuringChunkedPrefillIsConsistent) {
   EXPECT_EQ(sched.Load().queued_prefill_tokens, 0);
 }
 
-// Issue 13, defect 5: at most kMaxStopTokenIds stop ids; any of them stops, in any order.
+// at most kMaxStopTokenIds stop ids; any of them stops, in any order.
 TEST_F(SchedulerTest, StopIdsAreCappedAndFoundInAnyOrder) {
   Scheduler sched(model(), Options(), nullptr);
   const std::vector<int32_t> prompt = RandomIds(12, vocab(), 9);
