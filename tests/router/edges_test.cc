@@ -47,6 +47,20 @@ TEST(RouterEdges, LastTokensOfTheContextInSplitMode) {
   EXPECT_TRUE(c.WaitWorkersIdle().ok());
 }
 
+// The decode reservation's handle used to be the request id plus 24 bytes, so ids of 105 to 128
+// bytes (valid) always failed in split mode. Handles are random 128-bit values now.
+TEST(RouterEdges, LongestRequestIdWorksInSplitMode) {
+  Cluster c;
+  ASSERT_STARTED(c.Start(1, 1, 0));
+  v1::GenerateRequest req = IdsRequest(PromptIds(12, 8), Greedy(), 6);
+  req.set_request_id(std::string(128, 'r'));
+  const StreamResult r = Generate(c.stub(), req, absl::Seconds(20));
+  ASSERT_TRUE(r.status.ok()) << r.Describe() << "\n" << c.Logs();
+  EXPECT_EQ(r.request_id, req.request_id());
+  EXPECT_EQ(r.ids.size(), 6u);
+  EXPECT_EQ(r.usage.workers_size(), 2) << r.Describe();  // prefill, then decode elsewhere
+}
+
 // One decode slot, 4 requests at once: the router keeps the ones that find the worker full
 // waiting (they are admitted, the worker answers RESOURCE_EXHAUSTED or has no free slot) and
 // places them as the slot frees, instead of failing them UNAVAILABLE.
