@@ -245,38 +245,48 @@ absl::Status CheckStateMatchesConfig(const ModelConfig& c, const SequenceState& 
 // Appends bytes to chunks of at most max_chunk bytes; frames them on Finish.
 class ChunkWriter {
  public:
-  ChunkWriter(size_t max_payload, int64_t total) : max_payload_(max_payload), left_(total) {}
+  // Hands each chunk to `sink` (framed: magic, sequence number, length, CRC32C) as soon as it is
+  // full, so one chunk is in memory at a time. After the sink fails, later input is dropped and
+  // Finish returns its error.
+  ChunkWriter(size_t max_payload, int64_t total, const StateChunkSink& sink)
+      : max_payload_(max_payload), left_(total), sink_(sink) {}
   void Append(const char* p, size_t n) {
-    while (n > 0) {
-      if (chunks_.empty() || chunks_.back().size() - kStateChunkHeaderBytes == max_payload_) {
+    while (n > 0 && status_.ok()) {
+      if (chunk_.empty()) {
         const size_t want = std::min<size_t>(max_payload_, static_cast<size_t>(left_));
-        chunks_.emplace_back(kStateChunkHeaderBytes, '\0');
-        chunks_.back().reserve(kStateChunkHeaderBytes + want);
+        chunk_.assign(kStateChunkHeaderBytes, '\0');
+        chunk_.reserve(kStateChunkHeaderBytes + want);
       }
-      std::string& c = chunks_.back();
-      const size_t take = std::min(n, max_payload_ - (c.size() - kStateChunkHeaderBytes));
-      c.append(p, take);
+      const size_t take = std::min(n, max_payload_ - (chunk_.size() - kStateChunkHeaderBytes));
+      chunk_.append(p, take);
       p += take;
       n -= take;
       left_ -= static_cast<int64_t>(take);
+      if (chunk_.size() - kStateChunkHeaderBytes == max_payload_) Seal();
     }
   }
-  std::vector<std::string> Finish() {
-    for (size_t i = 0; i < chunks_.size(); ++i) {
-      std::string& c = chunks_[i];
-      const size_t len = c.size() - kStateChunkHeaderBytes;
-      const uint32_t fields[3] = {static_cast<uint32_t>(i), static_cast<uint32_t>(len),
-                                  Crc32c(c.data() + kStateChunkHeaderBytes, len)};
-      std::memcpy(c.data(), kChunkMagic, 4);
-      std::memcpy(c.data() + 4, fields, 12);
-    }
-    return std::move(chunks_);
+  absl::Status Finish() {
+    if (!chunk_.empty() && status_.ok()) Seal();
+    return status_;
   }
 
  private:
+  void Seal() {
+    const size_t len = chunk_.size() - kStateChunkHeaderBytes;
+    const uint32_t fields[3] = {index_++, static_cast<uint32_t>(len),
+                                Crc32c(chunk_.data() + kStateChunkHeaderBytes, len)};
+    std::memcpy(chunk_.data(), kChunkMagic, 4);
+    std::memcpy(chunk_.data() + 4, fields, 12);
+    status_ = sink_(std::move(chunk_));
+    chunk_.clear();
+  }
+
   size_t max_payload_;
   int64_t left_;
-  std::vector<std::string> chunks_;
+  const StateChunkSink& sink_;
+  std::string chunk_;  // the chunk being filled (empty: none)
+  uint32_t index_ = 0;
+  absl::Status status_;
 };
 
 // Frame checks of chunk number `index`; on success *payload is the verified payload.
@@ -340,6 +350,18 @@ absl::StatusOr<std::vector<std::string>> ExportState(const ModelConfig& config,
                                                      const std::string& fingerprint,
                                                      const SequenceState& state,
                                                      size_t max_chunk_bytes) {
+  std::vector<std::string> chunks;
+  SAMBAY_RETURN_IF_ERROR(
+      ExportStateTo(config, fingerprint, state, max_chunk_bytes, [&](std::string chunk) {
+        chunks.push_back(std::move(chunk));
+        return absl::OkStatus();
+      }));
+  return chunks;
+}
+
+absl::Status ExportStateTo(const ModelConfig& config, const std::string& fingerprint,
+                           const SequenceState& state, size_t max_chunk_bytes,
+                           const StateChunkSink& sink) {
   if (fingerprint.size() > kMaxStateFingerprintBytes) {
     return Invalid("export: fingerprint has ", fingerprint.size(), " bytes, at most 64 allowed");
   }
@@ -371,7 +393,7 @@ absl::StatusOr<std::vector<std::string>> ExportState(const ModelConfig& config,
                    "-byte state header (need at least ", header.size() + kStateChunkHeaderBytes,
                    ")");
   }
-  ChunkWriter w(max_payload, StateStreamBytes(config, fingerprint.size(), n));
+  ChunkWriter w(max_payload, StateStreamBytes(config, fingerprint.size(), n), sink);
   w.Append(header.data(), header.size());
   for (const EntrySpec& e : entries) {
     std::string d;

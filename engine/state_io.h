@@ -35,6 +35,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <string>
@@ -97,6 +98,15 @@ int64_t StateStreamBytes(const ModelConfig& config, size_t fingerprint_bytes, in
 absl::StatusOr<std::vector<std::string>> ExportState(
     const ModelConfig& config, const std::string& fingerprint, const SequenceState& state,
     size_t max_chunk_bytes = kDefaultStateChunkBytes);
+
+// Receives exported chunks in order; an error stops the export, which returns it.
+using StateChunkSink = std::function<absl::Status(std::string chunk)>;
+
+// As ExportState, but each chunk goes to `sink` as soon as it is full: one chunk is in memory
+// at a time (a sender can stream the state instead of holding a second copy of it).
+absl::Status ExportStateTo(const ModelConfig& config, const std::string& fingerprint,
+                           const SequenceState& state, size_t max_chunk_bytes,
+                           const StateChunkSink& sink);
 
 // Incremental strict importer: feed chunks in order with AddChunk, then call Finish. The first
 // chunk's header is fully validated by the first AddChunk. After any error the importer stays

@@ -41,4 +41,19 @@ absl::StatusOr<std::vector<std::string>> CpuBackend::Export(SequenceState& state
   return ExportState(model_.config(), model_.fingerprint(), state, max_chunk_bytes);
 }
 
+absl::Status EngineBackend::ExportTo(SequenceState& state, size_t max_chunk_bytes,
+                                     const StateChunkSink& sink) {
+  auto chunks = Export(state, max_chunk_bytes);
+  if (!chunks.ok()) return chunks.status();
+  for (std::string& chunk : *chunks) {
+    if (absl::Status s = sink(std::move(chunk)); !s.ok()) return s;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CpuBackend::ExportTo(SequenceState& state, size_t max_chunk_bytes,
+                                  const StateChunkSink& sink) {
+  return ExportStateTo(model_.config(), model_.fingerprint(), state, max_chunk_bytes, sink);
+}
+
 }  // namespace sambay

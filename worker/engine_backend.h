@@ -29,6 +29,7 @@
 #include "engine/config.h"
 #include "engine/model.h"
 #include "engine/state.h"
+#include "engine/state_io.h"
 
 namespace sambay {
 
@@ -64,6 +65,10 @@ class EngineBackend {
   // The state in the wire format (ExportState; chunks of at most max_chunk_bytes).
   virtual absl::StatusOr<std::vector<std::string>> Export(SequenceState& state,
                                                           size_t max_chunk_bytes) = 0;
+  // The same chunks, each handed to `sink` as it is made. This default runs Export first (all
+  // chunks in memory at once); the CPU backend streams (ExportStateTo).
+  virtual absl::Status ExportTo(SequenceState& state, size_t max_chunk_bytes,
+                                const StateChunkSink& sink);
 };
 
 // The CPU Model, unchanged: every call forwards to it (bit-identical to using Model directly).
@@ -81,6 +86,8 @@ class CpuBackend final : public EngineBackend {
   }
   absl::StatusOr<std::vector<std::string>> Export(SequenceState& state,
                                                   size_t max_chunk_bytes) override;
+  absl::Status ExportTo(SequenceState& state, size_t max_chunk_bytes,
+                        const StateChunkSink& sink) override;
 
  private:
   Model& model_;

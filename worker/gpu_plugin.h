@@ -22,9 +22,9 @@
 
 namespace sambay {
 
-// Bumped whenever GpuPluginApi or GpuBackendOptions change: a worker refuses a plugin built
-// from other sources.
-inline constexpr int kGpuPluginAbi = 2;
+// Bumped whenever GpuPluginApi, GpuBackendOptions or EngineBackend's virtual methods change: a
+// worker refuses a plugin built from other sources. 3: EngineBackend::ExportTo.
+inline constexpr int kGpuPluginAbi = 3;
 inline constexpr char kGpuPluginFile[] = "libsambay_worker_cuda.so";
 inline constexpr char kGpuPluginSymbol[] = "SambayGpuPlugin";
 

@@ -184,20 +184,31 @@ grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillR
     scheduler_.Retire(seq, FinishKind::kLength);
     return grpc::Status::OK;
   }
-  // 2. Export and push to the destination; the state is freed before the reply.
-  const absl::Time t0 = absl::Now();
-  auto chunks = model_.Export(*state, chunk_bytes);
-  state.reset();
-  if (!chunks.ok()) {
-    metrics_.Failure("internal");
-    return ToGrpcStatus(chunks.status());
-  }
-  const double export_s = absl::ToDoubleSeconds(absl::Now() - t0);
+  // 2. Export and push to the destination, chunk by chunk (one chunk in memory beside the
+  // state); the state is freed before the reply.
   const absl::Time deadline =
       std::min(absl::FromChrono(ctx->deadline()), absl::Now() + scheduler_.options().lease);
   auto stub = pb::Worker::NewStub(peers_.Get(req->destination().address()));
-  auto pushed = ::sambay::PushState(*stub, req->destination().handle(), *std::move(chunks),
-                                    deadline, rid, req->destination().address());
+  absl::Status export_error;
+  auto pushed = PushStateFrom(
+      *stub, req->destination().handle(),
+      [&](const StateChunkSink& sink) {
+        bool sink_failed = false;
+        absl::Status s = model_.ExportTo(*state, chunk_bytes, [&](std::string chunk) {
+          absl::Status w = sink(std::move(chunk));
+          sink_failed = !w.ok();
+          return w;
+        });
+        if (!s.ok() && !sink_failed) export_error = s;
+        return s;
+      },
+      deadline, rid, req->destination().address());
+  state.reset();
+  if (!export_error.ok()) {
+    metrics_.Failure("internal");
+    scheduler_.Retire(seq, FinishKind::kError);
+    return ToGrpcStatus(export_error);
+  }
   if (!pushed.ok()) {
     metrics_.Failure("push_failed");
     scheduler_.Retire(seq, FinishKind::kError);
@@ -205,6 +216,7 @@ grpc::Status WorkerService::Prefill(grpc::ServerContext* ctx, const pb::PrefillR
         {{"request_id", rid}, {"error", pushed.status().ToString()}});
     return ToGrpcStatus(pushed.status());
   }
+  const double export_s = pushed->produce_seconds;
   metrics_.sent_bytes.Increment(static_cast<double>(pushed->bytes));
   metrics_.sent_seconds.Observe(pushed->transfer_seconds);
   scheduler_.Retire(seq, FinishKind::kHandedOff);

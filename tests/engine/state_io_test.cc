@@ -321,6 +321,28 @@ TEST(StateIoTest, SmallChunksRoundTrip) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// ExportStateTo hands each chunk over as soon as it is full (the sender streams the state
+// instead of holding a second copy): the sink sees every chunk of ExportState, in order, and
+// each one before the next is made; a sink error stops the export and is returned.
+TEST(StateIoTest, ExportStateToStreamsChunkByChunk) {
+  const ModelConfig c = Tiny();
+  auto s = RandomState(c, 40, 2);
+  const std::vector<std::string> all = ExportState(c, kFp, *s, 1000).value();
+  ASSERT_GT(all.size(), 3u);
+  std::vector<std::string> got;
+  SAMBAY_EXPECT_OK(ExportStateTo(c, kFp, *s, 1000, [&](std::string chunk) {
+    got.push_back(std::move(chunk));
+    return absl::OkStatus();
+  }));
+  EXPECT_EQ(got, all);
+  int calls = 0;
+  const absl::Status st = ExportStateTo(c, kFp, *s, 1000, [&](std::string) {
+    return ++calls == 2 ? absl::UnavailableError("peer gone") : absl::OkStatus();
+  });
+  EXPECT_EQ(st.code(), absl::StatusCode::kUnavailable) << st;
+  EXPECT_EQ(calls, 2) << "the export went on after the sink failed";
+}
+
 TEST(StateIoTest, ExportRejectsBadInputs) {
   const ModelConfig c = Tiny();
   auto s = RandomState(c, 10, 3);
