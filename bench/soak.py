@@ -199,6 +199,7 @@ def main():
     samples = []  # (t, [kB per process])
     start = time.time()
     next_kill, next_sample, kills, killed = start + KILL_EVERY, start, 0, set()
+    starts = [[0.0] for _ in workers]  # when each worker's current process started
     rng = random.Random(99)
     while time.time() - start < DURATION:
         now = time.time()
@@ -212,9 +213,11 @@ def main():
             victim = rng.randrange(len(workers))
             killed.add(victim)
             workers[victim].kill()
+            print(f"soak: {now - start:.0f} s: killed {workers[victim].name}", flush=True)
             kills += 1
             time.sleep(5)
             workers[victim].start()  # same port: the router takes it back at a probe
+            starts[victim].append(time.time() - start)
             next_kill += KILL_EVERY
         time.sleep(0.2)
     stop.set()
@@ -241,12 +244,19 @@ def main():
     print(f"| migrations (router metric) | {migrations:.0f} |")
     growth_ok = True
     for i, p in enumerate(procs):
-        if p is not router and (i - 1) in killed:
-            print(f"| RSS {p.name} (MB) | killed and restarted: not compared |")
+        # A worker is judged on its longest life between kills: from WARMUP into it to its end.
+        lo, hi = 0.0, float("inf")
+        if p is not router:
+            bounds = starts[i - 1] + [float("inf")]
+            lo, hi = max(zip(bounds, bounds[1:]), key=lambda b: min(b[1], DURATION) - b[0])
+        life = [row[i] for t, row in samples if lo + WARMUP <= t < hi and row[i] > 0]
+        if len(life) < 2:
+            print(f"| RSS {p.name} (MB) | no life of {WARMUP:.0f} s after the warm-up |")
             continue
-        grew = (last[i] - base[i]) / 1024
-        print(f"| RSS {p.name}: after warm-up -> end (MB) | {base[i] / 1024:.1f} -> "
-              f"{last[i] / 1024:.1f} ({grew:+.1f}) |")
+        grew = (life[-1] - life[0]) / 1024
+        span = "" if p is router else f" (its life from {lo:.0f} s)"
+        print(f"| RSS {p.name}: after warm-up -> end (MB){span} | {life[0] / 1024:.1f} -> "
+              f"{life[-1] / 1024:.1f} ({grew:+.1f}) |")
         growth_ok = growth_ok and grew < 20
     print(f"\nlogs and rss.csv in {OUT}")
     for e in stats.examples:
