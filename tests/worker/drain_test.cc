@@ -50,7 +50,9 @@ TEST_F(DrainTest, SigtermFinishesRunningStreamsAndExitsZero) {
   std::vector<absl::Notification> started(kStreams);
   std::vector<std::vector<uint32_t>> tokens(kStreams);
   std::vector<v1::DecodeDone> done(kStreams);
-  std::vector<bool> got_done(kStreams, false);
+  // char, not bool: the threads write their own elements, and vector<bool> packs them into
+  // shared words (a data race ThreadSanitizer found).
+  std::vector<char> got_done(kStreams, 0);
   std::vector<grpc::Status> status(kStreams);
   std::vector<std::thread> threads;
   for (int i = 0; i < kStreams; ++i) {
