@@ -40,7 +40,11 @@ void RequestFlow::OnTick(bool ok) {
 void RequestFlow::CheckAttempt(absl::Time now) {
   switch (stage_) {
     case Stage::kDecoding:
-      if (now - last_progress_ > options_.stall_timeout) {
+    case Stage::kInPlace: {
+      // In place, before the first token, the stream is still prefilling: only the probes
+      // judge it then. Either way the decode worker is to blame.
+      const bool streaming = stage_ == Stage::kDecoding || !inplace_first_;
+      if (streaming && now - last_progress_ > options_.stall_timeout) {
         const std::string why =
             absl::StrCat("no token for ", absl::FormatDuration(options_.stall_timeout));
         registry_.ReportFailure(decode_worker_, absl::UnavailableError(why));
@@ -49,17 +53,7 @@ void RequestFlow::CheckAttempt(absl::Time now) {
         AbandonAttempt(decode_worker_, true, "taken out by the health probes");
       }
       return;
-    case Stage::kInPlace:
-      if (!inplace_first_ && now - last_progress_ > options_.stall_timeout) {
-        const std::string why =
-            absl::StrCat("no token for ", absl::FormatDuration(options_.stall_timeout));
-        registry_.ReportFailure(decode_worker_, absl::UnavailableError(why));
-        AbandonAttempt(decode_worker_, true, why);
-      } else if (!registry_.IsHealthy(decode_worker_)) {
-        // Before the first token this is also the prefill: the worker is to blame either way.
-        AbandonAttempt(decode_worker_, true, "taken out by the health probes");
-      }
-      return;
+    }
     case Stage::kReserving:
     case Stage::kPrefilling:
       if (!registry_.IsHealthy(prefill_worker_)) {

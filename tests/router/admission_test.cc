@@ -19,12 +19,6 @@ namespace {
 
 namespace v1 = sambay::v1;
 
-#define ASSERT_STARTED(expr)                                    \
-  do {                                                          \
-    const absl::Status started_ = (expr);                       \
-    ASSERT_TRUE(started_.ok()) << started_ << "\n" << c.Logs(); \
-  } while (0)
-
 // A burst of 3 x (C + Q) long streams against --max-concurrent C --max-queue Q: C run, Q wait,
 // the other 2 x (C + Q) are rejected within a second; every admitted stream completes.
 TEST(RouterAdmission, QueueFullRejectsTheOverflowAtOnce) {

@@ -19,12 +19,6 @@ namespace {
 
 namespace v1 = sambay::v1;
 
-#define ASSERT_STARTED(expr)                                    \
-  do {                                                          \
-    const absl::Status started_ = (expr);                       \
-    ASSERT_TRUE(started_.ok()) << started_ << "\n" << c.Logs(); \
-  } while (0)
-
 std::vector<v1::GenerateRequest> Requests(int n, uint32_t max_new_tokens) {
   std::vector<v1::GenerateRequest> r;
   for (int i = 0; i < n; ++i) {
@@ -85,16 +79,10 @@ TEST(RouterChaos, DecodeWorkerStoppedUnder16Streams) {
       },
       absl::Seconds(30)))
       << c.Logs();
-  Worker* victim = nullptr;
   uint32_t most = 0;
-  for (auto& w : c.decode()) {
-    auto load = w->GetLoad();
-    ASSERT_TRUE(load.ok()) << load.status();
-    if (victim == nullptr || load->running() > most) {
-      victim = w.get();
-      most = load->running();
-    }
-  }
+  auto busiest = BusiestWorker(c.decode(), &most);
+  ASSERT_TRUE(busiest.ok()) << busiest.status();
+  Worker* victim = *busiest;
   ASSERT_GT(most, 0u);
   const std::string victim_address = victim->address();
   ASSERT_TRUE(victim->process().Signal(SIGSTOP));

@@ -19,12 +19,6 @@ namespace {
 
 namespace v1 = sambay::v1;
 
-#define ASSERT_STARTED(expr)                                    \
-  do {                                                          \
-    const absl::Status started_ = (expr);                       \
-    ASSERT_TRUE(started_.ok()) << started_ << "\n" << c.Logs(); \
-  } while (0)
-
 // Context 64, split mode: a 63-token prompt has room for exactly one new token, which the
 // prefill worker samples (no decode reservation, which would need room for a second one); a
 // 62-token prompt gets its two. Both equal the single-process run.
@@ -83,20 +77,9 @@ TEST(RouterEdges, AdmittedRequestsWaitForAFreeWorkerSlot) {
 // Runs `node tests/router/unread_stream.js` (a client that never reads its stream) against the
 // router for at most `seconds`; its JSON line, or "" when node is missing.
 std::string UnreadStream(const std::string& address, const v1::GenerateRequest& req, int seconds) {
-  if (std::system("command -v node >/dev/null 2>&1") != 0) return "";
-  const std::string port = address.substr(address.rfind(':') + 1);
-  const std::string cmd =
-      absl::StrCat("node ", SAMBAY_SOURCE_DIR, "/tests/router/unread_stream.js ", port,
-                   " /sambay.v1.Generation/Generate ",
-                   absl::BytesToHexString(req.SerializeAsString()), " ", seconds, " 2>&1");
-  std::string out;
-  if (FILE* p = popen(cmd.c_str(), "r")) {
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-    pclose(p);
-  }
-  return out;
+  return RunNodeScript("unread_stream.js",
+                       {address.substr(address.rfind(':') + 1), "/sambay.v1.Generation/Generate",
+                        absl::BytesToHexString(req.SerializeAsString()), absl::StrCat(seconds)});
 }
 
 // A client that opens a long stream and never reads it: the router cuts it off within the write

@@ -26,12 +26,6 @@ namespace {
 namespace v1 = sambay::v1;
 using grpc::health::v1::HealthCheckResponse;
 
-#define ASSERT_STARTED(expr)                                    \
-  do {                                                          \
-    const absl::Status started_ = (expr);                       \
-    ASSERT_TRUE(started_.ok()) << started_ << "\n" << c.Logs(); \
-  } while (0)
-
 // 8 long requests (ignore_eos), half greedy and half seeded, prompts of different lengths.
 std::vector<v1::GenerateRequest> EightLongRequests(uint32_t max_new_tokens) {
   std::vector<v1::GenerateRequest> r;
@@ -82,16 +76,10 @@ void KillDecodeWorkerMidStream(Cluster& c, std::vector<std::unique_ptr<Worker>>&
   auto streams = StartAll(c.stub(), requests, absl::Seconds(60));
   std::string why;
   ASSERT_TRUE(AllHaveTokens(streams, 400, absl::Seconds(30), &why)) << why << "\n" << c.Logs();
-  Worker* victim = nullptr;
   uint32_t most = 0;
-  for (auto& w : candidates) {
-    auto load = w->GetLoad();
-    ASSERT_TRUE(load.ok()) << load.status();
-    if (victim == nullptr || load->running() > most) {
-      victim = w.get();
-      most = load->running();
-    }
-  }
+  auto busiest = BusiestWorker(candidates, &most);
+  ASSERT_TRUE(busiest.ok()) << busiest.status();
+  Worker* victim = *busiest;
   ASSERT_GT(most, 0u);
   const std::string victim_address = victim->address();
   victim->process().Kill();

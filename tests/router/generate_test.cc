@@ -272,18 +272,9 @@ TEST(RouterGenerate, RequestIds) {
 // clients refuse) against the router; its JSON line, or "" when node is missing.
 std::string RawGrpcCall(int port, const std::string& path, const std::string& header,
                         const std::string& value, const std::string& body) {
-  if (std::system("command -v node >/dev/null 2>&1") != 0) return "";
-  const std::string cmd = absl::StrCat(
-      "node ", SAMBAY_SOURCE_DIR, "/tests/router/raw_grpc_call.js ", port, " ", path, " ", header,
-      " ", absl::BytesToHexString(value), " ", absl::BytesToHexString(body), " 2>&1");
-  std::string out;
-  if (FILE* p = popen(cmd.c_str(), "r")) {
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-    pclose(p);
-  }
-  return out;
+  return RunNodeScript("raw_grpc_call.js",
+                       {absl::StrCat(port), path, header, absl::BytesToHexString(value),
+                        absl::BytesToHexString(body)});
 }
 
 // An x-request-id that gRPC accepts inbound but refuses to send (TAB, bytes >= 0x80) once made
@@ -299,7 +290,7 @@ TEST(RouterGenerate, HeaderIdsGrpcCannotSendAreReplaced) {
   const std::string body = req.SerializeAsString();
   const std::string port(c.router().address().substr(c.router().address().rfind(':') + 1));
   for (const std::string& value : {std::string("trace\tid"), std::string("caf\xe9"),
-                                  std::string("\x80\xff"), std::string(200, 'x')}) {
+                                   std::string("\x80\xff"), std::string(200, 'x')}) {
     const std::string out =
         RawGrpcCall(std::stoi(port), "/sambay.v1.Generation/Generate", "x-request-id", value, body);
     if (out.empty()) GTEST_SKIP() << "node is not installed (scripts/install-deps.sh installs it)";

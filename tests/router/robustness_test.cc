@@ -48,12 +48,6 @@ namespace {
 
 namespace v1 = sambay::v1;
 
-#define ASSERT_STARTED(expr)                                    \
-  do {                                                          \
-    const absl::Status started_ = (expr);                       \
-    ASSERT_TRUE(started_.ok()) << started_ << "\n" << c.Logs(); \
-  } while (0)
-
 // A router with no live worker (Tokenize, Detokenize and Abort need none).
 std::unique_ptr<Router> StartBareRouter(const ScratchDir& dir, std::vector<std::string> args = {}) {
   args.insert(args.begin(), {"--workers", "127.0.0.1:1"});
@@ -72,18 +66,8 @@ int PortOf(const std::string& address) { return std::stoi(address.substr(address
 // Runs tests/router/raw_grpc_call.js: one call with `body` sent as it is (bytes a gRPC client
 // would not serialize); its JSON line, or "" when node is missing.
 std::string RawGrpcCall(int port, const std::string& path, const std::string& body) {
-  if (std::system("command -v node >/dev/null 2>&1") != 0) return "";
-  const std::string cmd =
-      absl::StrCat("node ", SAMBAY_SOURCE_DIR, "/tests/router/raw_grpc_call.js ", port, " ", path,
-                   " x-test 61 ", absl::BytesToHexString(body), " 2>&1");
-  std::string out;
-  if (FILE* p = popen(cmd.c_str(), "r")) {
-    char buf[4096];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
-    pclose(p);
-  }
-  return out;
+  return RunNodeScript("raw_grpc_call.js",
+                       {absl::StrCat(port), path, "x-test", "61", absl::BytesToHexString(body)});
 }
 
 // VmRSS of `pid` in bytes (-1 when unreadable).

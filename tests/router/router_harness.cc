@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -394,6 +396,37 @@ absl::StatusOr<int> FreePort() {
   }
   close(fd);
   return ntohs(addr.sin_port);
+}
+
+absl::StatusOr<Worker*> BusiestWorker(std::vector<std::unique_ptr<Worker>>& workers,
+                                      uint32_t* running) {
+  Worker* busiest = nullptr;
+  *running = 0;
+  for (auto& w : workers) {
+    auto load = w->GetLoad();
+    if (!load.ok()) return load.status();
+    if (busiest == nullptr || load->running() > *running) {
+      busiest = w.get();
+      *running = load->running();
+    }
+  }
+  if (busiest == nullptr) return absl::NotFoundError("no workers");
+  return busiest;
+}
+
+std::string RunNodeScript(const std::string& script, const std::vector<std::string>& args) {
+  if (std::system("command -v node >/dev/null 2>&1") != 0) return "";
+  std::string cmd = absl::StrCat("node ", SAMBAY_SOURCE_DIR, "/tests/router/", script);
+  for (const std::string& a : args) absl::StrAppend(&cmd, " ", a);
+  absl::StrAppend(&cmd, " 2>&1");
+  std::string out;
+  if (FILE* p = popen(cmd.c_str(), "r")) {
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof(buf), p)) > 0) out.append(buf, n);
+    pclose(p);
+  }
+  return out;
 }
 
 }  // namespace sambay::testing

@@ -83,6 +83,14 @@ class Router {
   std::unique_ptr<grpc::health::v1::Health::Stub> health_;
 };
 
+// ASSERT_STARTED(c.Start(...)): the status must be OK, else the test stops with it and the logs
+// of the Cluster `c` (a Cluster of that name must be in scope).
+#define ASSERT_STARTED(expr)                                    \
+  do {                                                          \
+    const absl::Status started_ = (expr);                       \
+    ASSERT_TRUE(started_.ok()) << started_ << "\n" << c.Logs(); \
+  } while (0)
+
 // Workers plus a router in front of them, in a scratch directory of their own.
 class Cluster {
  public:
@@ -119,6 +127,15 @@ class Cluster {
   std::vector<std::unique_ptr<Worker>> prefill_, decode_, both_;
   std::unique_ptr<Router> router_;
 };
+
+// The worker of `workers` that runs the most sequences now (GetLoad), or an error; *running
+// gets its count.
+absl::StatusOr<Worker*> BusiestWorker(std::vector<std::unique_ptr<Worker>>& workers,
+                                      uint32_t* running);
+
+// Runs `node tests/router/SCRIPT ARGS... 2>&1` (the hostile raw-HTTP/2 clients) and returns its
+// output; "" when node is not installed.
+std::string RunNodeScript(const std::string& script, const std::vector<std::string>& args);
 
 // What one Generate stream delivered.
 struct StreamResult {
