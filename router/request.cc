@@ -225,8 +225,18 @@ std::string StopMatcher::Push(const std::string& piece, bool* stopped) {
     out.swap(held_);
     return out;
   }
-  size_t first = std::string::npos;
-  for (const auto& s : stops_) first = std::min(first, held_.find(s));
+  // The stop that completes first (on a tie, the one that starts earlier): the same cut
+  // whichever way the text was split into pieces, since what was held before had none.
+  size_t first = std::string::npos, first_end = std::string::npos;
+  for (const auto& s : stops_) {
+    const size_t at = held_.find(s);
+    if (at == std::string::npos) continue;
+    const size_t end = at + s.size();
+    if (end < first_end || (end == first_end && at < first)) {
+      first = at;
+      first_end = end;
+    }
+  }
   if (first != std::string::npos) {
     stopped_ = *stopped = true;
     std::string out = held_.substr(0, first);

@@ -63,7 +63,9 @@ size_t PromptTextBytes(const sambay::v1::GenerateRequest& request);
 absl::Status ValidateSampling(const sambay::v1::SamplingParams& s);
 
 // Finds stop strings in streamed text. Text that could still be the start of a stop string is
-// held back until it is known not to be.
+// held back until it is known not to be. The cut is before the stop string that completes first
+// (on a tie, the one that starts earlier), so the output does not depend on how the text was
+// split into pieces.
 class StopMatcher {
  public:
   explicit StopMatcher(std::vector<std::string> stops);

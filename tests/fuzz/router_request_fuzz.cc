@@ -49,11 +49,20 @@ const RouterSetup& Setup() {
   return *setup;
 }
 
-// The text before the first occurrence of any stop string, and whether one occurs.
+// The text before the stop string that completes first, and whether one occurs (StopMatcher's
+// rule, which makes its output independent of how the text is split into pieces).
 std::string CutAtStop(const std::string& text, const std::vector<std::string>& stops,
                       bool* stopped) {
-  size_t first = std::string::npos;
-  for (const std::string& s : stops) first = std::min(first, text.find(s));
+  // The stop that completes first in the whole text; on a tie, the one that starts earlier.
+  size_t first = std::string::npos, first_end = std::string::npos;
+  for (const std::string& s : stops) {
+    const size_t at = text.find(s);
+    if (at == std::string::npos) continue;
+    if (at + s.size() < first_end || (at + s.size() == first_end && at < first)) {
+      first = at;
+      first_end = at + s.size();
+    }
+  }
   *stopped = first != std::string::npos;
   return *stopped ? text.substr(0, first) : text;
 }
