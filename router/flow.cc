@@ -57,12 +57,14 @@ void RequestFlow::Listen(const FlowDeps& deps, grpc::ServerCompletionQueue* cq) 
   flow->self_ = flow;
   RequestFlow* f = flow.get();
   // The done tag returns once the call is over (finished or cancelled), if it is ever accepted.
-  f->sctx_.AsyncNotifyWhenDone(&f->done_tag_);
+  f->sctx_.AsyncNotifyWhenDone(HandOff(&f->done_tag_));
   f->server_pending_ = 1;
-  deps.service->RequestGenerate(&f->sctx_, &f->request_, &f->writer_, cq, cq, &f->accept_tag_);
+  deps.service->RequestGenerate(&f->sctx_, &f->request_, &f->writer_, cq, cq,
+                                HandOff(&f->accept_tag_));
 }
 
 void RequestFlow::Dispatch(void* tag, bool ok) {
+  TakeOver(tag);
   const FlowTag* t = static_cast<const FlowTag*>(tag);
   t->flow->Post([t, ok] { t->flow->OnTag(*t, ok); });
 }

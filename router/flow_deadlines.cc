@@ -17,7 +17,7 @@ void RequestFlow::ArmTick() {
   if (ticking_ || ended_) return;
   ticking_ = true;
   ++server_pending_;
-  alarm_.Set(cq_, absl::ToChronoTime(absl::Now() + options_.tick), &tick_tag_);
+  alarm_.Set(cq_, absl::ToChronoTime(absl::Now() + options_.tick), HandOff(&tick_tag_));
 }
 
 void RequestFlow::OnTick(bool ok) {

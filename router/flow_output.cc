@@ -112,13 +112,13 @@ void RequestFlow::PumpWrites() {
     writing_ = true;
     write_started_ = absl::Now();
     ++server_pending_;
-    writer_.Write(inflight_, &write_tag_);
+    writer_.Write(inflight_, HandOff(&write_tag_));
     return;
   }
   if (ended_) {
     finish_called_ = true;
     ++server_pending_;
-    writer_.Finish(ToGrpcStatus(status_), &finish_tag_);
+    writer_.Finish(ToGrpcStatus(status_), HandOff(&finish_tag_));
   }
 }
 

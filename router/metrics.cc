@@ -103,14 +103,14 @@ void RouterMetrics::Reject(const std::string& r) {
 }
 
 void RouterMetrics::WorkerUp(const std::string& address, const std::string& role, bool up) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto& g = worker_up_[address];
   if (g == nullptr) g = &worker_up_family_->Add({{"worker", address}, {"role", role}});
   g->Set(up ? 1 : 0);
 }
 
 void RouterMetrics::WorkerRemoved(const std::string& address) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = worker_up_.find(address);
   if (it == worker_up_.end()) return;
   worker_up_family_->Remove(it->second);

@@ -32,8 +32,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
-#include "absl/synchronization/mutex.h"
 #include "common/metrics_http.h"
+#include "common/mutex.h"
 
 namespace sambay {
 
@@ -72,7 +72,7 @@ class RouterMetrics {
   std::unique_ptr<MetricsHttpServer> http_;  // null until Serve
   std::map<std::string, prometheus::Counter*> finished_, failures_, rejections_;
   prometheus::Family<prometheus::Gauge>* worker_up_family_;
-  absl::Mutex mu_;
+  Mutex mu_;
   std::map<std::string, prometheus::Gauge*> worker_up_ ABSL_GUARDED_BY(mu_);
 };
 

@@ -11,29 +11,29 @@ TaskPool::TaskPool(int threads, size_t max_queued) : max_queued_(max_queued) {
 TaskPool::~TaskPool() {
   std::deque<std::function<void()>> dropped;
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stopping_ = true;
     dropped.swap(queue_);
+    changed_.SignalAll();
   }
   for (auto& t : threads_) t.join();
   // `dropped` is destroyed here, outside the lock.
 }
 
 bool TaskPool::TrySubmit(std::function<void()> task) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   if (stopping_ || queue_.size() >= max_queued_) return false;
   queue_.push_back(std::move(task));
+  changed_.Signal();
   return true;
 }
-
-bool TaskPool::HasWork() const { return stopping_ || !queue_.empty(); }
 
 void TaskPool::Loop() {
   for (;;) {
     std::function<void()> task;
     {
-      absl::MutexLock lock(&mu_);
-      mu_.Await(absl::Condition(this, &TaskPool::HasWork));
+      MutexLock lock(&mu_);
+      while (!stopping_ && queue_.empty()) changed_.Wait(&mu_);
       if (stopping_) return;
       task = std::move(queue_.front());
       queue_.pop_front();

@@ -17,7 +17,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
+#include "common/mutex.h"
 
 namespace sambay {
 
@@ -35,10 +35,10 @@ class TaskPool {
 
  private:
   void Loop();
-  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const size_t max_queued_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
+  CondVar changed_;  // signalled when a task is queued or stopping_ is set
   std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::vector<std::thread> threads_;  // set in the constructor, joined in the destructor

@@ -21,6 +21,8 @@
 #include <string>
 #include <utility>
 
+#include "common/tsan.h"
+
 namespace sambay {
 
 class RequestFlow;
@@ -101,7 +103,7 @@ class WorkerCall final : public WorkerCallBase {
     request_ = std::move(request);
     reader_ = prepare(ctx_.get(), request_, cq);
     ++pending_;
-    reader_->StartCall(&start_tag_);
+    reader_->StartCall(HandOff(&start_tag_));
     Read();
   }
   // Asks for the next message (after the previous one was handled).
@@ -109,8 +111,8 @@ class WorkerCall final : public WorkerCallBase {
   Response& msg() { return msg_; }
 
  private:
-  void StartRead() override { reader_->Read(&msg_, &read_tag_); }
-  void StartFinish() override { reader_->Finish(&status_, &finish_tag_); }
+  void StartRead() override { reader_->Read(&msg_, HandOff(&read_tag_)); }
+  void StartFinish() override { reader_->Finish(&status_, HandOff(&finish_tag_)); }
 
   Request request_;
   Response msg_;

@@ -6,7 +6,9 @@
 #      worker, router and client integration tests against sanitized sambay-worker and
 #      sambay-router processes), then scripts/fuzz.sh: every seed corpus replayed and every fuzz
 #      target fuzzed for FUZZ_SECONDS (default 20) seconds (docs/reliability.md);
-#   3. when the Release build has the CUDA backend: scripts/gpu-pack.sh into build/carry-gpu and
+#   3. a ThreadSanitizer build in build-tsan/ (clang-14, -O1, -Wthread-safety) running the
+#      common, worker and router test suites (scripts/tsan.sh);
+#   4. when the Release build has the CUDA backend: scripts/gpu-pack.sh into build/carry-gpu and
 #      the GPU run's script as a dry run (DRY_RUN=1 scripts/gpu-check.sh: binaries start,
 #      libraries resolve, GPU tests skip, the benchmark refuses cleanly), so it cannot rot.
 # Every stage prints its wall time. Exits non-zero on the first failure.
@@ -66,6 +68,9 @@ FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 stage "Fuzz: replay corpora + $FUZZ_SECONDS s per target"
 BUILD_DIR=build-asan bash scripts/fuzz.sh --replay
 BUILD_DIR=build-asan bash scripts/fuzz.sh --seconds "$FUZZ_SECONDS" --parallel "$JOBS"
+
+stage "ThreadSanitizer build (clang-14, -Wthread-safety) and run (scripts/tsan.sh)"
+JOBS=$JOBS bash scripts/tsan.sh
 
 stage "Release tests"
 ctest --test-dir build --output-on-failure -j "$JOBS"

@@ -13,16 +13,17 @@ CallWatchdog::CallWatchdog(absl::Duration resolution)
 
 CallWatchdog::~CallWatchdog() {
   {
-    absl::MutexLock lock(&mu_);
+    MutexLock lock(&mu_);
     stop_ = true;
+    wake_.SignalAll();
   }
   thread_.join();
 }
 
 void CallWatchdog::Loop() {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   while (!stop_) {
-    mu_.AwaitWithTimeout(absl::Condition(&stop_), resolution_);
+    wake_.WaitWithTimeout(&mu_, resolution_);
     const absl::Time now = absl::Now();
     for (auto& [id, e] : entries_) {
       if (!e.expired && e.deadline <= now) {
@@ -38,31 +39,31 @@ void CallWatchdog::Loop() {
 }
 
 size_t CallWatchdog::size() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return entries_.size();
 }
 
 CallWatchdog::Timer::Timer(CallWatchdog& watchdog, grpc::ServerContextBase* ctx)
     : watchdog_(watchdog) {
-  absl::MutexLock lock(&watchdog_.mu_);
+  MutexLock lock(&watchdog_.mu_);
   id_ = watchdog_.next_id_++;
   watchdog_.entries_[id_].ctx = ctx;
 }
 
 CallWatchdog::Timer::~Timer() {
-  absl::MutexLock lock(&watchdog_.mu_);
+  MutexLock lock(&watchdog_.mu_);
   watchdog_.entries_.erase(id_);
 }
 
 void CallWatchdog::Timer::Arm(absl::Time deadline, std::string message) {
-  absl::MutexLock lock(&watchdog_.mu_);
+  MutexLock lock(&watchdog_.mu_);
   Entry& e = watchdog_.entries_[id_];
   e.deadline = deadline;
   e.message = std::move(message);
 }
 
 bool CallWatchdog::Timer::expired() const {
-  absl::MutexLock lock(&watchdog_.mu_);
+  MutexLock lock(&watchdog_.mu_);
   return watchdog_.entries_[id_].expired;
 }
 

@@ -21,8 +21,8 @@
 #include <thread>
 
 #include "absl/base/thread_annotations.h"
-#include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 
 namespace sambay {
 
@@ -64,7 +64,8 @@ class CallWatchdog {
   void Loop();
 
   const absl::Duration resolution_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
+  CondVar wake_;  // signalled when stop_ is set
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   std::map<uint64_t, Entry> entries_ ABSL_GUARDED_BY(mu_);

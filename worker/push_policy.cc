@@ -166,7 +166,7 @@ absl::Status PushAllowList::Check(absl::string_view address) const {
 }
 
 std::shared_ptr<grpc::Channel> PeerChannels::Get(const std::string& address) {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   auto it = index_.find(address);
   if (it != index_.end()) {
     lru_.splice(lru_.begin(), lru_, it->second);
@@ -182,7 +182,7 @@ std::shared_ptr<grpc::Channel> PeerChannels::Get(const std::string& address) {
 }
 
 size_t PeerChannels::size() const {
-  absl::MutexLock lock(&mu_);
+  MutexLock lock(&mu_);
   return lru_.size();
 }
 

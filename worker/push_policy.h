@@ -36,8 +36,8 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "absl/synchronization/mutex.h"
 #include "common/grpc_channel.h"
+#include "common/mutex.h"
 
 namespace sambay {
 
@@ -77,7 +77,7 @@ class PeerChannels {
   using Lru = std::list<std::pair<std::string, std::shared_ptr<grpc::Channel>>>;
   const RpcLimits limits_;
   const size_t capacity_;
-  mutable absl::Mutex mu_;
+  mutable Mutex mu_;
   Lru lru_ ABSL_GUARDED_BY(mu_);  // most recently used first
   std::map<std::string, Lru::iterator> index_ ABSL_GUARDED_BY(mu_);
 };

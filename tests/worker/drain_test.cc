@@ -7,8 +7,8 @@
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "absl/synchronization/notification.h"
 #include "absl/time/clock.h"
+#include "common/mutex.h"
 #include "gtest/gtest.h"
 #include "tests/worker/http_get.h"
 #include "tests/worker/worker_harness.h"
@@ -47,7 +47,7 @@ TEST_F(DrainTest, SigtermFinishesRunningStreamsAndExitsZero) {
     specs[i].max_new_tokens = kNewTokens;
     specs[i].timeout = absl::Seconds(90);
   }
-  std::vector<absl::Notification> started(kStreams);
+  std::vector<Notification> started(kStreams);
   std::vector<std::vector<uint32_t>> tokens(kStreams);
   std::vector<v1::DecodeDone> done(kStreams);
   // char, not bool: the threads write their own elements, and vector<bool> packs them into
