@@ -12,7 +12,8 @@
 namespace sambay {
 namespace {
 
-constexpr double kSublnEps = 1e-5;  // spec §3.3: RMSNorm eps of subln
+// RMSNorm eps of subln (docs/model-spec.md "Differential attention core").
+constexpr double kSublnEps = 1e-5;
 
 // One stripe: softmax over q.k (scaled) of n keys, applied to 2*hd-wide values. o: [2 hd].
 void AttendStripe(const float* q, const float* const* k_rows, int64_t k_off,

@@ -1,9 +1,10 @@
-// Differential attention (spec §3.3-3.6) for sliding-window, global and cross layers.
+// Differential attention for sliding-window, global and cross layers (docs/model-spec.md
+// "Differential attention core" to "Cross-decoder differential attention").
 //
 // Layout: a K or V row holds kv_dim = G * head_dim floats, head-major. For pair i (0..H/2-1):
 // stripe-1 query = head 2i, stripe-2 query = head 2i+1; with j = i / (H/G), stripe 1 uses key
 // head 2j, stripe 2 key head 2j+1, and both use the 128-wide value [V head 2j | V head 2j+1]
-// (one softmax per stripe, spec §11). The pair's output is
+// (one softmax per stripe, docs/model-spec.md "Engine notes"). The pair's output is
 //   RMSNorm(O1 - lambda O2) * subln * (1 - lambda_init), written to out[i*2hd : (i+1)*2hd].
 //
 // Stateless; uses the pool (one call at a time per pool).

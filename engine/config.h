@@ -1,6 +1,7 @@
 // ModelConfig: the numeric fields of a phi4flash `config.json` and the layer schedule derived
-// from them (spec §1, §2). Per-layer lists in the file (layer_types, layers_block_type, a list
-// `sliding_window`) are not trusted: the schedule comes from the rules in spec §2.
+// from them (docs/model-spec.md "config.json (HF checkpoint)" and "Layer schedule"). Per-layer
+// lists in the file (layer_types, layers_block_type, a list `sliding_window`) are not trusted:
+// the schedule comes from the rules in docs/model-spec.md "Layer schedule".
 //
 // Value type; immutable after parsing; thread-safe to share.
 #ifndef SAMBAY_ENGINE_CONFIG_H_
@@ -51,7 +52,7 @@ struct ModelConfig {
   int64_t q_dim() const { return num_heads * head_dim; }
   int64_t kv_dim() const { return num_kv_heads * head_dim; }
   int64_t x_proj_dim() const { return dt_rank + 2 * d_state; }
-  // lambda_init(l) = 0.8 - 0.6 exp(-0.3 l) (spec §3.3).
+  // lambda_init(l) = 0.8 - 0.6 exp(-0.3 l) (docs/model-spec.md "Differential attention core").
   static double LambdaInit(int layer);
 };
 

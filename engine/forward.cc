@@ -27,8 +27,8 @@ void AddBias(float* x, int64_t rows, const std::vector<float>& bias) {
   for (int64_t r = 0; r < rows; ++r) AddInPlace(x + r * n, bias.data(), n);
 }
 
-// SwiGLU MLP of one layer (spec §3.8) added to the residual x [rows, hidden]. `reduce` (TP) is
-// applied to the fc2 output before the add.
+// SwiGLU MLP of one layer (docs/model-spec.md "MLP") added to the residual x [rows, hidden].
+// `reduce` (TP) is applied to the fc2 output before the add.
 void MlpResidual(const ModelConfig& c, const LayerWeights& l, float* x, int64_t rows,
                  ThreadPool& pool, const Reduce& reduce) {
   const int64_t h = c.hidden_size;
@@ -43,7 +43,7 @@ void MlpResidual(const ModelConfig& c, const LayerWeights& l, float* x, int64_t 
   AddInPlace(x, o.data(), rows * h);
 }
 
-// GMU (spec §3.7): out = out_proj(silu(in_proj(u)) * m).
+// GMU (docs/model-spec.md "GMU"): out = out_proj(silu(in_proj(u)) * m).
 void GmuForward(const ModelConfig& c, const GmuWeights& w, const float* u, const float* m,
                 int64_t rows, float* out, ThreadPool& pool) {
   const int64_t di = c.d_inner;
@@ -130,7 +130,8 @@ absl::Status ForwardPass(const ModelConfig& c, const ModelWeights& weights, Thre
   }
   for (const SegmentPlan& p : plan) p.state->num_tokens += p.len;
 
-  // Cross-decoder: only the rows whose logits are wanted (YOCO, spec §5).
+  // Cross-decoder: only the rows whose logits are wanted (docs/model-spec.md "Prefill behaviour
+  // (YOCO)").
   std::vector<int64_t> sel;
   std::vector<CrossRow> cross;
   for (size_t s = 0; s < plan.size(); ++s) {

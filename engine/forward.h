@@ -1,10 +1,11 @@
-// ForwardPass: the layer loop of one batched forward pass (spec §2-§5) over a whole model, or
-// over one tensor-parallel rank's shard of it.
+// ForwardPass: the layer loop of one batched forward pass (docs/model-spec.md "Layer schedule"
+// to "Prefill behaviour (YOCO)") over a whole model, or over one tensor-parallel rank's shard
+// of it.
 //
-// YOCO: layers 0..N/2+1 run on every new token and update the states; the cross-decoder runs
-// only on the rows whose logits are requested. With a TpRank, the weights and the states are
-// the rank's slices (engine/tp_plan.h, engine/tp_weights.h) and the pass inserts the
-// row-parallel all-reduces of DESIGN §3: Mamba x_proj output and out_proj, attention and GMU
+// YOCO: layers 0..N/2+1 run on every new token and update the states; the cross-decoder runs only
+// on the rows whose logits are requested. With a TpRank, the weights and the states are the rank's
+// slices (engine/tp_plan.h, engine/tp_weights.h) and the pass inserts the row-parallel all-reduces
+// of docs/design.md "Tensor parallelism": Mamba x_proj output and out_proj, attention and GMU
 // out_proj (then the logical out_proj bias is added), MLP fc2. Every rank then holds the same
 // residual stream, and writes its vocabulary slice of the logits.
 //

@@ -1,16 +1,18 @@
-// Model: a loaded SambaY model and its CPU forward pass (spec §2-§5).
+// Model: a loaded SambaY model and its CPU forward pass (docs/model-spec.md "Layer schedule" to
+// "Prefill behaviour (YOCO)").
 //
-// The worker's view of the engine (DESIGN §3): load; create sequence states; run a batched
-// forward over segments (a prefill chunk is one segment of many tokens, a decode step is one
-// token per sequence); read logits. YOCO: layers 0..N/2+1 run on every new token and write the
-// sequence state; the cross-decoder (N/2+2..N-1) runs only on rows whose logits are requested.
+// The worker's view of the engine (docs/design.md "Engine boundary"): load; create sequence states;
+// run a batched forward over segments (a prefill chunk is one segment of many tokens, a decode step
+// is one token per sequence); read logits. YOCO: layers 0..N/2+1 run on every new token and write
+// the sequence state; the cross-decoder (N/2+2..N-1) runs only on rows whose logits are requested.
 //
-// Tensor parallelism (ModelOptions::tp = N > 1, DESIGN §3, docs/tensor-parallel.md): the
-// weights are split over N ranks at load (engine/tp_plan.h), each rank is a thread with its own
-// share of the threads, and the ranks meet in an in-process all-reduce (engine/tp_group.h).
-// The API is the same; NewState returns states sharded like the weights, Forward accepts a
-// state of any layout (e.g. freshly imported, logical) and converts it on first use, and state
-// export/import use logical tensors, so a TP=N model hands sequences to a TP=M one.
+// Tensor parallelism (ModelOptions::tp = N > 1, docs/design.md "Tensor parallelism",
+// docs/tensor-parallel.md): the weights are split over N ranks at load (engine/tp_plan.h), each
+// rank is a thread with its own share of the threads, and the ranks meet in an in-process
+// all-reduce (engine/tp_group.h). The API is the same; NewState returns states sharded like the
+// weights, Forward accepts a state of any layout (e.g. freshly imported, logical) and converts it
+// on first use, and state export/import use logical tensors, so a TP=N model hands sequences to a
+// TP=M one.
 //
 // Ownership: owns the weights (and the mapped checkpoint) and a thread pool (TP: the rank
 // group).

@@ -1,4 +1,5 @@
-// SequenceState: everything a sequence carries between forward passes (spec §6, DESIGN §3).
+// SequenceState: everything a sequence carries between forward passes (docs/model-spec.md
+// "Decode-time state per sequence", docs/design.md "State wire format").
 //
 //   Mamba layers:  conv state (the last d_conv-1 pre-conv x vectors) and SSM state h, fp32.
 //   SWA layers:    K/V ring of the last `sliding_window` tokens (slot = position % window).

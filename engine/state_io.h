@@ -1,5 +1,5 @@
 // State wire format: export a SequenceState as CRC-checked chunks, and import it strictly
-// (DESIGN §3 "State wire format"; byte-by-byte layout in docs/state-format.md).
+// (docs/design.md "State wire format"; byte-by-byte layout in docs/state-format.md).
 //
 // A state travels as a logical stream (a header, then one entry per stateful tensor) cut into
 // chunks; each chunk carries its sequence number and a CRC32C of its payload. Tensors are

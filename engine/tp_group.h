@@ -1,8 +1,8 @@
-// TpGroup: the ranks of a tensor-parallel CPU model (DESIGN §3): one thread per rank, each with
-// its own shard of the weights (engine/tp_weights.h), its own thread pool (its share of the
-// model's threads) and its CpuCommunicator. A forward pass runs ForwardPass on every rank at
-// once (rank 0 on the calling thread, ranks 1..N-1 on their own threads) over the ranks' shards
-// of the sequence states; the ranks meet in the communicator's all-reduces.
+// TpGroup: the ranks of a tensor-parallel CPU model (docs/design.md "Tensor parallelism"): one
+// thread per rank, each with its own shard of the weights (engine/tp_weights.h), its own thread
+// pool (its share of the model's threads) and its CpuCommunicator. A forward pass runs ForwardPass
+// on every rank at once (rank 0 on the calling thread, ranks 1..N-1 on their own threads) over the
+// ranks' shards of the sequence states; the ranks meet in the communicator's all-reduces.
 //
 // Ownership: owns the rank threads (joined by the destructor), pools, communicators and shard
 // weights; borrows the logical ModelWeights (the checkpoint mapping and the biases), which must

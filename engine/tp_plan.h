@@ -1,6 +1,6 @@
-// TpPlan: how a tensor-parallel group of `tp` ranks splits a SambaY model (DESIGN §3,
-// docs/tensor-parallel.md). Megatron-style: every rank keeps the whole residual stream
-// [rows, hidden]; the inner dimensions are split into contiguous, equal rank slices:
+// TpPlan: how a tensor-parallel group of `tp` ranks splits a SambaY model (docs/design.md "Tensor
+// parallelism", docs/tensor-parallel.md). Megatron-style: every rank keeps the whole residual
+// stream [rows, hidden]; the inner dimensions are split into contiguous, equal rank slices:
 //
 //   d_inner        Mamba in_proj x and z rows, conv1d, dt_proj rows, A, D, x_proj columns,
 //                  out_proj columns, conv/SSM state; GMU in_proj rows and out_proj columns

@@ -1,5 +1,5 @@
-// ShardWeights: one tensor-parallel rank's slice of the model weights (DESIGN §3, plan in
-// engine/tp_plan.h), cut at load time from the bound checkpoint weights.
+// ShardWeights: one tensor-parallel rank's slice of the model weights (docs/design.md "Tensor
+// parallelism", plan in engine/tp_plan.h), cut at load time from the bound checkpoint weights.
 //
 //   column-parallel (rank's output rows): Mamba in_proj (its x rows and its z rows), dt_proj,
 //     GMU in_proj, attention Wqkv + bias (its Q, K and V rows), MLP fc1 (gate and up rows);

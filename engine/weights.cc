@@ -206,8 +206,9 @@ absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& c,
         break;
     }
   }
-  // LM head: tied to the embedding (spec §3.9, §7). A stored lm_head.weight is accepted; if it
-  // differs from the embedding the embedding is still used, as HF does for tied weights.
+  // LM head: tied to the embedding (docs/model-spec.md "Embedding / LM head" and "Checkpoint
+  // tensors"). A stored lm_head.weight is accepted; if it differs from the embedding the
+  // embedding is still used, as HF does for tied weights.
   const TensorInfo* head = checkpoint->Find("lm_head.weight");
   if (c.tie_word_embeddings) {
     w.lm_head = w.embed;

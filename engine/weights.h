@@ -3,7 +3,8 @@
 // Matrices (every Linear weight and the embedding, >99.9% of the bytes) are WeightViews into the
 // memory-mapped checkpoint, in their checkpoint dtype: a bf16 model stays bf16 in memory.
 // Vectors and small tensors (norms, biases, conv1d, A, D, lambda, subln) are converted to fp32
-// at load; A = -exp(A_log) and lambda (spec §3.3) are precomputed here.
+// at load; A = -exp(A_log) and lambda (docs/model-spec.md "Differential attention core") are
+// precomputed here.
 //
 // Ownership: holds the Checkpoint the views point into. Immutable after load; thread-safe.
 #ifndef SAMBAY_ENGINE_WEIGHTS_H_
@@ -76,7 +77,8 @@ struct ModelWeights {
   int64_t matrix_bytes = 0;  // bytes of all matrices read by one forward pass (embedding once)
 };
 
-// Binds and validates every tensor the config requires (spec §7). Missing tensor: NotFound
+// Binds and validates every tensor the config requires (docs/model-spec.md "Checkpoint
+// tensors"). Missing tensor: NotFound
 // naming it and its expected shape; wrong shape: InvalidArgument naming the tensor and both
 // shapes. Tensors the model does not use are listed in report->unknown_tensors.
 absl::StatusOr<ModelWeights> BindWeights(const ModelConfig& config,

@@ -1,7 +1,7 @@
-// RequestFlow: one Generate request through the workers (DESIGN §1), with failover, on gRPC's
-// asynchronous API: the server call and its worker calls (WorkerCall) all report to one
-// completion queue, whose thread handles each event in place, so the router spends no thread
-// per stream and no thread switch per token.
+// RequestFlow: one Generate request through the workers (docs/design.md "Request path"), with
+// failover, on gRPC's asynchronous API: the server call and its worker calls (WorkerCall) all
+// report to one completion queue, whose thread handles each event in place, so the router
+// spends no thread per stream and no thread switch per token.
 //
 //   1. Place: decode worker D (most free capacity) and prefill worker P (least queued prefill).
 //   2. Split (P != D): open Decode(handle) on D and wait for `reserved`; call Prefill on P with

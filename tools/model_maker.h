@@ -23,7 +23,8 @@
 namespace sambay {
 
 // Presets: "tiny" (8 layers, hidden 128, vocab 320, window 16: the bundled test model) and
-// "phi4-mini-flash" (the released 3.8B shape, spec §1).
+// "phi4-mini-flash" (the released 3.8B shape, docs/model-spec.md "config.json (HF
+// checkpoint)").
 absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
 
 struct MakeModelOptions {

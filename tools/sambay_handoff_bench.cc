@@ -1,5 +1,5 @@
-// sambay-handoff-bench: the prefill -> decode state handoff on loopback (issue 4), through a
-// real sambay-worker process.
+// sambay-handoff-bench: the prefill -> decode state handoff on loopback, through a real
+// sambay-worker process.
 //
 //   sambay-handoff-bench --model DIR [--tokens 2048,32768] [--reps 3] [--warmup 1]
 //                        [--worker-bin PATH]
@@ -23,7 +23,8 @@
 //      overlapping the next handoff (a Release would not stop a step already running).
 // Wire bytes = the sum of chunk frames (payload + 16-byte header each), as TransferResult
 // counts them. The analytic size is computed here from the config fields with the formula of
-// the model spec (§6, at fp32), independently of StatePayloadBytes (printed as a cross-check).
+// docs/model-spec.md "Decode-time state per sequence" (at fp32), independently of
+// StatePayloadBytes (printed as a cross-check).
 // The loopback column is the kernel's byte count of the `lo` interface over the push
 // (/proc/net/dev: gRPC, HTTP/2 and TCP/IP framing and acks included; system-wide, so other
 // loopback traffic on the machine adds to it).
@@ -305,9 +306,10 @@ LayerCounts CountLayers(const ModelConfig& c) {
   return n;
 }
 
-// Model spec §6 at fp32 (4 bytes per element), from the raw config fields: per Mamba layer
-// conv [d_conv - 1, d_inner] + ssm [d_inner, d_state]; per SWA layer K and V of the live window,
-// 2 x min(n, W) x kv_dim; the global layer's K and V, 2 x n x kv_dim.
+// docs/model-spec.md "Decode-time state per sequence" at fp32 (4 bytes per element), from the
+// raw config fields: per Mamba layer conv [d_conv - 1, d_inner] + ssm [d_inner, d_state]; per
+// SWA layer K and V of the live window, 2 x min(n, W) x kv_dim; the global layer's K and V,
+// 2 x n x kv_dim.
 int64_t AnalyticStateBytes(const ModelConfig& c, int64_t n) {
   const LayerCounts layers = CountLayers(c);
   const int64_t d_inner = c.expand * c.hidden_size;

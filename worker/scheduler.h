@@ -1,4 +1,5 @@
-// Scheduler: continuous batching of one model replica (DESIGN §1, docs/worker.md).
+// Scheduler: continuous batching of one model replica (docs/design.md "Request path",
+// docs/worker.md).
 //
 // One engine thread runs steps. A step is ONE batched EngineBackend::Forward over:
 //   * every running sequence, one decode token each (they all advance together), and

@@ -1,4 +1,5 @@
-// Communicator: the collectives a tensor-parallel group needs (DESIGN §3).
+// Communicator: the collectives a tensor-parallel group needs (docs/design.md "Tensor
+// parallelism").
 //
 // One Communicator object per rank. All ranks of a group call the same collectives in the same
 // order with the same sizes (a broken order is an internal invariant violation, not request

@@ -1,5 +1,5 @@
-// CpuCommunicator: the in-process Communicator (DESIGN §3 "Tensor parallelism"): the ranks of a
-// group are threads of one process and exchange data through shared memory, so tensor
+// CpuCommunicator: the in-process Communicator (docs/design.md "Tensor parallelism"): the ranks
+// of a group are threads of one process and exchange data through shared memory, so tensor
 // parallelism runs and is tested without GPUs.
 //
 // Every collective is two group barriers around one pass over the ranks' buffers:

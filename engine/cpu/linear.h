@@ -6,7 +6,8 @@
 // rows at a time (the block is reused by all rows, so the cost is amortized).
 // Batch-invariant mode (ScopedBatchInvariant): every row goes through the GEMV kernels, whose
 // per-row arithmetic does not depend on how many rows are in the call, so a decode row gives
-// bit-identical results alone or in a batch of any size (DESIGN §4 invariant 1).
+// bit-identical results alone or in a batch of any size (docs/design.md "Same tokens on every
+// path").
 //
 // Stateless; thread-safety: a call uses the pool's ParallelFor, so one call at a time per pool.
 #ifndef SAMBAY_ENGINE_CPU_LINEAR_H_

@@ -28,7 +28,8 @@ void GemvRows(DType wt, const void* w, int64_t in, int64_t o0, int64_t o1, const
 // dst[(o - o0) * in + i] = float(w[o, i]) for o in [o0, o1).
 void WidenRows(DType wt, const void* w, int64_t in, int64_t o0, int64_t o1, float* dst);
 
-// One token of the Mamba-1 selective scan for channels [c0, c1) (spec §3.2 step 6):
+// One token of the Mamba-1 selective scan for channels [c0, c1) (docs/model-spec.md "Mamba-1
+// mixer" step 6):
 //   dA = exp(delta[c] * A[c, n]);  h[c, n] = dA * h[c, n] + delta[c] * B[n] * x[c]
 //   y[c] = sum_n C[n] * h[c, n] + D[c] * x[c]
 // h and A are [channels, d_state] row-major; delta, x, D, y are per channel.

@@ -1,4 +1,5 @@
-// CudaModel::Forward: the batched SambaY forward on the GPU (spec §3, §5).
+// CudaModel::Forward: the batched SambaY forward on the GPU (docs/model-spec.md "Exact math of
+// every block" and "Prefill behaviour (YOCO)").
 #include <algorithm>
 #include <cmath>
 #include <cstdio>

@@ -1,5 +1,6 @@
-// CudaGroup: a SambaY model on one GPU or tensor-parallel over several (DESIGN §3), behind one
-// API with the CudaModel calls a server needs: slots, Forward, slot <-> CPU state transfer.
+// CudaGroup: a SambaY model on one GPU or tensor-parallel over several (docs/design.md "Tensor
+// parallelism"), behind one API with the CudaModel calls a server needs: slots, Forward,
+// slot <-> CPU state transfer.
 //
 // TP = 1: one CudaModel driven on the calling thread. TP = N: N CudaModel ranks
 // (CudaModel::CreateRank) on devices[0..N-1], each with its shard of the weights

@@ -1,12 +1,14 @@
-// CudaModel: the whole SambaY forward (spec §2-§5) on one GPU, from the weights a CPU Model
-// loaded, with continuous batching of decode over state slots.
+// CudaModel: the whole SambaY forward (docs/model-spec.md "Layer schedule" to "Prefill
+// behaviour (YOCO)") on one GPU, from the weights a CPU Model loaded, with continuous batching
+// of decode over state slots.
 //
 // Weights: every matrix is uploaded as bf16 (converted from F32/F16 checkpoints), every small
 // vector as fp32. Sequence state lives in slot arrays on the device: Mamba conv state (bf16)
 // and SSM state (fp32, or bf16 with CudaModelOptions::ssm_state_bf16 as in the HF reference),
 // SWA K/V rings (bf16), and the global layer's K/V in fixed-size blocks of a shared pool with a
 // per-slot block table (allocated as a sequence grows, returned by FreeSlot). The residual
-// stream is fp32; LayerNorm inputs are rounded to bf16 and GEMM inputs are bf16 (spec §10).
+// stream is fp32; LayerNorm inputs are rounded to bf16 and GEMM inputs are bf16
+// (docs/model-spec.md "Precision map of the HF reference").
 //
 // A Forward runs segments (a prefill chunk of one sequence, or one token for each of many
 // sequences) through layers 0..N/2+1 for all rows and the cross-decoder only for the rows whose

@@ -1,4 +1,5 @@
-// Raw CUDA kernel launchers of the CUDA backend (spec §3): no validation, no Abseil.
+// Raw CUDA kernel launchers of the CUDA backend (docs/model-spec.md "Exact math of every
+// block"): no validation, no Abseil.
 //
 // These are the only entry points into the .cu files. Each enqueues its kernel(s) on `stream`
 // and returns cudaGetLastError() (launch errors; execution errors surface at the next sync).
@@ -36,8 +37,9 @@ static_assert(sizeof(SegDev) == 24, "SegDev layout is shared by host and device"
 cudaError_t LaunchGemv(const bf16* x, int64_t K, const bf16* w, int64_t N, void* y, bool out_f32,
                        bool accumulate, cudaStream_t stream);
 
-// y = LayerNorm(bf16(x)) * w + b per row (spec §3.1: the fp32 residual is rounded to bf16
-// first; statistics in fp32, biased variance). x fp32 [rows, dim]; y bf16 [rows, dim].
+// y = LayerNorm(bf16(x)) * w + b per row (docs/model-spec.md "Residual layout, norms": the
+// fp32 residual is rounded to bf16 first; statistics in fp32, biased variance). x fp32
+// [rows, dim]; y bf16 [rows, dim].
 cudaError_t LaunchLayerNorm(const float* x, int64_t rows, int64_t dim, const float* w,
                             const float* b, float eps, bf16* y, cudaStream_t stream);
 
@@ -45,10 +47,10 @@ cudaError_t LaunchLayerNorm(const float* x, int64_t rows, int64_t dim, const flo
 cudaError_t LaunchEmbedding(const bf16* table, int64_t dim, const int32_t* ids, int64_t rows,
                             float* x, cudaStream_t stream);
 
-// Causal depthwise conv (kernel K, bias) + SiLU over segments (spec §3.2 step 2), then the conv
-// state update. x: bf16 rows with stride ldx (the first di columns are read); conv_state bf16
-// [slots, K-1, di] (row 0 oldest); w fp32 [di, K] (w[c*K + K-1] multiplies the current token);
-// y bf16 [rows, di].
+// Causal depthwise conv (kernel K, bias) + SiLU over segments (docs/model-spec.md "Mamba-1 mixer"
+// step 2), then the conv state update. x: bf16 rows with stride ldx (the first di columns are
+// read); conv_state bf16 [slots, K-1, di] (row 0 oldest); w fp32 [di, K] (w[c*K + K-1] multiplies
+// the current token); y bf16 [rows, di].
 cudaError_t LaunchCausalConv1d(const bf16* x, int64_t ldx, const SegDev* segs,
                                const int32_t* row_seg, int64_t rows, int64_t nsegs,
                                bf16* conv_state, const float* w, const float* bias, int64_t di,
@@ -58,7 +60,8 @@ cudaError_t LaunchCausalConv1dUpdate(const bf16* x, int64_t ldx, const int32_t* 
                                      bf16* conv_state, const float* w, const float* bias,
                                      int64_t di, int K, bf16* y, cudaStream_t stream);
 
-// Selective scan (spec §3.2 steps 4-7), sequential over each segment's tokens.
+// Selective scan (docs/model-spec.md "Mamba-1 mixer" steps 4-7), sequential over each
+// segment's tokens.
 //   delta = softplus(dt[r, c] + dt_bias[c]); h = exp(delta A) h + delta B x; y = C.h + D x
 //   memory[r, c] = bf16(y) (if memory != nullptr); y_gated[r, c] = bf16(y * silu(z[r, c])).
 // xc bf16 [rows, di]; dt fp32 [rows, di]; A fp32 [di, S]; B = bc[r*ld_bc + b_off + n],
@@ -93,7 +96,7 @@ cudaError_t LaunchSelectiveScan(const ScanArgs& a, cudaStream_t stream);
 
 // out[r, j] = bf16(up * silu(gate)) with gate = in[r, j], up = in[r, n + j]; in [rows, 2n].
 cudaError_t LaunchSwiGlu(const bf16* in, int64_t rows, int64_t n, bf16* out, cudaStream_t stream);
-// out[i] = bf16(silu(g[i]) * m[i]) for i < count (GMU, spec §3.7).
+// out[i] = bf16(silu(g[i]) * m[i]) for i < count (docs/model-spec.md "GMU").
 cudaError_t LaunchGmuGate(const bf16* g, const bf16* m, int64_t count, bf16* out,
                           cudaStream_t stream);
 // out[r, c] = bf16(in[r, c] + bias[c]); in fp32 [rows, cols]; bias may be null.
@@ -120,8 +123,9 @@ cudaError_t LaunchStoreKvRing(const bf16* qkv, int64_t ld, int64_t k_off, int64_
                               const SegDev* segs, const int32_t* row_seg, int64_t rows,
                               bf16* k_ring, bf16* v_ring, int64_t window, cudaStream_t stream);
 
-// Differential attention (spec §3.3-3.6) with the 128-wide V trick: per pair i and stripe s,
-// one softmax of q[head 2i+s] . k[head 2j+s] over the attended keys applied to the 2*hd-wide
+// Differential attention (docs/model-spec.md "Differential attention core" to "Cross-decoder
+// differential attention") with the 128-wide V trick: per pair i and stripe s, one softmax of
+// q[head 2i+s] . k[head 2j+s] over the attended keys applied to the 2*hd-wide
 // V = [v head 2j | v head 2j+1], j = i / (H/G); then D = O1 - lambda O2, RMSNorm over 2 hd,
 // * subln * (1 - lambda_init), written to out[r, i*2hd .. (i+1)*2hd).
 // Query row r (segment s, t = r - row0) sits at p = start + t and attends positions

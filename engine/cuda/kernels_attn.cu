@@ -2,7 +2,8 @@
 //
 // Pass 1 (one block per (query row, pair, split)): flash-style online softmax over tiles of
 // kTile keys for both stripes of the pair at once; the two stripes share the attended
-// positions and the 2*hd-wide V rows, so each V element is read once for both (spec §11).
+// positions and the 2*hd-wide V rows, so each V element is read once for both
+// (docs/model-spec.md "Engine notes").
 // Scores: one key per thread, its 2*hd contiguous K values (both stripes) in 16-byte loads where
 // aligned, so a block keeps kTile independent row reads in flight. PV: one output dim per thread.
 // Pass 2 (one block per (query row, pair)): merges the splits, D = O1 - lambda O2, RMSNorm.

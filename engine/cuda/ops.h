@@ -1,4 +1,5 @@
-// Validated CUDA ops of the SambaY forward (spec §3): the API the CUDA model and the tests use.
+// Validated CUDA ops of the SambaY forward (docs/model-spec.md "Exact math of every block"):
+// the API the CUDA model and the tests use.
 //
 // Each function checks every argument on the host (null pointers, sizes, ranges, and the host
 // mirrors of device index arrays: token ids, segments, slots, block tables) and returns

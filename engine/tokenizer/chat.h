@@ -1,7 +1,8 @@
 // The Phi-4 chat format and the stop tokens of a model directory.
 //
-// Layout (Phi-4-mini family, spec §8): every message is "<|role|>" content "<|end|>", roles
-// system, user, assistant, tool; a generation prompt "<|assistant|>" follows the last message.
+// Layout (Phi-4-mini family, docs/model-spec.md "Tokenizer and prompt format"): every message
+// is "<|role|>" content "<|end|>", roles system, user, assistant, tool; a generation prompt
+// "<|assistant|>" follows the last message.
 //   <|system|>You are...<|end|><|user|>Hi<|end|><|assistant|>
 // Markers are encoded as their special-token ids; message content is encoded as plain text, so
 // a user typing "<|end|>" cannot inject a control token.

@@ -518,7 +518,7 @@ TEST(KernelsTest, SiluAndSoftplus) {
   EXPECT_TRUE(std::isnan(cpu::Softplus(std::numeric_limits<float>::quiet_NaN())));
 }
 
-// ---- Differential attention (spec §3.3) ----
+// ---- Differential attention (docs/model-spec.md "Differential attention core") ----
 
 // softmax(q . k_t / sqrt(hd)) applied to hd-wide values, all in double. Heads are hd wide.
 // Raises *score_mag to the largest sum_e |q_e k_e| / sqrt(hd) (a score's float error scale).

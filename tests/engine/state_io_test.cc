@@ -368,7 +368,8 @@ TEST(StateIoTest, PayloadBytesOfPhi4MiniFlashMatchSpec) {
     return mamba + swa + n * 2 * 1280 * 4;
   };
   for (int64_t n : {0, 100, 512, 2048, 32768}) EXPECT_EQ(StatePayloadBytes(c, n), by_hand(n)) << n;
-  // Spec §6 totals are bf16 (vLLM conv width 3); fp32 is exactly twice.
+  // The totals of docs/model-spec.md "Decode-time state per sequence" are bf16 (vLLM conv
+  // width 3); fp32 is exactly twice.
   EXPECT_EQ(StatePayloadBytes(c, 2048), 2 * int64_t{33208320});
   EXPECT_EQ(StatePayloadBytes(c, 32768), 2 * int64_t{190494720});
 }

@@ -1,9 +1,9 @@
-// DESIGN §4.1 for the worker: the same tokens come out of sambay-run (one process), of a
-// prefill worker handing off to a decode worker, and of one role-both worker, for greedy and
-// seeded sampling, with prompts shorter and longer than the sliding window (16); also under
-// concurrency (8 sequences of different lengths batched on one decode worker). Plus the
-// transfer accounting: bytes on the wire = the analytic state size + 16 bytes per chunk, and
-// the transfer/token counters agree.
+// docs/design.md "Same tokens on every path", for the worker: the same tokens come out of
+// sambay-run (one process), of a prefill worker handing off to a decode worker, and of one
+// role-both worker, for greedy and seeded sampling, with prompts shorter and longer than the
+// sliding window (16); also under concurrency (8 sequences of different lengths batched on one
+// decode worker). Plus the transfer accounting: bytes on the wire = the analytic state size + 16
+// bytes per chunk, and the transfer/token counters agree.
 #include <algorithm>
 #include <barrier>
 #include <cmath>

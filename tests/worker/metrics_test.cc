@@ -1,7 +1,8 @@
 // The worker's metrics endpoint, scraped like Prometheus would: the documented series exist
 // with base-unit names, and every other request (another path or method, a load balancer's
 // probe, malformed or oversized requests, idle connections) gets an HTTP error or is dropped
-// instead of taking the worker down or blocking scrapes (DESIGN §4.3, §4.5).
+// instead of taking the worker down or blocking scrapes (docs/design.md "Errors, not crashes"
+// and "Metrics in base units").
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>

@@ -1,4 +1,5 @@
-// Bad requests get INVALID_ARGUMENT with the field named first in the message (DESIGN §4.3),
+// Bad requests get INVALID_ARGUMENT with the field named first in the message (docs/design.md
+// "Errors, not crashes"),
 // calls for a role the worker does not serve get FAILED_PRECONDITION, and the worker goes on
 // serving valid requests with nothing leaked.
 #include <cmath>

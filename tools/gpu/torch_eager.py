@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The SambaY model (spec: shared/spec/sambay-model.md) in plain PyTorch eager, as the peer of
+"""The SambaY model (docs/model-spec.md) in plain PyTorch eager, as the peer of
 sambay-gpu-bench: same config (phi4-mini-flash by default), random bf16 weights, same shapes,
 timed on the same GPU in the same run.
 
@@ -91,7 +91,7 @@ class Model:
         return x + F.linear((u.float() * F.silu(g.float())).bfloat16(), p["fc2"]).float()
 
     def diff_out(self, p, o1, o2):
-        """o1, o2: [..., pairs, 2hd] -> [..., qd] (spec §3.3)."""
+        """o1, o2: [..., pairs, 2hd] -> [..., qd] (model-spec.md "Differential attention core")."""
         d = o1 - p["lam"] * o2
         d = d.float() * torch.rsqrt(d.float().pow(2).mean(-1, keepdim=True) + 1e-5)
         d = (d.bfloat16() * p["subln"]) * (1 - p["lam_init"])

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
 """Independent float64 NumPy reference of the SambaY / Phi-4-mini-flash model.
 
-Written from /work/shared/spec/sambay-model.md ("spec"); section numbers below
-refer to it.  Pure float64 math everywhere: no bf16 rounding is emulated (the
+Written from docs/model-spec.md ("spec"); section numbers below refer to its
+numbered headings.  Pure float64 math everywhere: no bf16 rounding is emulated (the
 spec's precision map, section 10, is deliberately ignored), so this is the
 "ideal" model that an engine's fp32/bf16 output is compared against with a
 tolerance.
