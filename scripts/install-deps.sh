@@ -7,7 +7,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential g++ cmake ninja-build git pkg-config ca-certificates
   libabsl-dev nlohmann-json3-dev libopenblas-dev libhwy-dev libicu-dev
-  libgtest-dev libgmock-dev libbenchmark-dev clang-14 libfuzzer-14-dev
+  libgtest-dev libgmock-dev libbenchmark-dev clang-14 clang-format-14 libfuzzer-14-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto
   prometheus-cpp-dev libevent-dev
   python3 python3-numpy python3-grpcio python3-protobuf curl

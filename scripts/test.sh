@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds with warnings as errors and runs every test:
+# Checks the format (clang-format-14, .clang-format), builds with warnings as errors and runs
+# every test:
 #   1. the Release build in build/ and all of its CTest tests (unit, golden, CLI, reference);
 #   2. an AddressSanitizer + UndefinedBehaviorSanitizer build in build-asan/ (clang-14, -O1,
 #      with the libFuzzer targets: -DSAMBAY_FUZZ=ON) running the C++ test binaries again (the
@@ -28,7 +29,10 @@ stage() {
 }
 trap 'echo "-- $(($(date +%s) - T_STAGE)) s (total $(($(date +%s) - T0)) s)"' EXIT
 
-echo "== Release build (warnings are errors)"
+echo "== Format check (clang-format-14 --dry-run -Werror over every C++ and CUDA file)"
+git ls-files -z '*.cc' '*.h' '*.cu' '*.cuh' | xargs -0 clang-format-14 --dry-run -Werror
+
+stage "Release build (warnings are errors)"
 BUILD_DIR=build bash scripts/build.sh -DSAMBAY_WERROR=ON
 
 if [[ -x build/bin/cuda_tests ]]; then
