@@ -43,7 +43,7 @@ void ConfigureServer(grpc::ServerBuilder& builder, const RpcLimits& limits) {
 }
 
 std::shared_ptr<grpc::Channel> ChannelCache::Get(const std::string& address) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto& ch = channels_[address];
   if (!ch) ch = MakeChannel(address, limits_);
   return ch;

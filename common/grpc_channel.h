@@ -2,7 +2,7 @@
 // keepalive tuned for long silent streams (a prefill can run for seconds without data), so a
 // dead peer is found within keepalive_seconds + keepalive_timeout_seconds.
 //
-// Stateless functions; ChannelCache is thread-safe (one mutex).
+// Stateless functions; ChannelCache is thread-safe: its mu_ guards the channel map.
 #ifndef SAMBAY_COMMON_GRPC_CHANNEL_H_
 #define SAMBAY_COMMON_GRPC_CHANNEL_H_
 
@@ -12,8 +12,10 @@
 #include <cstdint>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "common/mutex.h"
 
 namespace sambay {
 
@@ -34,12 +36,12 @@ void ConfigureServer(grpc::ServerBuilder& builder, const RpcLimits& limits);
 class ChannelCache {
  public:
   explicit ChannelCache(RpcLimits limits) : limits_(limits) {}
-  std::shared_ptr<grpc::Channel> Get(const std::string& address);
+  std::shared_ptr<grpc::Channel> Get(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   RpcLimits limits_;
-  std::mutex mu_;
-  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_;
+  Mutex mu_;
+  std::map<std::string, std::shared_ptr<grpc::Channel>> channels_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sambay

@@ -10,15 +10,16 @@
 // holding many Watch streams open cannot take the threads that probes (Check) need).
 //
 // Ownership: owns the status table.
-// Thread-safety: all methods are thread-safe.
+// Thread-safety: all methods are thread-safe. mu_ guards the status table, the shutdown flag, the
+// change counter and the count of open Watch calls; Watch writes to its stream with mu_ released.
 #ifndef SAMBAY_COMMON_HEALTH_SERVICE_H_
 #define SAMBAY_COMMON_HEALTH_SERVICE_H_
 
-#include <condition_variable>
 #include <map>
-#include <mutex>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
+#include "common/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 
 namespace sambay {
@@ -30,23 +31,31 @@ class HealthService final : public grpc::health::v1::Health::Service {
       : max_watch_streams_(max_watch_streams) {}
 
   // Unknown names answer NOT_FOUND (Check) or SERVICE_UNKNOWN (Watch) until set.
-  void SetServingStatus(const std::string& service, bool serving);
+  void SetServingStatus(const std::string& service, bool serving) ABSL_LOCKS_EXCLUDED(mu_);
   // Every name NOT_SERVING from now on, and open Watch calls end (call before Server::Shutdown).
-  void Shutdown();
+  void Shutdown() ABSL_LOCKS_EXCLUDED(mu_);
 
   grpc::Status Check(grpc::ServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
-                     grpc::health::v1::HealthCheckResponse* resp) override;
+                     grpc::health::v1::HealthCheckResponse* resp) override ABSL_LOCKS_EXCLUDED(mu_);
   grpc::Status Watch(grpc::ServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
-                     grpc::ServerWriter<grpc::health::v1::HealthCheckResponse>* writer) override;
+                     grpc::ServerWriter<grpc::health::v1::HealthCheckResponse>* writer) override
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
+  // Watch's loop, for a call already counted in watch_streams_: sends each change of the status
+  // of `service` until the stream breaks, the server shuts down or the call is cancelled. Releases
+  // mu_ while it writes.
+  grpc::Status WatchLoop(grpc::ServerContext* ctx, const std::string& service,
+                         grpc::ServerWriter<grpc::health::v1::HealthCheckResponse>* writer)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
   const int max_watch_streams_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::map<std::string, bool> status_;  // guarded by mu_
-  bool shutdown_ = false;               // guarded by mu_
-  uint64_t version_ = 0;                // guarded by mu_; bumped on every change
-  int watch_streams_ = 0;               // guarded by mu_; Watch calls being served
+  Mutex mu_;
+  CondVar cv_;  // signalled on every change of version_
+  std::map<std::string, bool> status_ ABSL_GUARDED_BY(mu_);
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t version_ ABSL_GUARDED_BY(mu_) = 0;   // bumped on every change
+  int watch_streams_ ABSL_GUARDED_BY(mu_) = 0;  // Watch calls being served
 };
 
 }  // namespace sambay

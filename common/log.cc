@@ -4,16 +4,16 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
-#include <mutex>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/mutex.h"
 
 namespace sambay {
 namespace {
 
 std::atomic<int> g_level{static_cast<int>(LogLevel::kInfo)};
-std::mutex g_mu;
+Mutex g_mu;  // serializes the writes of whole lines to stderr
 
 const char* LevelName(LogLevel l) {
   switch (l) {
@@ -76,7 +76,7 @@ void Log(LogLevel level, const std::string& component, const std::string& messag
   // Invalid UTF-8 in a field (e.g. a client string) is replaced, never thrown on.
   std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
   text.push_back('\n');
-  std::lock_guard<std::mutex> lock(g_mu);
+  MutexLock lock(&g_mu);
   std::fwrite(text.data(), 1, text.size(), stderr);
   std::fflush(stderr);
 }

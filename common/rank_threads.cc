@@ -9,10 +9,10 @@ RankThreads::RankThreads(int ranks) : ranks_(ranks < 1 ? 1 : ranks) {
 
 RankThreads::~RankThreads() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stop_ = true;
   }
-  start_cv_.notify_all();
+  start_cv_.SignalAll();
   for (std::thread& t : threads_) t.join();
 }
 
@@ -21,31 +21,31 @@ void RankThreads::Loop(int rank) {
   for (;;) {
     const Job* job = nullptr;
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      start_cv_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      MutexLock lock(&mu_);
+      while (!stop_ && generation_ == seen) start_cv_.Wait(&mu_);
       if (stop_) return;
       seen = generation_;
       job = job_;
     }
     absl::Status s = (*job)(rank);
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     status_[rank] = std::move(s);
-    if (--pending_ == 0) done_cv_.notify_one();
+    if (--pending_ == 0) done_cv_.Signal();
   }
 }
 
 std::vector<absl::Status> RankThreads::Run(const Job& job) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     job_ = &job;
     status_.assign(static_cast<size_t>(ranks_), absl::OkStatus());
     pending_ = ranks_ - 1;
     ++generation_;
   }
-  start_cv_.notify_all();
+  start_cv_.SignalAll();
   absl::Status s0 = job(0);
-  std::unique_lock<std::mutex> lock(mu_);
-  done_cv_.wait(lock, [&] { return pending_ == 0; });
+  MutexLock lock(&mu_);
+  while (pending_ != 0) done_cv_.Wait(&mu_);
   status_[0] = std::move(s0);
   job_ = nullptr;
   return status_;

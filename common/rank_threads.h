@@ -4,18 +4,20 @@
 // its thread, so per-thread state such as the current CUDA device stays put).
 //
 // Ownership: owns the rank threads; the destructor stops and joins them.
-// Thread-safety: Run is called by one thread at a time; the job runs on N threads at once.
+// Thread-safety: Run is called by one thread at a time; the job runs on N threads at once. mu_
+// guards the current job, the per-rank statuses and the generation / pending / stop counters;
+// jobs run with it released.
 #ifndef SAMBAY_COMMON_RANK_THREADS_H_
 #define SAMBAY_COMMON_RANK_THREADS_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "common/mutex.h"
 
 namespace sambay {
 
@@ -31,23 +33,22 @@ class RankThreads {
   int size() const { return ranks_; }
   // Runs job(r) for every rank r concurrently; returns when all are done, with each rank's
   // status (index = rank).
-  std::vector<absl::Status> Run(const Job& job);
+  std::vector<absl::Status> Run(const Job& job) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void Loop(int rank);
+  void Loop(int rank) ABSL_LOCKS_EXCLUDED(mu_);
 
   const int ranks_;
   std::vector<std::thread> threads_;  // ranks 1..N-1
+  Mutex mu_;
+  CondVar start_cv_;  // signalled when a job starts (generation_ bumped) or stop_ is set
+  CondVar done_cv_;   // signalled when pending_ reaches 0
   // The current job: set before the ranks are woken; statuses written by their ranks.
-  const Job* job_ = nullptr;
-  std::vector<absl::Status> status_;
-
-  std::mutex mu_;
-  std::condition_variable start_cv_, done_cv_;
-  // Guarded by mu_.
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  const Job* job_ ABSL_GUARDED_BY(mu_) = nullptr;
+  std::vector<absl::Status> status_ ABSL_GUARDED_BY(mu_);
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace sambay

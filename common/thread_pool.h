@@ -3,16 +3,18 @@
 // Ownership: the pool owns its threads; destroying it joins them.
 // Thread-safety: ParallelFor may be called from one thread at a time (the engine's compute
 // thread); it blocks until every chunk has run. The calling thread takes part in the work.
-// Nested ParallelFor calls from inside a chunk run serially on the calling thread.
+// Nested ParallelFor calls from inside a chunk run serially on the calling thread. mu_ guards
+// the current job and the generation / pending / stop counters; chunks run with it released.
 #ifndef SAMBAY_COMMON_THREAD_POOL_H_
 #define SAMBAY_COMMON_THREAD_POOL_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
-#include <mutex>
 #include <thread>
 #include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "common/mutex.h"
 
 namespace sambay {
 
@@ -28,23 +30,23 @@ class ThreadPool {
 
   // Calls fn(begin, end) over [0, n) split into contiguous ranges of at least `grain` items,
   // at most one range per thread. Returns when all ranges are done.
-  void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn);
+  void ParallelFor(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
-  void WorkerLoop(int index);
+  void WorkerLoop(int index) ABSL_LOCKS_EXCLUDED(mu_);
 
   int num_threads_;
   std::vector<std::thread> workers_;
-  std::mutex mu_;
-  std::condition_variable work_cv_;
-  std::condition_variable done_cv_;
-  // Guarded by mu_.
-  const std::function<void(int64_t, int64_t)>* job_ = nullptr;
-  int64_t job_n_ = 0;
-  int job_parts_ = 0;
-  uint64_t generation_ = 0;
-  int pending_ = 0;
-  bool stop_ = false;
+  Mutex mu_;
+  CondVar work_cv_;  // signalled when a job starts (generation_ bumped) or stop_ is set
+  CondVar done_cv_;  // signalled when pending_ reaches 0
+  const std::function<void(int64_t, int64_t)>* job_ ABSL_GUARDED_BY(mu_) = nullptr;
+  int64_t job_n_ ABSL_GUARDED_BY(mu_) = 0;
+  int job_parts_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t generation_ ABSL_GUARDED_BY(mu_) = 0;
+  int pending_ ABSL_GUARDED_BY(mu_) = 0;
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace sambay

@@ -64,8 +64,9 @@ absl::StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir,
   m->fingerprint_ = Fingerprint(m->config_, *ck);
   SAMBAY_ASSIGN_OR_RETURN(m->weights_, BindWeights(m->config_, std::move(ck), report));
   if (plan.tp == 1) {
-    m->pool_ = std::make_unique<ThreadPool>(options.num_threads);
-    m->num_threads_ = m->pool_->num_threads();
+    auto pool = std::make_unique<ThreadPool>(options.num_threads);
+    m->num_threads_ = pool->num_threads();
+    m->pool_ = std::move(pool);  // not shared yet: no other thread can see `m`
     cpu::SetBlasThreads(m->num_threads_);
   } else {
     m->tp_ =
@@ -111,7 +112,7 @@ absl::Status Model::Validate(absl::Span<const ForwardSegment> segments) const {
 
 absl::Status Model::Forward(absl::Span<const ForwardSegment> segments, std::vector<float>* logits) {
   SAMBAY_RETURN_IF_ERROR(Validate(segments));
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   const int tp = tp_size();
   const size_t shards = tp == 1 ? 0 : static_cast<size_t>(tp);
   for (const ForwardSegment& s : segments) {

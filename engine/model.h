@@ -16,20 +16,21 @@
 //
 // Ownership: owns the weights (and the mapped checkpoint) and a thread pool (TP: the rank
 // group).
-// Thread-safety: the model is immutable after Load; Forward serializes callers with a mutex
-// (the pool runs one job at a time). States passed to Forward must not be used elsewhere
-// during the call.
+// Thread-safety: the model is immutable after Load; Forward serializes callers with mu_, which
+// guards running a job on the thread pool or the TP group (each runs one job at a time). States
+// passed to Forward must not be used elsewhere during the call.
 #ifndef SAMBAY_ENGINE_MODEL_H_
 #define SAMBAY_ENGINE_MODEL_H_
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "common/mutex.h"
 #include "common/thread_pool.h"
 #include "engine/config.h"
 #include "engine/state.h"
@@ -85,7 +86,8 @@ class Model {
   // own call to keep results independent of what else is running.
   // A state in another TP layout than this model's (SequenceState::shards) is first converted
   // in place (ReshardState); its values do not change.
-  absl::Status Forward(absl::Span<const ForwardSegment> segments, std::vector<float>* logits);
+  absl::Status Forward(absl::Span<const ForwardSegment> segments, std::vector<float>* logits)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Prefill of one sequence in chunks of at most `chunk` tokens (0 = one chunk); writes the
   // last token's logits [vocab].
@@ -106,9 +108,11 @@ class Model {
   ModelWeights weights_;
   std::string fingerprint_;
   int num_threads_ = 1;
-  std::unique_ptr<ThreadPool> pool_;  // TP = 1
-  std::unique_ptr<TpGroup> tp_;       // TP > 1
-  std::mutex mu_;
+  Mutex mu_;
+  std::unique_ptr<ThreadPool> pool_ ABSL_PT_GUARDED_BY(mu_);  // TP = 1
+  // TP > 1. Its Forward runs under mu_ (like the pool's jobs); its plan is immutable and read
+  // without it, so the pointer is not annotated.
+  std::unique_ptr<TpGroup> tp_;
 };
 
 }  // namespace sambay

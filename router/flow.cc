@@ -162,7 +162,7 @@ void RequestFlow::OnCallTag(const FlowTag& tag, bool ok) {
 
 void RequestFlow::Post(std::function<void()> fn) {
   {
-    std::lock_guard<std::mutex> lock(qmu_);
+    MutexLock lock(&qmu_);
     queue_.push_back(std::move(fn));
     if (draining_) return;  // the draining thread runs it
     draining_ = true;
@@ -170,7 +170,7 @@ void RequestFlow::Post(std::function<void()> fn) {
   for (;;) {
     std::function<void()> next;
     {
-      std::lock_guard<std::mutex> lock(qmu_);
+      MutexLock lock(&qmu_);
       if (queue_.empty()) {
         draining_ = false;
         break;
@@ -188,7 +188,7 @@ void RequestFlow::MaybeRelease() {
   // returned, no tag can come any more; what remains are the host's references.
   std::shared_ptr<RequestFlow> self;
   {
-    std::lock_guard<std::mutex> lock(qmu_);
+    MutexLock lock(&qmu_);
     if (draining_ || !queue_.empty() || server_pending_ > 0 || !calls_.empty() || !finish_called_ ||
         self_ == nullptr) {
       return;

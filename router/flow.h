@@ -37,7 +37,9 @@
 // returned. The host may hold weak references (Abort) and strong ones (its waiting queue).
 // Thread-safety: every event (tags from the queue, Start, Abort) is posted to the flow's own
 // serial queue and handled one at a time, by whichever thread posted while no other was
-// draining.
+// draining. qmu_ guards only that queue (queue_, draining_); it is never held while an event
+// runs. The handlers' state is confined to the queue: one handler runs at a time, and each
+// drainer takes qmu_ after the previous one released it, which orders their accesses.
 #ifndef SAMBAY_ROUTER_FLOW_H_
 #define SAMBAY_ROUTER_FLOW_H_
 
@@ -52,14 +54,15 @@
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "engine/tokenizer/stream_decoder.h"
 #include "router/metrics.h"
 #include "router/placement.h"
@@ -134,14 +137,14 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
     matcher_.emplace(req_.stop_strings);
   }
   // Admitted: place it and start streaming (thread-safe).
-  void Start();
+  void Start() ABSL_LOCKS_EXCLUDED(qmu_);
   // Ends the stream with finish_reason ABORT (thread-safe; no-op once finished).
-  void Abort();
+  void Abort() ABSL_LOCKS_EXCLUDED(qmu_);
   // Ends the call with `status` before it started (thread-safe; a rejected admission).
-  void Reject(absl::Status status);
+  void Reject(absl::Status status) ABSL_LOCKS_EXCLUDED(qmu_);
   // Runs `fn` on the flow's serial queue (thread-safe), e.g. the admission after a prompt was
   // tokenized on another thread. `fn` may call Start or Reject.
-  void RunOnQueue(std::function<void()> fn) { Post(std::move(fn)); }
+  void RunOnQueue(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(qmu_) { Post(std::move(fn)); }
 
  private:
   RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq);
@@ -160,10 +163,11 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   // Where the current attempt is.
   enum class Stage { kIdle, kReserving, kPrefilling, kDecoding, kInPlace, kEnded };
 
-  // The serial event queue.
-  void Post(std::function<void()> fn);
+  // The serial event queue: queues `fn` and, unless another thread is draining, drains the
+  // queue on this one (with qmu_ released while each event runs).
+  void Post(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(qmu_);
   // Drops the self-reference once gRPC and every worker call are done with the flow.
-  void MaybeRelease();
+  void MaybeRelease() ABSL_LOCKS_EXCLUDED(qmu_);
 
   // Event handlers (on the queue).
   void OnTag(const FlowTag& tag, bool ok);
@@ -230,12 +234,14 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   PreparedRequest req_;
   absl::Time received_;
 
-  std::shared_ptr<RequestFlow> self_;  // until MaybeRelease
+  // Until MaybeRelease. Set by Listen before the flow is shared; then read (and dropped) by
+  // MaybeRelease only, with qmu_ held.
+  std::shared_ptr<RequestFlow> self_;
 
   // The serial queue.
-  std::mutex qmu_;
-  std::deque<std::function<void()>> queue_;
-  bool draining_ = false;
+  Mutex qmu_;
+  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(qmu_);
+  bool draining_ ABSL_GUARDED_BY(qmu_) = false;  // a thread is running the queued events
 
   // Everything below is touched only by handlers on the queue.
   StreamDecoder decoder_;

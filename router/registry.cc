@@ -48,7 +48,7 @@ std::vector<std::string> Resolve(const std::string& name_port) {
 
 WorkerRegistry::WorkerRegistry(RegistryOptions options, RouterMetrics* metrics)
     : options_(std::move(options)), metrics_(metrics), fingerprint_(options_.fingerprint) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (const auto& a : options_.prefill) AddLocked(a, DeclaredRole::kPrefill, false);
   for (const auto& a : options_.decode) AddLocked(a, DeclaredRole::kDecode, false);
   for (const auto& a : options_.any) AddLocked(a, DeclaredRole::kAny, false);
@@ -56,10 +56,10 @@ WorkerRegistry::WorkerRegistry(RegistryOptions options, RouterMetrics* metrics)
 
 WorkerRegistry::~WorkerRegistry() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   if (thread_.joinable()) thread_.join();
 }
 
@@ -98,7 +98,7 @@ void WorkerRegistry::ResolveDns() {
     }
   }
   if (!any_names) return;
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (const auto& [a, role] : found) AddLocked(a, role, true);
   for (auto it = workers_.begin(); it != workers_.end();) {
     if (it->second.from_dns && found.count(it->first) == 0) {
@@ -128,7 +128,7 @@ void WorkerRegistry::Probe(const std::string& address) {
   std::shared_ptr<pb::Worker::Stub> stub;
   bool need_info;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     auto it = workers_.find(address);
     if (it == workers_.end()) return;
     stub = it->second.stub;
@@ -147,7 +147,7 @@ void WorkerRegistry::Probe(const std::string& address) {
     ctx.set_deadline(absl::ToChronoTime(absl::Now() + options_.probe_timeout));
     st = stub->GetLoad(&ctx, pb::GetLoadRequest(), &load);
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = workers_.find(address);
   if (it == workers_.end()) return;
   Entry& e = it->second;
@@ -208,7 +208,7 @@ void WorkerRegistry::Probe(const std::string& address) {
 void WorkerRegistry::ProbeAll() {
   std::vector<std::string> due;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     const absl::Time now = absl::Now();
     for (const auto& [a, e] : workers_) {
       if (e.next_probe <= now) due.push_back(a);
@@ -222,7 +222,7 @@ void WorkerRegistry::ProbeAll() {
   std::function<void(bool)> cb;
   bool ready;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     ready = ReadyLocked();
     if (ready == last_ready_ && ready_cb_) return;
     last_ready_ = ready;
@@ -234,8 +234,11 @@ void WorkerRegistry::ProbeAll() {
 void WorkerRegistry::Loop() {
   for (;;) {
     {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait_for(lock, std::chrono::milliseconds(100), [&] { return stop_; });
+      MutexLock lock(&mu_);
+      const absl::Time deadline = absl::Now() + absl::Milliseconds(100);
+      while (!stop_) {
+        if (cv_.WaitWithDeadline(&mu_, deadline)) break;
+      }
       if (stop_) return;
     }
     if (absl::Now() >= next_dns_) {
@@ -247,7 +250,7 @@ void WorkerRegistry::Loop() {
 }
 
 std::vector<WorkerSnapshot> WorkerRegistry::Healthy() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   std::vector<WorkerSnapshot> out;
   for (const auto& [a, e] : workers_) {
     if (!e.healthy || e.refused || !e.info_known) continue;
@@ -277,24 +280,24 @@ bool WorkerRegistry::ReadyLocked() const {
 }
 
 bool WorkerRegistry::Ready() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return ReadyLocked();
 }
 
 std::shared_ptr<pb::Worker::Stub> WorkerRegistry::Stub(const std::string& address) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = workers_.find(address);
   return it == workers_.end() ? nullptr : it->second.stub;
 }
 
 std::string WorkerRegistry::fingerprint() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return fingerprint_;
 }
 
 void WorkerRegistry::Adjust(const std::string& address, int64_t slots_delta,
                             int64_t prefill_tokens_delta) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = workers_.find(address);
   if (it == workers_.end()) return;
   it->second.slots_adjust += slots_delta;
@@ -302,13 +305,13 @@ void WorkerRegistry::Adjust(const std::string& address, int64_t slots_delta,
 }
 
 bool WorkerRegistry::IsHealthy(const std::string& address) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = workers_.find(address);
   return it != workers_.end() && it->second.healthy && !it->second.refused && it->second.info_known;
 }
 
 void WorkerRegistry::MarkFull(const std::string& address) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = workers_.find(address);
   if (it == workers_.end()) return;
   Entry& e = it->second;
@@ -316,7 +319,7 @@ void WorkerRegistry::MarkFull(const std::string& address) {
 }
 
 void WorkerRegistry::ReportFailure(const std::string& address, const absl::Status& status) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = workers_.find(address);
   if (it == workers_.end()) return;
   Log(LogLevel::kWarning, "registry", "request saw a worker fail",
@@ -331,7 +334,7 @@ void WorkerRegistry::ReportFailure(const std::string& address, const absl::Statu
 void WorkerRegistry::SetReadyCallback(std::function<void(bool)> cb) {
   bool ready;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     ready_cb_ = cb;
     ready = last_ready_ = ReadyLocked();
   }

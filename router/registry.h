@@ -14,23 +14,25 @@
 // burst of requests does not all land on the worker that looked idlest at the last probe.
 //
 // Ownership: owns the stubs and the probe thread; borrows metrics.
-// Thread-safety: all public methods are thread-safe.
+// Thread-safety: all public methods are thread-safe. mu_ guards the worker table (every Entry),
+// the cluster fingerprint, the ready callback and its last value, and stop_; probes (RPCs), DNS
+// look-ups and the ready callback run with mu_ released. next_dns_ belongs to the probe thread.
 #ifndef SAMBAY_ROUTER_REGISTRY_H_
 #define SAMBAY_ROUTER_REGISTRY_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/grpc_channel.h"
+#include "common/mutex.h"
 #include "router/metrics.h"
 #include "sambay/v1/worker.grpc.pb.h"
 
@@ -70,24 +72,27 @@ class WorkerRegistry {
   // Starts the probe thread (the first round of probes runs before this returns).
   void Start();
 
-  std::vector<WorkerSnapshot> Healthy() const;
+  std::vector<WorkerSnapshot> Healthy() const ABSL_LOCKS_EXCLUDED(mu_);
   // At least one healthy prefill-capable and one healthy decode-capable worker.
-  bool Ready() const;
-  std::shared_ptr<sambay::v1::Worker::Stub> Stub(const std::string& address);
+  bool Ready() const ABSL_LOCKS_EXCLUDED(mu_);
+  std::shared_ptr<sambay::v1::Worker::Stub> Stub(const std::string& address)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // The cluster's model fingerprint ("" until a worker answered).
-  std::string fingerprint() const;
+  std::string fingerprint() const ABSL_LOCKS_EXCLUDED(mu_);
 
   // Local load adjustments until the next probe of that worker.
-  void Adjust(const std::string& address, int64_t slots_delta, int64_t prefill_tokens_delta);
+  void Adjust(const std::string& address, int64_t slots_delta, int64_t prefill_tokens_delta)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // A request saw this worker fail at the connection level: take it out until a probe succeeds.
-  void ReportFailure(const std::string& address, const absl::Status& status);
+  void ReportFailure(const std::string& address, const absl::Status& status)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // In the registry, healthy, and serving the cluster's model (what Healthy() lists).
-  bool IsHealthy(const std::string& address) const;
+  bool IsHealthy(const std::string& address) const ABSL_LOCKS_EXCLUDED(mu_);
   // The worker refused a sequence for lack of room: no free slot until its next probe.
-  void MarkFull(const std::string& address);
+  void MarkFull(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
 
   // Called at once with Ready(), then (from the probe thread) whenever it changes.
-  void SetReadyCallback(std::function<void(bool)> cb);
+  void SetReadyCallback(std::function<void(bool)> cb) ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Entry {
@@ -107,24 +112,26 @@ class WorkerRegistry {
     std::shared_ptr<sambay::v1::Worker::Stub> stub;
   };
 
-  void Loop();
-  void ProbeAll();
-  void Probe(const std::string& address);
-  void ResolveDns();
-  void AddLocked(const std::string& address, DeclaredRole role, bool from_dns);
-  void SetUpLocked(Entry& e, bool up);
-  bool ReadyLocked() const;
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
+  void ProbeAll() ABSL_LOCKS_EXCLUDED(mu_);
+  void Probe(const std::string& address) ABSL_LOCKS_EXCLUDED(mu_);
+  void ResolveDns() ABSL_LOCKS_EXCLUDED(mu_);
+  void AddLocked(const std::string& address, DeclaredRole role, bool from_dns)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `e` is an entry of workers_.
+  void SetUpLocked(Entry& e, bool up) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool ReadyLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const RegistryOptions options_;
   RouterMetrics* metrics_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
-  std::map<std::string, Entry> workers_;
-  std::string fingerprint_;
-  std::function<void(bool)> ready_cb_;
-  bool last_ready_ = false;
-  absl::Time next_dns_ = absl::InfinitePast();
+  mutable Mutex mu_;
+  CondVar cv_;  // signalled when stop_ is set
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, Entry> workers_ ABSL_GUARDED_BY(mu_);
+  std::string fingerprint_ ABSL_GUARDED_BY(mu_);
+  std::function<void(bool)> ready_cb_ ABSL_GUARDED_BY(mu_);
+  bool last_ready_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Time next_dns_ = absl::InfinitePast();  // the probe thread's (Start, then Loop)
   std::thread thread_;
 };
 

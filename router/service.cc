@@ -102,7 +102,7 @@ void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
   // A large prompt: tokenized on the pool, then admitted on the flow's queue. The request is not
   // modified after the call was accepted, so the pool may read it.
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     preparing_.insert(flow.get());
   }
   const bool queued = pool_.TrySubmit([this, flow, rid, seed] {
@@ -114,7 +114,7 @@ void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
   });
   if (!queued) {
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       preparing_.erase(flow.get());
     }
     metrics_.Reject("queue_full");
@@ -126,7 +126,7 @@ void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
 void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, const std::string& rid,
                               absl::StatusOr<PreparedRequest> prepared, bool pooled) {
   if (pooled) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     // FlowGone took it out: gRPC is done with the call (the client went away meanwhile).
     if (preparing_.erase(flow.get()) == 0) return;
   }
@@ -142,7 +142,7 @@ void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, const st
   absl::Status rejected;
   bool start = false;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     // Under mu_: FlowGone reads the request id SetPrepared writes.
     flow->SetPrepared(*std::move(prepared));
     flows_.emplace(rid, FlowRef{flow.get(), flow, std::move(caller)});
@@ -193,7 +193,7 @@ void GenerationService::StartFlow(std::shared_ptr<RequestFlow> flow) {
 void GenerationService::FlowEnded(RequestFlow* flow) {
   std::shared_ptr<RequestFlow> next;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     --running_;
     if (!waiting_.empty()) {
       next = std::move(waiting_.front());
@@ -206,7 +206,7 @@ void GenerationService::FlowEnded(RequestFlow* flow) {
 }
 
 bool GenerationService::FlowDequeue(RequestFlow* flow) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (auto it = waiting_.begin(); it != waiting_.end(); ++it) {
     if (it->get() == flow) {
       waiting_.erase(it);
@@ -218,7 +218,7 @@ bool GenerationService::FlowDequeue(RequestFlow* flow) {
 }
 
 void GenerationService::FlowGone(RequestFlow* flow) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (preparing_.erase(flow) > 0) return;  // still being tokenized: Admit drops it
   if (flow->request_id().empty()) return;  // rejected before it had one
   for (auto it = flows_.lower_bound(flow->request_id());
@@ -239,7 +239,7 @@ grpc::Status GenerationService::Abort(grpc::ServerContext* ctx, const pb::AbortR
   const std::string caller = PeerIdentity(*ctx);
   std::vector<std::shared_ptr<RequestFlow>> found;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (auto it = flows_.lower_bound(req->request_id());
          it != flows_.end() && it->first == req->request_id(); ++it) {
       if (it->second.caller != caller) continue;
@@ -322,12 +322,12 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* ctx,
 }
 
 void GenerationService::StartDrain() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   draining_ = true;
 }
 
 int64_t GenerationService::active() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return static_cast<int64_t>(flows_.size() + preparing_.size());
 }
 

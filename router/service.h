@@ -16,8 +16,9 @@
 // Ownership: borrows registry, policy, metrics, tokenizer (they outlive the server). Holds weak
 // references to the live flows (for Abort), strong ones to the waiting flows, and the tokenizing
 // pool (destroyed first, which drops the prompts not yet tokenized).
-// Thread-safety: handlers and flow callbacks run concurrently; shared state is under one mutex,
-// never held while calling into a flow.
+// Thread-safety: handlers and flow callbacks run concurrently. mu_ guards the admission state
+// (running_, waiting_, draining_) and the flow tables (flows_, preparing_); it is never held
+// while calling into a flow, except for SetPrepared (FlowGone reads the request id it writes).
 #ifndef SAMBAY_ROUTER_SERVICE_H_
 #define SAMBAY_ROUTER_SERVICE_H_
 
@@ -25,13 +26,14 @@
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <set>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "engine/tokenizer/tokenizer.h"
 #include "router/flow.h"
 #include "router/metrics.h"
@@ -68,7 +70,7 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
   // queues down and joins their threads.
   void StopServing(absl::Duration timeout);
   grpc::Status Abort(grpc::ServerContext* ctx, const sambay::v1::AbortRequest* req,
-                     sambay::v1::AbortResponse* resp) override;
+                     sambay::v1::AbortResponse* resp) override ABSL_LOCKS_EXCLUDED(mu_);
   grpc::Status Tokenize(grpc::ServerContext* ctx, const sambay::v1::TokenizeRequest* req,
                         sambay::v1::TokenizeResponse* resp) override;
   grpc::Status Detokenize(grpc::ServerContext* ctx, const sambay::v1::DetokenizeRequest* req,
@@ -77,25 +79,25 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
                             sambay::v1::ModelInfo* resp) override;
 
   // New Generate calls get UNAVAILABLE; running and queued ones continue.
-  void StartDrain();
+  void StartDrain() ABSL_LOCKS_EXCLUDED(mu_);
   // Generate calls not yet done (being tokenized, running, queued, or flushing their last
   // messages).
-  int64_t active() const;
+  int64_t active() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   // FlowHost
-  void FlowAccepted(const std::shared_ptr<RequestFlow>& flow) override;
-  void FlowEnded(RequestFlow* flow) override;
-  bool FlowDequeue(RequestFlow* flow) override;
-  void FlowGone(RequestFlow* flow) override;
+  void FlowAccepted(const std::shared_ptr<RequestFlow>& flow) override ABSL_LOCKS_EXCLUDED(mu_);
+  void FlowEnded(RequestFlow* flow) override ABSL_LOCKS_EXCLUDED(mu_);
+  bool FlowDequeue(RequestFlow* flow) override ABSL_LOCKS_EXCLUDED(mu_);
+  void FlowGone(RequestFlow* flow) override ABSL_LOCKS_EXCLUDED(mu_);
   // Starts flows without nesting one flow's start inside another's (a cascade of flows that end
   // at once, e.g. with no worker, runs as a loop, not a recursion).
   static void StartFlow(std::shared_ptr<RequestFlow> flow);
-  void UpdateGauges();  // under mu_
+  void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Admits a validated flow (or rejects it). `pooled`: it was prepared on the pool, and is
   // dropped if gRPC finished with it meanwhile (FlowGone). On the flow's queue.
   void Admit(const std::shared_ptr<RequestFlow>& flow, const std::string& rid,
-             absl::StatusOr<PreparedRequest> prepared, bool pooled);
+             absl::StatusOr<PreparedRequest> prepared, bool pooled) ABSL_LOCKS_EXCLUDED(mu_);
 
   WorkerRegistry& registry_;
   PlacementPolicy& policy_;
@@ -108,17 +110,18 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
   std::vector<std::thread> threads_;
   std::atomic<int64_t> live_flows_{0};
 
-  mutable std::mutex mu_;
-  int64_t running_ = 0;
-  std::deque<std::shared_ptr<RequestFlow>> waiting_;
-  bool draining_ = false;
+  mutable Mutex mu_;
+  int64_t running_ ABSL_GUARDED_BY(mu_) = 0;
+  std::deque<std::shared_ptr<RequestFlow>> waiting_ ABSL_GUARDED_BY(mu_);
+  bool draining_ ABSL_GUARDED_BY(mu_) = false;
   struct FlowRef {
     RequestFlow* flow;
     std::weak_ptr<RequestFlow> ref;
     std::string caller;  // PeerIdentity of the Generate call
   };
-  std::multimap<std::string, FlowRef> flows_;  // by request id
-  std::set<RequestFlow*> preparing_;           // accepted, prompt being tokenized on pool_
+  std::multimap<std::string, FlowRef> flows_ ABSL_GUARDED_BY(mu_);  // by request id
+  // Accepted, prompt being tokenized on pool_.
+  std::set<RequestFlow*> preparing_ ABSL_GUARDED_BY(mu_);
 
   // Last member: destroyed (joined) first, while what its tasks use still exists.
   TaskPool pool_{kPrepareThreads, kMaxPreparing};

@@ -37,13 +37,11 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -51,15 +49,19 @@
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/client_flags.h"
 #include "common/flags.h"
 #include "common/grpc_status.h"
+#include "common/mutex.h"
 #include "nlohmann/json.hpp"
 #include "sambay/v1/generate.grpc.pb.h"
 #include "sambay/v1/worker.grpc.pb.h"
@@ -170,53 +172,57 @@ struct Result {
   std::vector<double> itl;
 };
 
-// Collects finished requests; wakes the sender when one finishes.
+// Collects finished requests; wakes the sender when one finishes. Thread-safety: mu_ guards the
+// results, the in-flight count and the last finish time.
 class Collector {
  public:
-  void Add(Result r) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Add(Result r) ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     results_.push_back(std::move(r));
     --in_flight_;
     last_done_ = Clock::now();
-    cv_.notify_all();
+    cv_.SignalAll();
   }
-  void Started() {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Started() ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     ++in_flight_;
   }
   // Waits until fewer than `limit` requests are in flight.
-  void WaitBelow(int64_t limit) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait(lock, [&] { return in_flight_ < limit; });
+  void WaitBelow(int64_t limit) ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
+    while (in_flight_ >= limit) cv_.Wait(&mu_);
   }
-  template <class Rep, class Period>
-  void WaitBelowFor(int64_t limit, std::chrono::duration<Rep, Period> d) {
-    std::unique_lock<std::mutex> lock(mu_);
-    cv_.wait_for(lock, d, [&] { return in_flight_ < limit; });
+  // As WaitBelow, but returns after `d` at the latest.
+  void WaitBelowFor(int64_t limit, absl::Duration d) ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
+    const absl::Time deadline = absl::Now() + d;
+    while (in_flight_ >= limit) {
+      if (cv_.WaitWithDeadline(&mu_, deadline)) break;
+    }
   }
-  int64_t InFlight() {
-    std::lock_guard<std::mutex> lock(mu_);
+  int64_t InFlight() ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     return in_flight_;
   }
-  size_t Done() {
-    std::lock_guard<std::mutex> lock(mu_);
+  size_t Done() ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     return results_.size();
   }
-  std::vector<Result> Take() {
-    std::lock_guard<std::mutex> lock(mu_);
+  std::vector<Result> Take() ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     return std::move(results_);
   }
-  Clock::time_point last_done() {
-    std::lock_guard<std::mutex> lock(mu_);
+  Clock::time_point last_done() ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     return last_done_;
   }
 
  private:
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<Result> results_;
-  int64_t in_flight_ = 0;
-  Clock::time_point last_done_;
+  Mutex mu_;
+  CondVar cv_;  // signalled when a request finishes
+  std::vector<Result> results_ ABSL_GUARDED_BY(mu_);
+  int64_t in_flight_ ABSL_GUARDED_BY(mu_) = 0;
+  Clock::time_point last_done_ ABSL_GUARDED_BY(mu_);
 };
 
 // Shared timing logic of both reactors.
@@ -532,7 +538,7 @@ int Run(int argc, char** argv) {
   };
   if (f.concurrency > 0) {
     while (more(sent)) {
-      out.WaitBelowFor(f.concurrency, std::chrono::milliseconds(100));
+      out.WaitBelowFor(f.concurrency, absl::Milliseconds(100));
       if (out.InFlight() >= f.concurrency) {
         progress();
         continue;
@@ -555,7 +561,7 @@ int Run(int argc, char** argv) {
     }
   }
   while (out.InFlight() > 0) {
-    out.WaitBelowFor(1, std::chrono::milliseconds(500));
+    out.WaitBelowFor(1, absl::Milliseconds(500));
     progress();
   }
   const Clock::time_point end = out.last_done() > start ? out.last_done() : Clock::now();

@@ -26,12 +26,12 @@
 #include <cstdio>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/numbers.h"
@@ -42,6 +42,7 @@
 #include "common/client_flags.h"
 #include "common/flags.h"
 #include "common/grpc_status.h"
+#include "common/mutex.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "sambay/v1/generate.grpc.pb.h"
@@ -105,6 +106,8 @@ int ReportRpcError(const grpc::Status& s) {
 
 // Turns SIGINT / SIGTERM into TryCancel of the current call. The signals are blocked in every
 // thread (Start runs before gRPC makes its threads) and taken by one sigtimedwait loop.
+// Thread-safety: mu_ guards the watched context (so it is not cancelled after Watch replaced
+// it); the flags are atomics.
 class SignalCanceller {
  public:
   void Start() {
@@ -117,8 +120,8 @@ class SignalCanceller {
     if (thread_.joinable()) thread_.join();
   }
   // The context to cancel (nullptr = none). If a signal already came, cancels it at once.
-  void Watch(grpc::ClientContext* ctx) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Watch(grpc::ClientContext* ctx) ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     ctx_ = ctx;
     if (ctx_ != nullptr && signal_.load() != 0) ctx_->TryCancel();
   }
@@ -133,7 +136,7 @@ class SignalCanceller {
     sigaddset(&set, SIGTERM);
     return set;
   }
-  void Loop() {
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_) {
     const sigset_t set = Set();
     const timespec tick{0, 50 * 1000 * 1000};
     while (!done_.load()) {
@@ -141,7 +144,7 @@ class SignalCanceller {
       if (sig != SIGINT && sig != SIGTERM) continue;
       int expected = 0;
       signal_.compare_exchange_strong(expected, sig);
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(&mu_);
       if (ctx_ != nullptr) ctx_->TryCancel();
     }
   }
@@ -149,8 +152,8 @@ class SignalCanceller {
   std::thread thread_;
   std::atomic<bool> done_{false};
   std::atomic<int> signal_{0};
-  std::mutex mu_;
-  grpc::ClientContext* ctx_ = nullptr;
+  Mutex mu_;
+  grpc::ClientContext* ctx_ ABSL_GUARDED_BY(mu_) = nullptr;
 };
 
 struct Flags {

@@ -27,12 +27,14 @@ absl::StatusOr<std::unique_ptr<CudaBackend>> CudaBackend::Create(
     }
   }
   std::unique_ptr<CudaBackend> b(new CudaBackend());
-  SAMBAY_ASSIGN_OR_RETURN(b->model_, cuda::CudaGroup::Create(cpu, options, devices));
+  SAMBAY_ASSIGN_OR_RETURN(std::unique_ptr<cuda::CudaGroup> group,
+                          cuda::CudaGroup::Create(cpu, options, devices));
   b->config_ = cpu.config();
   b->fingerprint_ = cpu.fingerprint();
-  b->tp_ = b->model_->tp();
+  b->tp_ = group->tp();
   b->device_name_ =
-      absl::StrCat("cuda:", absl::StrJoin(devices, ","), " (", b->model_->device_name(), ")");
+      absl::StrCat("cuda:", absl::StrJoin(devices, ","), " (", group->device_name(), ")");
+  b->model_ = std::move(group);  // not shared yet: no other thread can see `b`
   return b;
 }
 
@@ -43,7 +45,7 @@ std::unique_ptr<SequenceState> CudaBackend::NewState() const {
 }
 
 void CudaBackend::Free(int slot) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   (void)model_->FreeSlot(slot);
 }
 
@@ -87,7 +89,7 @@ absl::StatusOr<std::vector<cuda::CudaSegment>> CudaBackend::Segments(
 
 absl::Status CudaBackend::Forward(absl::Span<const ForwardSegment> segments,
                                   std::vector<float>* logits) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   SAMBAY_ASSIGN_OR_RETURN(const std::vector<cuda::CudaSegment> segs, Segments(segments));
   SAMBAY_RETURN_IF_ERROR(model_->Forward(segs, logits));
   for (const ForwardSegment& f : segments) {
@@ -104,7 +106,7 @@ absl::Status CudaBackend::ForwardArgmax(absl::Span<const ForwardSegment> segment
     return absl::InvalidArgumentError(absl::StrCat("ForwardArgmax: ", want_logits.size(),
                                                    " want_logits entries for ", rows, " rows"));
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   SAMBAY_ASSIGN_OR_RETURN(const std::vector<cuda::CudaSegment> segs, Segments(segments));
   SAMBAY_RETURN_IF_ERROR(model_->Forward(segs, nullptr));  // logits stay on the device
   for (const ForwardSegment& f : segments) {
@@ -121,7 +123,7 @@ absl::Status CudaBackend::ForwardArgmax(absl::Span<const ForwardSegment> segment
 absl::StatusOr<std::vector<std::string>> CudaBackend::Export(SequenceState& state,
                                                              size_t max_chunk_bytes) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (state.device != nullptr) {
       SAMBAY_RETURN_IF_ERROR(
           model_->DownloadSlot(static_cast<Slot*>(state.device.get())->id, &state));
@@ -131,7 +133,7 @@ absl::StatusOr<std::vector<std::string>> CudaBackend::Export(SequenceState& stat
 }
 
 int64_t CudaBackend::free_blocks() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return model_->free_blocks();
 }
 

@@ -8,17 +8,19 @@
 // (bf16 device state: docs/gpu.md).
 //
 // Ownership: owns the CudaGroup; states it handed out must be destroyed before it.
-// Thread-safety: thread-safe; one mutex serializes every call into the CudaGroup (the engine
-// thread's Forward, export from handler threads, slot release from wherever a state dies).
+// Thread-safety: thread-safe; mu_ guards the CudaGroup (model_'s pointee) and so serializes
+// every call into it (the engine thread's Forward, export from handler threads, slot release
+// from wherever a state dies). The configuration fields are set by Create and then only read.
 #ifndef SAMBAY_WORKER_CUDA_BACKEND_H_
 #define SAMBAY_WORKER_CUDA_BACKEND_H_
 
 #include <memory>
-#include <mutex>
 #include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
+#include "common/mutex.h"
 #include "engine/cuda/cuda_group.h"
 #include "engine/cuda/cuda_model.h"
 #include "engine/model.h"
@@ -44,34 +46,36 @@ class CudaBackend final : public EngineBackend {
 
   std::unique_ptr<SequenceState> NewState() const override;
   absl::Status Forward(absl::Span<const ForwardSegment> segments,
-                       std::vector<float>* logits) override;
+                       std::vector<float>* logits) override ABSL_LOCKS_EXCLUDED(mu_);
   // Greedy rows: argmax on the device, only the other rows' logits copied to the host.
   absl::Status ForwardArgmax(absl::Span<const ForwardSegment> segments,
                              const std::vector<bool>& want_logits, std::vector<float>* logits,
-                             std::vector<int32_t>* argmax) override;
+                             std::vector<int32_t>* argmax) override ABSL_LOCKS_EXCLUDED(mu_);
   bool argmax_on_device() const override { return true; }
   absl::StatusOr<std::vector<std::string>> Export(SequenceState& state,
-                                                  size_t max_chunk_bytes) override;
+                                                  size_t max_chunk_bytes) override
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   // Free state slots / K/V blocks now (for tests and logs).
-  int64_t free_blocks();
+  int64_t free_blocks() ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   struct Slot;
   CudaBackend() = default;
   // With mu_ held: the state's slot, taking one (and uploading the state) if it has none.
-  absl::StatusOr<int> SlotOf(SequenceState& state);
+  absl::StatusOr<int> SlotOf(SequenceState& state) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // With mu_ held: the segments' slots, taken / uploaded as needed (SlotOf).
-  absl::StatusOr<std::vector<cuda::CudaSegment>> Segments(
-      absl::Span<const ForwardSegment> segments);
-  void Free(int slot);
+  absl::StatusOr<std::vector<cuda::CudaSegment>> Segments(absl::Span<const ForwardSegment> segments)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Free(int slot) ABSL_LOCKS_EXCLUDED(mu_);
 
   ModelConfig config_;
   std::string fingerprint_;
   std::string device_name_;
   int tp_ = 1;
-  std::mutex mu_;
-  std::unique_ptr<cuda::CudaGroup> model_;  // guarded by mu_
+  Mutex mu_;
+  // Set by Create before the backend is shared; the group itself is used only under mu_.
+  std::unique_ptr<cuda::CudaGroup> model_ ABSL_PT_GUARDED_BY(mu_);
 };
 
 }  // namespace sambay

@@ -15,26 +15,31 @@ namespace sambay {
 
 void Sequence::Push(SeqEvent event) {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     if (event.kind == SeqEvent::kDone) end_ = absl::OkStatus();
     if (event.kind == SeqEvent::kError) end_ = event.status;
     events_.push_back(std::move(event));
   }
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 std::optional<SeqEvent> Sequence::Next(absl::Duration timeout) {
-  std::unique_lock<std::mutex> lock(mu_);
-  if (!cv_.wait_for(lock, absl::ToChronoMilliseconds(timeout), [&] { return !events_.empty(); })) {
-    return std::nullopt;
+  MutexLock lock(&mu_);
+  const absl::Time deadline = absl::Now() + timeout;
+  while (events_.empty()) {
+    if (cv_.WaitWithDeadline(&mu_, deadline)) break;
   }
-  SeqEvent e = std::move(events_.front());
+  if (events_.empty()) return std::nullopt;
+  // Move-assigned, not move-constructed: GCC's -O3 -Wmaybe-uninitialized reports a false
+  // positive on the move construction of the event's optional logprobs here.
+  SeqEvent e;
+  e = std::move(events_.front());
   events_.pop_front();
   return e;
 }
 
 std::vector<SeqEvent> Sequence::Drain() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   std::vector<SeqEvent> out(std::make_move_iterator(events_.begin()),
                             std::make_move_iterator(events_.end()));
   events_.clear();
@@ -94,12 +99,12 @@ void Scheduler::Start() {
 
 Scheduler::~Scheduler() {
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     stop_ = true;
   }
-  cv_.notify_all();
+  cv_.SignalAll();
   thread_.join();
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   const absl::Status st = absl::UnavailableError("worker is shutting down");
   while (!admitted_.empty()) {
     SeqPtr seq = admitted_.begin()->second;
@@ -200,7 +205,7 @@ absl::StatusOr<std::shared_ptr<Sequence>> Scheduler::Admit(SequenceRequest reque
                             ? request.prompt_tokens + 1 + request.max_new_tokens
                             : static_cast<int64_t>(request.prompt.size()) + request.max_new_tokens;
   const int64_t bytes = StateBytesFor(std::min(total, options_.max_context));
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (draining_.load() || stop_) {
     if (metrics_) metrics_->Reject(RejectReason::kDraining);
     return absl::UnavailableError("worker is draining: no new sequences");
@@ -235,12 +240,12 @@ absl::StatusOr<std::shared_ptr<Sequence>> Scheduler::Admit(SequenceRequest reque
     prefill_queue_.push_back(seq);
   }
   UpdateGaugesLocked();
-  cv_.notify_all();
+  cv_.SignalAll();
   return seq;
 }
 
 absl::StatusOr<std::shared_ptr<Sequence>> Scheduler::BeginReceive(const std::string& handle) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = handles_.find(handle);
   if (it == handles_.end()) {
     return absl::NotFoundError(absl::StrCat("handle: no live reservation \"", handle, "\""));
@@ -258,7 +263,7 @@ absl::StatusOr<std::shared_ptr<Sequence>> Scheduler::BeginReceive(const std::str
 }
 
 absl::Status Scheduler::RenewLease(const std::string& handle) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   auto it = handles_.find(handle);
   if (it == handles_.end()) {
     return absl::NotFoundError(absl::StrCat("handle: no live reservation \"", handle, "\""));
@@ -281,7 +286,7 @@ absl::Status Scheduler::CompleteReceive(const std::shared_ptr<Sequence>& seq,
     bad = absl::InvalidArgumentError(
         absl::StrCat("state: pending token ", state->last_token, " is outside the vocabulary"));
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (seq->sched.phase != Phase::kReceiving) {
     auto end = seq->end_status();
     return end.has_value() && !end->ok() ? *end : absl::CancelledError("the reservation was ended");
@@ -312,7 +317,7 @@ absl::Status Scheduler::CompleteReceive(const std::shared_ptr<Sequence>& seq,
   seq->sched.lease_deadline = absl::InfiniteFuture();
   running_.push_back(seq);
   UpdateGaugesLocked();
-  cv_.notify_all();
+  cv_.SignalAll();
   return absl::OkStatus();
 }
 
@@ -323,7 +328,7 @@ absl::Status Scheduler::EndStatus(const std::shared_ptr<Sequence>& seq) const {
 
 void Scheduler::Fail(const std::shared_ptr<Sequence>& seq, const absl::Status& status,
                      const std::string& failure_reason) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   Phase p = seq->sched.phase;
   if (p == Phase::kEnded || seq->sched.end_requested) return;
   if (metrics_ && !failure_reason.empty()) metrics_->Failure(failure_reason);
@@ -332,14 +337,14 @@ void Scheduler::Fail(const std::shared_ptr<Sequence>& seq, const absl::Status& s
   if (p == Phase::kQueued || p == Phase::kRunning) {
     seq->sched.end_requested = true;
     seq->sched.end_request_status = status;
-    cv_.notify_all();
+    cv_.SignalAll();
     return;
   }
   EndLocked(seq, status, kind);
 }
 
 void Scheduler::Retire(const std::shared_ptr<Sequence>& seq, FinishKind kind) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   if (seq->sched.phase != Phase::kHandedOver) return;
   EndLocked(
       seq,
@@ -350,7 +355,7 @@ void Scheduler::Retire(const std::shared_ptr<Sequence>& seq, FinishKind kind) {
 int Scheduler::Release(const std::string& handle, const std::string& request_id) {
   std::vector<SeqPtr> targets;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(&mu_);
     for (const auto& [id, seq] : admitted_) {
       if ((!handle.empty() && seq->request().handle == handle) ||
           (!request_id.empty() && seq->request().request_id == request_id)) {
@@ -363,7 +368,7 @@ int Scheduler::Release(const std::string& handle, const std::string& request_id)
 }
 
 LoadSnapshot Scheduler::Load() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   LoadSnapshot l;
   l.running = static_cast<int64_t>(running_.size());
   l.waiting = static_cast<int64_t>(admitted_.size()) - l.running;
@@ -382,11 +387,11 @@ LoadSnapshot Scheduler::Load() const {
 
 void Scheduler::StartDrain() {
   draining_.store(true);
-  cv_.notify_all();
+  cv_.SignalAll();
 }
 
 int64_t Scheduler::active() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   return static_cast<int64_t>(admitted_.size());
 }
 
@@ -422,6 +427,7 @@ void Scheduler::EndLocked(const SeqPtr& seq, const absl::Status& status, FinishK
 
 void Scheduler::ReapLocked() {
   auto reap = [&](const SeqPtr& s) {
+    mu_.AssertHeld();  // called by remove_if below, with mu_ held
     if (!s->sched.end_requested) return false;
     const absl::Status st = s->sched.end_request_status;
     EndLocked(
@@ -462,21 +468,21 @@ void Scheduler::UpdateGaugesLocked() {
 }
 
 void Scheduler::Loop() {
-  std::unique_lock<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   for (;;) {
     ExpireLeasesLocked(absl::Now());
     ReapLocked();
     if (stop_) return;
     if (running_.empty() && prefill_queue_.empty()) {
       // Wake for new work, or in time for the next lease check.
-      cv_.wait_for(lock, std::chrono::milliseconds(handles_.empty() ? 500 : 20));
+      cv_.WaitWithTimeout(&mu_, absl::Milliseconds(handles_.empty() ? 500 : 20));
       continue;
     }
     std::vector<SeqPtr> decode = running_;
     SeqPtr prefill = prefill_queue_.empty() ? nullptr : prefill_queue_.front();
-    lock.unlock();
+    mu_.Unlock();
     Step(decode, prefill);
-    lock.lock();
+    mu_.Lock();
   }
 }
 
@@ -598,7 +604,7 @@ void Scheduler::Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) {
     if (chunk > 0) metrics_->prefill_tokens.Increment(static_cast<double>(chunk));
   }
 
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(&mu_);
   // Written under mu_ (Load reads it there); only this thread writes it, so its unlocked reads
   // here are safe.
   if (st.ok() && prefill != nullptr) prefill->engine.prefill_pos += chunk;
@@ -607,6 +613,7 @@ void Scheduler::Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) {
     // sequences, keep serving the others.
     Log(LogLevel::kError, "scheduler", "forward failed", {{"error", st.ToString()}});
     auto fail = [&](const SeqPtr& s) {
+      mu_.AssertHeld();  // called only below, with mu_ held
       if (metrics_) metrics_->Failure("internal");
       running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
       prefill_queue_.erase(std::remove(prefill_queue_.begin(), prefill_queue_.end(), s),

@@ -20,24 +20,27 @@
 // Ownership: borrows the engine backend (or the CPU model) and metrics (must outlive the
 // scheduler); owns the engine
 // thread and the sequences' states while they run.
-// Thread-safety: every public method is thread-safe.
+// Thread-safety: every public method is thread-safe. mu_ guards the admission bookkeeping
+// (admitted_, handles_, prefill_queue_, running_, used_bytes_, next_id_, stop_) and every
+// admitted Sequence's `sched` fields (and its engine.prefill_pos writes); the engine thread runs
+// Forward with mu_ released. Lock order: mu_ before a Sequence's own mutex.
 #ifndef SAMBAY_WORKER_SCHEDULER_H_
 #define SAMBAY_WORKER_SCHEDULER_H_
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "engine/model.h"
 #include "worker/engine_backend.h"
 #include "worker/metrics.h"
@@ -85,20 +88,21 @@ class Scheduler {
   // Validates and admits. kImported: registers the handle (ALREADY_EXISTS if live) and starts
   // its lease. Others: queued for prefill. RESOURCE_EXHAUSTED when full, UNAVAILABLE when
   // draining.
-  absl::StatusOr<std::shared_ptr<Sequence>> Admit(SequenceRequest request);
+  absl::StatusOr<std::shared_ptr<Sequence>> Admit(SequenceRequest request) ABSL_LOCKS_EXCLUDED(mu_);
 
   // PushState side. BeginReceive claims a reservation for one transfer (NOT_FOUND for an unknown
   // or ended handle; FAILED_PRECONDITION if a transfer is already under way for it).
-  absl::StatusOr<std::shared_ptr<Sequence>> BeginReceive(const std::string& handle);
+  absl::StatusOr<std::shared_ptr<Sequence>> BeginReceive(const std::string& handle)
+      ABSL_LOCKS_EXCLUDED(mu_);
   // Hands the imported state over: checks it against the reservation (tokens, pending token,
   // history) and joins the running batch. On error the sequence fails with that error.
   absl::Status CompleteReceive(const std::shared_ptr<Sequence>& seq,
                                std::unique_ptr<SequenceState> state, double import_seconds,
-                               int64_t bytes);
+                               int64_t bytes) ABSL_LOCKS_EXCLUDED(mu_);
   // Restarts the lease of reservation `handle` (now + options().lease) while it waits for its
   // state; OK without effect once the state is arriving (the lease has stopped). NOT_FOUND for
   // an unknown or ended handle.
-  absl::Status RenewLease(const std::string& handle);
+  absl::Status RenewLease(const std::string& handle) ABSL_LOCKS_EXCLUDED(mu_);
   // The status a sequence ended with, or OK while it is live.
   absl::Status EndStatus(const std::shared_ptr<Sequence>& seq) const;
 
@@ -106,27 +110,27 @@ class Scheduler {
   // (or now, if the engine is not running it). `failure_reason` (a WorkerMetrics failure
   // reason) is counted when not empty. No-op if it already ended.
   void Fail(const std::shared_ptr<Sequence>& seq, const absl::Status& status,
-            const std::string& failure_reason = "");
+            const std::string& failure_reason = "") ABSL_LOCKS_EXCLUDED(mu_);
   // After a Prefill's kStateReady: frees the slot and memory (the handler released the state).
-  void Retire(const std::shared_ptr<Sequence>& seq, FinishKind kind);
+  void Retire(const std::shared_ptr<Sequence>& seq, FinishKind kind) ABSL_LOCKS_EXCLUDED(mu_);
   // Release by handle or by request id; returns the number of sequences ended (CANCELLED).
-  int Release(const std::string& handle, const std::string& request_id);
+  int Release(const std::string& handle, const std::string& request_id) ABSL_LOCKS_EXCLUDED(mu_);
 
-  LoadSnapshot Load() const;
+  LoadSnapshot Load() const ABSL_LOCKS_EXCLUDED(mu_);
   void StartDrain();
   bool draining() const { return draining_.load(); }
   // Admitted sequences not yet freed.
-  int64_t active() const;
+  int64_t active() const ABSL_LOCKS_EXCLUDED(mu_);
 
  private:
   using Phase = Sequence::Sched::Phase;
   using SeqPtr = std::shared_ptr<Sequence>;
 
   void Start();  // constructor body: sizes, gauges, the engine thread
-  void Loop();
+  void Loop() ABSL_LOCKS_EXCLUDED(mu_);
   // Runs one forward step over `decode` and the next chunk of `prefill` (may be null), then
   // samples; returns the sequences that finished (with how) for the caller to end.
-  void Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill);
+  void Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) ABSL_LOCKS_EXCLUDED(mu_);
   // Samples the next token of `seq` from `row`, pushes it; true if the sequence is finished.
   bool SampleAndEmit(Sequence& seq, absl::Span<const float> row, SeqFinish* finish);
   // Emits `tok` (drawn from `row`, or the backend's greedy token with `row` empty); true when
@@ -134,11 +138,12 @@ class Scheduler {
   bool Emit(Sequence& seq, int32_t tok, absl::Span<const float> row, SeqFinish* finish);
   // With mu_ held: ends `seq` (final event, metrics, slot and memory freed). Sequences in the
   // prefill queue or the running batch are ended only by the engine thread.
-  void EndLocked(const SeqPtr& seq, const absl::Status& status, FinishKind kind);
+  void EndLocked(const SeqPtr& seq, const absl::Status& status, FinishKind kind)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // With mu_ held: ends every sequence in the engine's lists that was asked to end.
-  void ReapLocked();
-  void ExpireLeasesLocked(absl::Time now);
-  void UpdateGaugesLocked();
+  void ReapLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ExpireLeasesLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateGaugesLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::unique_ptr<EngineBackend> owned_engine_;  // with the Model& constructor
   EngineBackend& model_;
@@ -147,16 +152,16 @@ class Scheduler {
   int64_t fixed_bytes_ = 0;
   int64_t block_bytes_ = 0;
 
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool stop_ = false;
+  mutable Mutex mu_;
+  CondVar cv_;  // signalled on new work, a sequence asked to end, draining or stopping
+  bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::atomic<bool> draining_{false};
-  uint64_t next_id_ = 1;
-  int64_t used_bytes_ = 0;
-  std::map<uint64_t, SeqPtr> admitted_;    // admitted, not freed
-  std::map<std::string, SeqPtr> handles_;  // live reservations
-  std::deque<SeqPtr> prefill_queue_;
-  std::vector<SeqPtr> running_;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  int64_t used_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<uint64_t, SeqPtr> admitted_ ABSL_GUARDED_BY(mu_);    // admitted, not freed
+  std::map<std::string, SeqPtr> handles_ ABSL_GUARDED_BY(mu_);  // live reservations
+  std::deque<SeqPtr> prefill_queue_ ABSL_GUARDED_BY(mu_);
+  std::vector<SeqPtr> running_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
 

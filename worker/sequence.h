@@ -6,24 +6,26 @@
 // through Scheduler::Cancel; only the scheduler changes a sequence's phase or frees it.
 //
 // Ownership: shared_ptr held by the scheduler (while admitted) and the handler.
-// Thread-safety: the event queue has its own mutex; `engine` fields are touched only by the
-// engine thread while the sequence is in the scheduler's prefill queue or running batch, and by
-// the handler after kStateReady (the scheduler no longer runs it then).
+// Thread-safety: mu_ guards the event queue, the milestone times and the end status. `engine`
+// fields are touched only by the engine thread while the sequence is in the scheduler's prefill
+// queue or running batch, and by the handler after kStateReady (the scheduler no longer runs it
+// then). `sched` is guarded by the owning Scheduler's mu_ (another object's mutex, which the
+// annotations cannot name here; Scheduler's methods that touch it hold or require that mutex).
 #ifndef SAMBAY_WORKER_SEQUENCE_H_
 #define SAMBAY_WORKER_SEQUENCE_H_
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "common/mutex.h"
 #include "engine/sampler.h"
 #include "engine/state.h"
 #include "worker/logprobs.h"
@@ -82,34 +84,34 @@ class Sequence {
   const SequenceRequest& request() const { return request_; }
 
   // Next event, waiting at most `timeout`; nullopt on timeout.
-  std::optional<SeqEvent> Next(absl::Duration timeout);
+  std::optional<SeqEvent> Next(absl::Duration timeout) ABSL_LOCKS_EXCLUDED(mu_);
   // Every event queued now (possibly none), without waiting.
-  std::vector<SeqEvent> Drain();
+  std::vector<SeqEvent> Drain() ABSL_LOCKS_EXCLUDED(mu_);
 
   // After kStateReady: the prefilled state, now owned by the caller.
   std::unique_ptr<SequenceState> TakeState() { return std::move(engine.state); }
 
   // Milestone times; read after the sequence ended (or for the ones already reached).
-  SeqTimes times() const {
-    std::lock_guard<std::mutex> lock(mu_);
+  SeqTimes times() const ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     return times_;
   }
 
   // ---- Below: the scheduler's side. ----
-  void Push(SeqEvent event);
-  void SetTime(absl::Time SeqTimes::*field, absl::Time t) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Push(SeqEvent event) ABSL_LOCKS_EXCLUDED(mu_);
+  void SetTime(absl::Time SeqTimes::*field, absl::Time t) ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     times_.*field = t;
   }
-  void SetTransfer(double import_seconds, int64_t bytes) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void SetTransfer(double import_seconds, int64_t bytes) ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     times_.import_seconds = import_seconds;
     times_.transfer_bytes = bytes;
   }
 
   // The status the sequence ended with (kDone: OK), or nullopt while it is live.
-  std::optional<absl::Status> end_status() const {
-    std::lock_guard<std::mutex> lock(mu_);
+  std::optional<absl::Status> end_status() const ABSL_LOCKS_EXCLUDED(mu_) {
+    MutexLock lock(&mu_);
     return end_;
   }
 
@@ -137,11 +139,11 @@ class Sequence {
  private:
   const uint64_t id_;
   const SequenceRequest request_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<SeqEvent> events_;
-  SeqTimes times_;
-  std::optional<absl::Status> end_;
+  mutable Mutex mu_;
+  CondVar cv_;  // signalled when an event is queued
+  std::deque<SeqEvent> events_ ABSL_GUARDED_BY(mu_);
+  SeqTimes times_ ABSL_GUARDED_BY(mu_);
+  std::optional<absl::Status> end_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace sambay

@@ -5,10 +5,11 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <mutex>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/strings/str_cat.h"
 #include "common/check.h"
+#include "common/mutex.h"
 #include "engine/dtype.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -87,9 +88,9 @@ class CpuCommGroup {
     return st;
   }
 
-  void Abort(const absl::Status& why) {
+  void Abort(const absl::Status& why) ABSL_LOCKS_EXCLUDED(abort_mu_) {
     {
-      std::lock_guard<std::mutex> lock(abort_mu_);
+      MutexLock lock(&abort_mu_);
       if (abort_status_.ok()) {
         abort_status_ = why.ok() ? absl::AbortedError("communicator group aborted") : why;
       }
@@ -108,8 +109,8 @@ class CpuCommGroup {
   static_assert(kMaxCpuCommRanks <= static_cast<int>(kCountMask));
   static uint32_t Gen(uint32_t w) { return w & kGenMask; }
 
-  absl::Status AbortStatus() {
-    std::lock_guard<std::mutex> lock(abort_mu_);
+  absl::Status AbortStatus() ABSL_LOCKS_EXCLUDED(abort_mu_) {
+    MutexLock lock(&abort_mu_);
     return abort_status_;
   }
 
@@ -258,8 +259,8 @@ class CpuCommGroup {
 
   std::atomic<uint32_t> word_{0};  // the barrier word (see Wait)
 
-  std::mutex abort_mu_;
-  absl::Status abort_status_;  // guarded by abort_mu_; non-OK once aborted
+  Mutex abort_mu_;
+  absl::Status abort_status_ ABSL_GUARDED_BY(abort_mu_);  // non-OK once aborted
 
   // slots_[r] is written only by rank r, before the first barrier of a collective, and read by
   // all ranks between the two barriers.
