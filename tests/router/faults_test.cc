@@ -311,10 +311,12 @@ TEST(RouterFaults, ReadinessFollowsTheDecodeWorker) {
   (*back)->process().Kill();
   const absl::Status down_again =
       router.WaitReadiness(HealthCheckResponse::NOT_SERVING, absl::Seconds(5));
-  EXPECT_TRUE(down_again.ok()) << "after the second decode worker was killed: " << down_again;
+  EXPECT_TRUE(down_again.ok()) << "after the second decode worker was killed: " << down_again
+                               << "\n"
+                               << c.Logs();
   // Liveness is unaffected.
   live = router.Health("");
-  ASSERT_TRUE(live.ok()) << live.status();
+  ASSERT_TRUE(live.ok()) << live.status() << "\n" << c.Logs();
   EXPECT_EQ(*live, HealthCheckResponse::SERVING);
 }
 
