@@ -1,5 +1,5 @@
 // RankThreads: runs one job on N ranks at once, for tensor-parallel groups whose ranks must all
-// be inside a collective together (engine/tp_group.h on CPU, engine/cuda/cuda_group.h on GPUs).
+// be inside a collective together (engine/tp/tp_group.h on CPU, engine/cuda/cuda_group.h on GPUs).
 // Rank 0 runs on the calling thread, ranks 1..N-1 on their own long-lived threads (a rank keeps
 // its thread, so per-thread state such as the current CUDA device stays put).
 //

@@ -4,10 +4,10 @@
 //
 // YOCO: layers 0..N/2+1 run on every new token and update the states; the cross-decoder runs only
 // on the rows whose logits are requested. With a TpRank, the weights and the states are the rank's
-// slices (engine/tp_plan.h, engine/tp_weights.h) and the pass inserts the row-parallel all-reduces
-// of docs/design.md "Tensor parallelism": Mamba x_proj output and out_proj, attention and GMU
-// out_proj (then the logical out_proj bias is added), MLP fc2. Every rank then holds the same
-// residual stream, and writes its vocabulary slice of the logits.
+// slices (engine/tp/tp_plan.h, engine/tp/tp_weights.h) and the pass inserts the row-parallel
+// all-reduces of docs/design.md "Tensor parallelism": Mamba x_proj output and out_proj, attention
+// and GMU out_proj (then the logical out_proj bias is added), MLP fc2. Every rank then holds the
+// same residual stream, and writes its vocabulary slice of the logits.
 //
 // Stateless; uses the pool (one call at a time per pool). Internal to the engine: Model is the
 // public entry point.
@@ -19,9 +19,9 @@
 #include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "common/thread_pool.h"
-#include "engine/comm/communicator.h"
 #include "engine/config.h"
 #include "engine/model.h"
+#include "engine/tp/communicator.h"
 #include "engine/weights.h"
 
 namespace sambay {

@@ -17,8 +17,8 @@ namespace sambay {
 // u: [rows, hidden] (the LayerNorm output); out: [rows, hidden].
 // memory: when non-null, receives the pre-gate scan output y (with the D skip), [rows, d_inner]:
 // the GMU memory of the layer N/2 (docs/model-spec.md "Layer schedule").
-// Tensor parallelism: a rank holding a d_inner slice (engine/tp_plan.h) gets a partial sum out of
-// x_proj; `reduce_xdbl`, when set, is called on x_dbl [rows, x_proj_dim] right after x_proj (the
+// Tensor parallelism: a rank holding a d_inner slice (engine/tp/tp_plan.h) gets a partial sum out
+// of x_proj; `reduce_xdbl`, when set, is called on x_dbl [rows, x_proj_dim] right after x_proj (the
 // rank's all-reduce). `out` is then also a partial sum, for the caller to reduce.
 void MambaForward(const ModelConfig& c, int layer, const MambaWeights& w,
                   absl::Span<const SegmentPlan> segs, const float* u, int64_t rows, float* out,

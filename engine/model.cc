@@ -10,7 +10,7 @@
 #include "engine/cpu/linear.h"
 #include "engine/forward.h"
 #include "engine/state_io.h"
-#include "engine/tp_group.h"
+#include "engine/tp/tp_group.h"
 
 namespace sambay {
 namespace {

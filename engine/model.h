@@ -7,9 +7,9 @@
 // the sequence state; the cross-decoder (N/2+2..N-1) runs only on rows whose logits are requested.
 //
 // Tensor parallelism (ModelOptions::tp = N > 1, docs/design.md "Tensor parallelism",
-// docs/tensor-parallel.md): the weights are split over N ranks at load (engine/tp_plan.h), each
+// docs/tensor-parallel.md): the weights are split over N ranks at load (engine/tp/tp_plan.h), each
 // rank is a thread with its own share of the threads, and the ranks meet in an in-process
-// all-reduce (engine/tp_group.h). The API is the same; NewState returns states sharded like the
+// all-reduce (engine/tp/tp_group.h). The API is the same; NewState returns states sharded like the
 // weights, Forward accepts a state of any layout (e.g. freshly imported, logical) and converts it
 // on first use, and state export/import use logical tensors, so a TP=N model hands sequences to a
 // TP=M one.
@@ -38,7 +38,7 @@
 
 namespace sambay {
 
-class TpGroup;  // engine/tp_group.h
+class TpGroup;  // engine/tp/tp_group.h
 
 struct ModelOptions {
   int num_threads = 0;  // 0 = all hardware threads (with tp > 1: shared by the ranks)

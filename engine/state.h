@@ -8,7 +8,7 @@
 //   Cross/GMU layers keep nothing.
 // Plus the sampler's position: last sampled token and RNG state, exported with the tensors.
 //
-// Tensor parallelism (engine/tp_plan.h): the state of a TP=N model is sharded like its weights.
+// Tensor parallelism (engine/tp/tp_plan.h): the state of a TP=N model is sharded like its weights.
 // Its per-layer tensors are then empty and shards[r] holds rank r's slice of every tensor, as a
 // SequenceState of rank r's shard config (its d_inner channels, its KV heads). Export gathers
 // the shards into logical tensors and import scatters them (engine/state_io.h), so the wire
@@ -25,7 +25,7 @@
 #include <vector>
 
 #include "engine/config.h"
-#include "engine/tp_plan.h"
+#include "engine/tp/tp_plan.h"
 
 namespace sambay {
 
@@ -92,7 +92,7 @@ class SequenceState {
   int tp_size() const { return shards.empty() ? 1 : static_cast<int>(shards.size()); }
 
   // Opaque resource of a non-CPU backend holding this sequence's tensors (e.g. a CUDA state
-  // slot, worker/engine_backend.h), released with the state; null on the CPU path. The tensors
+  // slot, engine/backend.h), released with the state; null on the CPU path. The tensors
   // above are then only a staging copy, filled on export. Not part of the wire format.
   std::shared_ptr<void> device;
 

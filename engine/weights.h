@@ -67,7 +67,7 @@ struct LoadReport {
 };
 
 struct ModelWeights {
-  std::unique_ptr<Checkpoint> checkpoint;  // null for a TP rank's shard (engine/tp_weights.h)
+  std::unique_ptr<Checkpoint> checkpoint;  // null for a TP rank's shard (engine/tp/tp_weights.h)
   // Storage of matrices copied at load (a TP rank's column slices); views may point here.
   std::vector<std::unique_ptr<unsigned char[]>> owned;
   WeightView embed;    // [vocab, hidden]

@@ -63,7 +63,6 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
-#include "engine/tokenizer/stream_decoder.h"
 #include "router/metrics.h"
 #include "router/placement.h"
 #include "router/registry.h"
@@ -71,6 +70,7 @@
 #include "router/worker_call.h"
 #include "sambay/v1/generate.grpc.pb.h"
 #include "sambay/v1/worker.pb.h"
+#include "tokenizer/stream_decoder.h"
 
 namespace sambay {
 
@@ -91,8 +91,8 @@ class RequestFlow;
 class FlowHost {
  public:
   virtual ~FlowHost() = default;
-  // A Generate call arrived: validate it (false: rejected, `error` says why) and admit it
-  // (Start now, queue, or Reject). Called once per accepted call, from the flow's queue.
+  // A Generate call arrived: validate it and admit it (Start now, queue, or Reject with the
+  // reason). Called once per accepted call, from the flow's queue.
   virtual void FlowAccepted(const std::shared_ptr<RequestFlow>& flow) = 0;
   // The request is complete (its serving slot can go to the next one). Called once, only for a
   // flow that was started.

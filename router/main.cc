@@ -21,12 +21,12 @@
 #include "common/log.h"
 #include "common/server_util.h"
 #include "engine/config.h"
-#include "engine/tokenizer/chat.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "router/metrics.h"
 #include "router/placement.h"
 #include "router/registry.h"
 #include "router/service.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
 
 #ifndef SAMBAY_VERSION
 #define SAMBAY_VERSION "dev"

@@ -8,8 +8,8 @@
 #include "absl/strings/str_cat.h"
 #include "common/limits.h"
 #include "common/request_id.h"
-#include "engine/tokenizer/chat.h"
 #include "proto/wire_validation.h"
+#include "tokenizer/chat.h"
 
 namespace sambay {
 namespace {

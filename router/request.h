@@ -13,8 +13,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "sambay/v1/generate.pb.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay {
 
@@ -47,7 +47,7 @@ absl::StatusOr<PreparedRequest> PrepareRequest(const sambay::v1::GenerateRequest
                                                const Tokenizer& tokenizer,
                                                const RouterLimits& limits, uint64_t random_seed);
 
-// A chat prompt as ids (the chat format of engine/tokenizer/chat.h). Roles system, user, assistant
+// A chat prompt as ids (the chat format of tokenizer/chat.h). Roles system, user, assistant
 // and tool; at least one message. Errors name the field under `field` (e.g. "chat"):
 // INVALID_ARGUMENT "chat.messages[i].role: ..." for an unknown role or one whose marker token the
 // model's tokenizer lacks, "chat.messages: must not be empty", "chat.messages[i].content: ...".

@@ -1,17 +1,18 @@
 // GenerationService: the public sambay.v1.Generation service of sambay-router.
 //
-// Generate (gRPC callback API; the RequestFlow is the call's reactor, so no thread is held per
-// stream): validates (PrepareRequest; INVALID_ARGUMENT naming the field, before any worker is
-// touched), admits into a bounded queue (at most max_concurrent requests served at once and
-// max_queue waiting, started in arrival order as slots free; beyond that RESOURCE_EXHAUSTED at
-// once; UNAVAILABLE while draining), then runs the flow. A prompt with more than
-// kInlinePromptBytes of text is tokenized on a small pool (TaskPool), not on the streaming thread
-// that accepted the call, so it does not stall the other streams of that thread; its admission
-// then continues on the flow's queue. The request id comes from the request, else the
-// x-request-id metadata, else a generated one; it is in every log line and sent to the workers.
-// Abort / Tokenize / Detokenize / GetModelInfo (synchronous handlers) as generate.proto
-// documents. Abort reaches only the requests of the same caller (common/peer_identity.h); for
-// anyone else's request it answers as for an unknown id, so ids cannot be probed.
+// Generate (gRPC's asynchronous completion-queue API; each call is a RequestFlow driven by the
+// tags its queue returns, so no thread is held per stream): validates (PrepareRequest;
+// INVALID_ARGUMENT naming the field, before any worker is touched), admits into a bounded queue (at
+// most max_concurrent requests served at once and max_queue waiting, started in arrival order as
+// slots free; beyond that RESOURCE_EXHAUSTED at once; UNAVAILABLE while draining), then runs the
+// flow. A prompt with more than kInlinePromptBytes of text is tokenized on a small pool (TaskPool),
+// not on the streaming thread that accepted the call, so it does not stall the other streams of
+// that thread; its admission then continues on the flow's queue. The request id comes from the
+// request, else the x-request-id metadata, else a generated one; it is in every log line and sent
+// to the workers. Abort / Tokenize / Detokenize / GetModelInfo (synchronous handlers) as
+// generate.proto documents. Abort reaches only the requests of the same caller
+// (common/peer_identity.h); for anyone else's request it answers as for an unknown id, so ids
+// cannot be probed.
 //
 // Ownership: borrows registry, policy, metrics, tokenizer (they outlive the server). Holds weak
 // references to the live flows (for Abort), strong ones to the waiting flows, and the tokenizing
@@ -34,7 +35,6 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "router/flow.h"
 #include "router/metrics.h"
 #include "router/placement.h"
@@ -42,6 +42,7 @@
 #include "router/request.h"
 #include "router/task_pool.h"
 #include "sambay/v1/generate.grpc.pb.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay {
 

@@ -91,7 +91,7 @@ for lib in libcudart.so.13 libcublas.so.13 libcublasLt.so.13 libnccl.so.2; do
     export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(dirname "$found")"
   fi
 done
-# NCCL is loaded at run time (engine/comm/nccl_loader.h): without it only the NCCL tests skip.
+# NCCL is loaded at run time (engine/tp/nccl_loader.h): without it only the NCCL tests skip.
 if [[ $LD_LIBRARY_PATH != *nccl* ]] && ! ldconfig -p 2>/dev/null | grep -q libnccl.so.2 &&
   [[ -z $(find "${cuda_dirs[@]}" -name libnccl.so.2 2>/dev/null | head -1) ]]; then
   echo "note: libnccl.so.2 not found: the NCCL tests will skip"

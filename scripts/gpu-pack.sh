@@ -10,7 +10,7 @@
 #   carry/gpu/MANIFEST      what was packed, from which commit, the sizes
 # The CUDA libraries (cudart, cuBLAS/cuBLASLt, NCCL) are far too large to carry (~760 MB): the
 # device image has them; scripts/gpu-check.sh finds them there. NCCL is loaded at run time
-# (engine/comm/nccl_loader.h): without it only the NCCL tests skip.
+# (engine/tp/nccl_loader.h): without it only the NCCL tests skip.
 # Fails if carry/gpu/ would exceed the 60 MiB budget (the limit for the whole tree is 64 MiB).
 # Environment: BUILD_DIR (default build-gpu), JOBS (default 2), CARRY_DIR (default carry/gpu;
 # scripts/test.sh packs into build/carry-gpu for the CI dry run). Arguments go to CMake.

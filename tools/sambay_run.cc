@@ -27,9 +27,9 @@
 #include "common/status_macros.h"
 #include "engine/generate.h"
 #include "engine/model.h"
-#include "engine/tokenizer/chat.h"
-#include "engine/tokenizer/stream_decoder.h"
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/stream_decoder.h"
+#include "tokenizer/tokenizer.h"
 #include "tools/cli_util.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json + safetensors)");

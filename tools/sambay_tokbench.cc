@@ -16,8 +16,8 @@
 #include "absl/flags/flag.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "tokenizer/tokenizer.h"
 #include "tools/cli_util.h"
 
 ABSL_FLAG(std::string, tiktoken_dir, "third_party/npm/node_modules/tiktoken",

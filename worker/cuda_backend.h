@@ -21,10 +21,10 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "common/mutex.h"
+#include "engine/backend.h"
 #include "engine/cuda/cuda_group.h"
 #include "engine/cuda/cuda_model.h"
 #include "engine/model.h"
-#include "worker/engine_backend.h"
 
 namespace sambay {
 

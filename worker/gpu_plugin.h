@@ -17,8 +17,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "engine/backend.h"
 #include "engine/model.h"
-#include "worker/engine_backend.h"
 
 namespace sambay {
 

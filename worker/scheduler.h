@@ -1,9 +1,10 @@
 // Scheduler: continuous batching of one model replica (docs/design.md "Request path",
 // docs/worker.md).
 //
-// One engine thread runs steps. A step is ONE batched EngineBackend::Forward over:
-//   * every running sequence, one decode token each (they all advance together), and
-//   * the next chunk (at most prefill_chunk tokens) of the oldest admitted prompt.
+// One engine thread runs steps. A step is two EngineBackend::Forward calls: one batched over
+// every running sequence, one decode token each (they all advance together), then one over the
+// next chunk (at most prefill_chunk tokens) of the oldest admitted prompt. They are separate so
+// that neither changes the other's arithmetic: a token never depends on what else runs.
 // Sequences join the running batch and leave it only at step boundaries. A long prompt is cut
 // into chunks that ride along with the decode rows, so running streams keep making progress
 // (one token per step) while it is prefilled; prompts are prefilled in admission order.
@@ -41,8 +42,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
+#include "engine/backend.h"
 #include "engine/model.h"
-#include "worker/engine_backend.h"
 #include "worker/metrics.h"
 #include "worker/sequence.h"
 
@@ -129,7 +130,7 @@ class Scheduler {
   void Start();  // constructor body: sizes, gauges, the engine thread
   void Loop() ABSL_LOCKS_EXCLUDED(mu_);
   // Runs one forward step over `decode` and the next chunk of `prefill` (may be null), then
-  // samples; returns the sequences that finished (with how) for the caller to end.
+  // samples, and ends the sequences that finished (or all of them, if the forward failed).
   void Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) ABSL_LOCKS_EXCLUDED(mu_);
   // Samples the next token of `seq` from `row`, pushes it; true if the sequence is finished.
   bool SampleAndEmit(Sequence& seq, absl::Span<const float> row, SeqFinish* finish);

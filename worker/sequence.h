@@ -3,7 +3,8 @@
 //
 // Events flow one way, engine -> handler, through a small queue (bounded by the request's
 // max_new_tokens, so a slow reader never makes the engine wait). The handler asks for an end
-// through Scheduler::Cancel; only the scheduler changes a sequence's phase or frees it.
+// through Scheduler::Fail (or Retire, after a Prefill's push); only the scheduler changes a
+// sequence's phase or frees it.
 //
 // Ownership: shared_ptr held by the scheduler (while admitted) and the handler.
 // Thread-safety: mu_ guards the event queue, the milestone times and the end status. `engine`

@@ -25,10 +25,10 @@
 
 #include "absl/time/time.h"
 #include "common/grpc_channel.h"
+#include "engine/backend.h"
 #include "engine/model.h"
 #include "sambay/v1/worker.grpc.pb.h"
 #include "worker/call_watchdog.h"
-#include "worker/engine_backend.h"
 #include "worker/metrics.h"
 #include "worker/push_policy.h"
 #include "worker/scheduler.h"

@@ -8,10 +8,10 @@
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
 #include "engine/state_io.h"
-#include "engine/tp_weights.h"
+#include "engine/tp/tp_weights.h"
 
 #if defined(SAMBAY_HAVE_NCCL)
-#include "engine/comm/nccl_communicator.h"
+#include "engine/tp/nccl_communicator.h"
 #endif
 
 namespace sambay::cuda {

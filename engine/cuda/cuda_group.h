@@ -4,7 +4,7 @@
 //
 // TP = 1: one CudaModel driven on the calling thread. TP = N: N CudaModel ranks
 // (CudaModel::CreateRank) on devices[0..N-1], each with its shard of the weights
-// (engine/tp_weights.h) and its rank of an NCCL group (or of caller-supplied collectives, for
+// (engine/tp/tp_weights.h) and its rank of an NCCL group (or of caller-supplied collectives, for
 // tests). Every call runs on all ranks at once: rank 0 on the calling thread, ranks 1..N-1 on
 // their own threads (each makes its device current). Slots and K/V blocks are allocated
 // identically on every rank, so a slot number names the same sequence on all of them. Logits
@@ -35,7 +35,7 @@
 #include "engine/cuda/device_collectives.h"
 #include "engine/model.h"
 #include "engine/state.h"
-#include "engine/tp_plan.h"
+#include "engine/tp/tp_plan.h"
 
 namespace sambay::cuda {
 

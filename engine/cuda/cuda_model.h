@@ -15,8 +15,8 @@
 // logits are wanted (YOCO), like Model::Forward.
 //
 // Tensor parallelism (CreateRank; engine/cuda/cuda_group.h drives the ranks): a CudaModel can
-// be one rank of a group. It then holds the rank's shard of the weights (engine/tp_weights.h)
-// and runs with the rank's shard config (fewer heads / channels, engine/tp_plan.h); its forward
+// be one rank of a group. It then holds the rank's shard of the weights (engine/tp/tp_weights.h)
+// and runs with the rank's shard config (fewer heads / channels, engine/tp/tp_plan.h); its forward
 // enqueues an fp32 all-reduce after every row-parallel GEMM (Mamba x_proj and out_proj,
 // attention and GMU out_proj, MLP fc2; rank 0 adds its partial to the residual, the others
 // contribute theirs alone) and an all-gather of the vocabulary-parallel logits, so every rank

@@ -1,10 +1,10 @@
 // DeviceCollectives: the collectives a tensor-parallel CudaModel rank enqueues inside its forward
 // pass (docs/design.md "Tensor parallelism"): fp32 all-reduce of the row-parallel partial sums and
-// fp32 all-gather of the vocabulary-parallel logits. Unlike engine/comm/communicator.h, the calls
+// fp32 all-gather of the vocabulary-parallel logits. Unlike engine/tp/communicator.h, the calls
 // only enqueue on the given stream (no host synchronization), so they order after the kernels that
 // produced the buffers and can be captured into a CUDA graph.
 //
-// Production: NcclCommunicator (engine/comm/nccl_communicator.h), one GPU per rank. Tests may
+// Production: NcclCommunicator (engine/tp/nccl_communicator.h), one GPU per rank. Tests may
 // supply another implementation (tests/cuda/host_collectives.h runs several ranks on one GPU).
 //
 // Ownership: the caller (CudaGroup) owns each rank's object and keeps it alive as long as the

@@ -7,8 +7,8 @@
 #include "tests/cuda/cuda_test_util.h"
 #if defined(SAMBAY_HAVE_NCCL)
 #include "absl/strings/match.h"
-#include "engine/comm/nccl_communicator.h"
-#include "engine/comm/nccl_loader.h"
+#include "engine/tp/nccl_communicator.h"
+#include "engine/tp/nccl_loader.h"
 #endif
 
 namespace sambay {

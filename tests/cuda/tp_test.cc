@@ -14,7 +14,7 @@
 #include "absl/strings/match.h"
 #include "engine/cuda/cuda_group.h"
 #if defined(SAMBAY_HAVE_NCCL)
-#include "engine/comm/nccl_loader.h"
+#include "engine/tp/nccl_loader.h"
 #endif
 #include "engine/model.h"
 #include "tests/cuda/cuda_model_util.h"

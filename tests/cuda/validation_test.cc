@@ -10,7 +10,7 @@
 #include "tests/cuda/cuda_test_util.h"
 #include "tests/engine/test_util.h"
 #if defined(SAMBAY_HAVE_NCCL)
-#include "engine/comm/nccl_communicator.h"
+#include "engine/tp/nccl_communicator.h"
 #endif
 
 namespace sambay::cuda {

@@ -1,4 +1,4 @@
-// Tests of the BPE tokenizers: engine/tokenizer/bpe.h (merge loop, specials), the tiktoken and
+// Tests of the BPE tokenizers: tokenizer/bpe.h (merge loop, specials), the tiktoken and
 // tokenizer.json loaders, and LoadTokenizer's format detection.
 //
 // Expected ids come from the npm `tiktoken` package: tests/data/tokenizer/encode_expected.json,
@@ -19,14 +19,14 @@
 
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
-#include "engine/tokenizer/bpe.h"
-#include "engine/tokenizer/pretokenize.h"
-#include "engine/tokenizer/stream_decoder.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/engine/test_util.h"
+#include "tokenizer/bpe.h"
+#include "tokenizer/pretokenize.h"
+#include "tokenizer/stream_decoder.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay {
 namespace {

@@ -8,9 +8,9 @@
 #include "absl/strings/str_cat.h"
 #include "common/npy.h"
 #include "engine/checkpoint.h"
-#include "engine/tokenizer/pretokenize.h"
 #include "engine/weights.h"
 #include "tests/engine/test_util.h"
+#include "tokenizer/pretokenize.h"
 
 namespace sambay {
 namespace {

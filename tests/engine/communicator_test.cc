@@ -8,8 +8,8 @@
 #include <thread>
 #include <vector>
 
-#include "engine/comm/cpu_communicator.h"
 #include "engine/dtype.h"
+#include "engine/tp/cpu_communicator.h"
 #include "gtest/gtest.h"
 
 namespace sambay {

@@ -1,4 +1,4 @@
-// Tests of engine/tokenizer/pretokenize.h: SplitO200k against splits from the independent
+// Tests of tokenizer/pretokenize.h: SplitO200k against splits from the independent
 // JavaScript RegExp reference (tests/data/tokenizer/splits.json, made by
 // tools/tokenizer/split_reference.mjs --make-fixture), hand-checked splits, exact coverage on
 // random text, and ValidateUtf8 against a from-the-definition decoder.
@@ -11,7 +11,7 @@
 //    Unicode versions count as unassigned (like symbols), so they can split differently from a
 //    tiktoken built with newer tables (and from Node's newer RegExp tables, which also moved
 //    U+0295 from Ll to Lo); the fixture corpus uses only long-stable characters.
-#include "engine/tokenizer/pretokenize.h"
+#include "tokenizer/pretokenize.h"
 
 #include <algorithm>
 #include <chrono>

@@ -1,11 +1,11 @@
 // Byte tokenizer, streaming detokenization, chat format and stop tokens.
 #include <random>
 
-#include "engine/tokenizer/chat.h"
-#include "engine/tokenizer/pretokenize.h"
-#include "engine/tokenizer/stream_decoder.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "tests/engine/test_util.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/pretokenize.h"
+#include "tokenizer/stream_decoder.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay {
 namespace {

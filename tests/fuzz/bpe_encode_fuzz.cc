@@ -1,4 +1,4 @@
-// libFuzzer target: o200k byte-level BPE encode on arbitrary bytes (engine/tokenizer/bpe.h,
+// libFuzzer target: o200k byte-level BPE encode on arbitrary bytes (tokenizer/bpe.h,
 // pretokenize.h), with the Phi-4 chat specials, then decode.
 //
 // Input: [flags byte][text bytes]. The text is encoded with and without special tokens
@@ -16,9 +16,9 @@
 #include <string>
 #include <string_view>
 
-#include "engine/tokenizer/bpe.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
+#include "tokenizer/bpe.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 

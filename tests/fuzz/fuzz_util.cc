@@ -10,8 +10,8 @@
 #include <fstream>
 #include <system_error>
 
-#include "engine/tokenizer/chat.h"
-#include "engine/tokenizer/stream_decoder.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/stream_decoder.h"
 
 namespace sambay::fuzz {
 

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "engine/config.h"
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay::fuzz {
 

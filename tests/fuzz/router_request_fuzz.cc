@@ -17,10 +17,10 @@
 #include <vector>
 
 #include "engine/config.h"
-#include "engine/tokenizer/chat.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "router/request.h"
 #include "tests/fuzz/fuzz_util.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
 
 namespace {
 

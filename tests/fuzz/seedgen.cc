@@ -23,11 +23,11 @@
 #include "engine/config.h"
 #include "engine/safetensors.h"
 #include "engine/state_io.h"
-#include "engine/tokenizer/bpe.h"
 #include "nlohmann/json.hpp"
 #include "sambay/v1/generate.pb.h"
 #include "sambay/v1/worker.pb.h"
 #include "tests/fuzz/fuzz_util.h"
+#include "tokenizer/bpe.h"
 #include "tools/model_maker.h"
 
 namespace sambay::fuzz {

@@ -1,5 +1,5 @@
 // libFuzzer target: the npm tiktoken JSON vocabulary loader (LoadTiktokenJson,
-// engine/tokenizer/tokenizer.h): {"pat_str": ..., "special_tokens": {...}, "bpe_ranks": "..."}.
+// tokenizer/tokenizer.h): {"pat_str": ..., "special_tokens": {...}, "bpe_ranks": "..."}.
 //
 // Input: the file's text. A vocabulary that loads is exercised by fuzz::ExerciseTokenizer on a
 // fixed sample (round trips through Decode and StreamDecoder).
@@ -10,8 +10,8 @@
 #include <string>
 #include <string_view>
 
-#include "engine/tokenizer/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
+#include "tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace sambay;

@@ -1,5 +1,5 @@
 // libFuzzer target: the tiktoken rank-file loader (LoadTiktokenRanks,
-// engine/tokenizer/tokenizer.h): "<base64 token> <rank>" lines and the "! <first> <tokens...>"
+// tokenizer/tokenizer.h): "<base64 token> <rank>" lines and the "! <first> <tokens...>"
 // compact form, with two fixed special tokens.
 //
 // Input: the file's text. A vocabulary that loads is exercised by fuzz::ExerciseTokenizer.
@@ -11,8 +11,8 @@
 #include <string>
 #include <string_view>
 
-#include "engine/tokenizer/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
+#include "tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace sambay;

@@ -1,5 +1,5 @@
 // libFuzzer target: a model directory's tokenizer files through LoadTokenizer
-// (engine/tokenizer/tokenizer.h) and its stop tokens through LoadStopTokenIds (chat.h): the
+// (tokenizer/tokenizer.h) and its stop tokens through LoadStopTokenIds (chat.h): the
 // Hugging Face tokenizer.json loader, tokenizer_config.json (added_tokens_decoder, the byte
 // tokenizer's class), added_tokens.json and generation_config.json.
 //
@@ -15,9 +15,9 @@
 #include <string_view>
 #include <vector>
 
-#include "engine/tokenizer/chat.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "tests/fuzz/fuzz_util.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace sambay;

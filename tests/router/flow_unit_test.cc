@@ -12,13 +12,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "gtest/gtest.h"
 #include "router/flow.h"
 #include "router/metrics.h"
 #include "router/placement.h"
 #include "router/registry.h"
 #include "tests/router/router_harness.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay {
 namespace {

@@ -7,11 +7,11 @@
 #include <thread>
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/generate.h"
 #include "engine/state_io.h"
 #include "gtest/gtest.h"
 #include "tests/engine/test_util.h"
-#include "worker/engine_backend.h"
 #include "worker/scheduler.h"
 
 namespace sambay {

@@ -105,7 +105,7 @@ class Config:
         self.num_attention_heads = int(d["num_attention_heads"])
         self.num_key_value_heads = int(d.get("num_key_value_heads", self.num_attention_heads))
         sw = d.get("sliding_window")
-        if isinstance(sw, list):  # per-layer list form (spec s1, config-class note)
+        if isinstance(sw, list):  # per-layer list form (docs/model-spec.md §1, config-class note)
             sw = next((v for v in sw if v is not None), None)
         if sw is None:
             raise ValueError("config.json has no sliding_window")
@@ -121,7 +121,7 @@ class Config:
         self.d_inner = self.expand * self.hidden_size
         H, G = self.num_attention_heads, self.num_key_value_heads
         self.head_dim = self.hidden_size // H
-        # Structural assertions (spec s11).
+        # Structural assertions (docs/model-spec.md §11).
         assert self.num_hidden_layers % 4 == 0, "num_hidden_layers must be divisible by 4"
         assert self.mb_per_layer == 2, "only mb_per_layer == 2 is supported"
         assert self.head_dim * H == self.hidden_size
@@ -149,7 +149,7 @@ class Model:
             path = os.path.join(model_dir, fn)
             for name, (dt, shape, off, _) in read_safetensors_header(path).items():
                 self._index[name] = (path, dt, shape, off)
-        # Tied LM head (spec s3.9, s7): use embed_tokens if lm_head is absent.
+        # Tied LM head (docs/model-spec.md §3.9, §7): use embed_tokens if lm_head is absent.
         self.lm_head_name = "lm_head.weight" if "lm_head.weight" in self._index \
             else "model.embed_tokens.weight"
 
@@ -190,7 +190,7 @@ MAMBA, MAMBA_MEM, SWA, GLOBAL, GMU, CROSS = (
 
 
 def layer_schedule(n_layers):
-    """Layer kinds for N layers (N % 4 == 0, mb_per_layer == 2), spec s2:
+    """Layer kinds for N layers (N % 4 == 0, mb_per_layer == 2), docs/model-spec.md §2:
     even i <= half: Mamba (i == half is the memory producer);
     odd i < half: sliding-window diff-attn; i == half+1: global diff-attn (KV
     producer); i >= half+2: even -> GMU, odd -> cross diff-attn."""
@@ -229,7 +229,7 @@ def _sigmoid(x):
 
 
 def softplus(v):
-    """log(1 + exp(v)), numerically stable (spec s3.2 step 4; no v>20 cutoff)."""
+    """log(1 + exp(v)), numerically stable (docs/model-spec.md §3.2 step 4; no v>20 cutoff)."""
     return np.logaddexp(0.0, v)
 
 
@@ -241,7 +241,7 @@ def layer_norm(x, w, b, eps):
 
 
 def rms_norm(x, w, eps=1e-5):
-    """RMSNorm over the last axis, weight, no bias (subln, s3.3)."""
+    """RMSNorm over the last axis, weight, no bias (subln, §3.3)."""
     return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * w
 
 
@@ -252,7 +252,7 @@ def linear(x, w, b=None):
 
 
 # ----------------------------------------------------------------------------
-# Mamba-1 mixer (spec s3.2)
+# Mamba-1 mixer (docs/model-spec.md §3.2)
 # ----------------------------------------------------------------------------
 
 
@@ -293,7 +293,7 @@ def mamba_mixer(u, p, cfg):
 
 
 # ----------------------------------------------------------------------------
-# Differential attention (spec s3.3 - s3.6)
+# Differential attention (docs/model-spec.md §3.3 - §3.6)
 # ----------------------------------------------------------------------------
 
 
@@ -415,7 +415,7 @@ def swiglu_mlp(x, fc1, fc2):
 
 
 # ----------------------------------------------------------------------------
-# Full forward (s3.1, s2, s3.9)
+# Full forward (s3.1, s2, §3.9)
 # ----------------------------------------------------------------------------
 
 

@@ -11,8 +11,8 @@ Builds tiny random checkpoints with its own safetensors writer and checks:
       functions to 1e-12, and a pure-Python whole-model forward built from them
       matches score() to 1e-12
   (d) the SWA attention ignores keys outside its window (and only those)
-  (e) misc: schedule for N=32 matches spec s2, lambda_init table of spec
-      s3.3, softplus stability, greedy generate == argmax chain, CLI round trip
+  (e) misc: schedule for N=32 matches docs/model-spec.md §2, lambda_init table of
+      docs/model-spec.md §3.3, softplus stability, greedy generate == argmax chain, CLI round trip
 """
 
 import json
@@ -202,7 +202,7 @@ def n_layer_norm(x, w, b, eps):
 
 
 def n_mamba(u, p, d_state, d_conv, dt_rank):
-    """Mamba-1 per spec s3.2, one channel / one state at a time."""
+    """Mamba-1 per docs/model-spec.md §3.2, one channel / one state at a time."""
     T = len(u)
     xz = n_linear(u, L(p["in_proj"]))
     di = len(xz[0]) // 2
@@ -244,7 +244,7 @@ def n_mamba(u, p, d_state, d_conv, dt_rank):
 
 
 def n_diff_attn(u, p, H, G, layer_idx, window=None, kv=None):
-    """Differential attention per spec s3.3 in ORIGINAL head indices.
+    """Differential attention per docs/model-spec.md §3.3 in ORIGINAL head indices.
     Self layer (kv=None): Wqkv -> [Q|K|V]; cross layer: Q only, K/V = kv.
     Returns (out, K, V) with K, V as list[T][G][hd]."""
     T = len(u)
@@ -290,7 +290,7 @@ def n_diff_attn(u, p, H, G, layer_idx, window=None, kv=None):
 
 
 def n_forward(W, cfg_d, ids):
-    """Whole model, plain loops, own schedule rules (spec s2)."""
+    """Whole model, plain loops, own schedule rules (docs/model-spec.md §2)."""
     N, eps = cfg_d["num_hidden_layers"], cfg_d["layer_norm_eps"]
     H, G = cfg_d["num_attention_heads"], cfg_d["num_key_value_heads"]
     hidden = cfg_d["hidden_size"]
@@ -452,12 +452,12 @@ def test_misc():
     k = ref.layer_schedule(32)
     exp = (["mamba" if i % 2 == 0 else "swa" for i in range(16)] + ["mamba_mem", "global"]
            + ["gmu" if i % 2 == 0 else "cross" for i in range(18, 32)])
-    check(k == exp, "(e) layer_schedule(32) matches spec s2 table")
+    check(k == exp, "(e) layer_schedule(32) matches docs/model-spec.md §2 table")
     check(ref.layer_schedule(8) == ["mamba", "swa", "mamba", "swa", "mamba_mem", "global", "gmu", "cross"],
           "(e) layer_schedule(8) general-N rules")
     table = {1: 0.355509, 3: 0.556058, 17: 0.796342, 31: 0.799945}
     check(all(abs(ref.lambda_init(l) - v) < 1e-6 for l, v in table.items()),
-          "(e) lambda_init matches spec s3.3 table")
+          "(e) lambda_init matches docs/model-spec.md §3.3 table")
     sp = ref.softplus(np.array([-800.0, -30.0, 0.0, 30.0, 800.0]))
     check(np.all(np.isfinite(sp)) and abs(sp[2] - math.log(2)) < 1e-15 and sp[4] == 800.0
           and abs(sp[1] - math.exp(-30)) < 1e-25, "(e) softplus numerically stable")

@@ -1,4 +1,4 @@
-#include "worker/engine_backend.h"
+#include "engine/backend.h"
 
 #include "absl/strings/str_cat.h"
 #include "engine/sampler.h"

@@ -1,5 +1,5 @@
 // ShardWeights: one tensor-parallel rank's slice of the model weights (docs/design.md "Tensor
-// parallelism", plan in engine/tp_plan.h), cut at load time from the bound checkpoint weights.
+// parallelism", plan in engine/tp/tp_plan.h), cut at load time from the bound checkpoint weights.
 //
 //   column-parallel (rank's output rows): Mamba in_proj (its x rows and its z rows), dt_proj,
 //     GMU in_proj, attention Wqkv + bias (its Q, K and V rows), MLP fc1 (gate and up rows);
@@ -14,11 +14,11 @@
 // all-reduce.
 //
 // Stateless function; the result borrows `full`'s checkpoint mapping (keep `full` alive).
-#ifndef SAMBAY_ENGINE_TP_WEIGHTS_H_
-#define SAMBAY_ENGINE_TP_WEIGHTS_H_
+#ifndef SAMBAY_ENGINE_TP_TP_WEIGHTS_H_
+#define SAMBAY_ENGINE_TP_TP_WEIGHTS_H_
 
 #include "engine/config.h"
-#include "engine/tp_plan.h"
+#include "engine/tp/tp_plan.h"
 #include "engine/weights.h"
 
 namespace sambay {
@@ -30,4 +30,4 @@ ModelWeights ShardWeights(const ModelConfig& config, const ModelWeights& full, c
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_TP_WEIGHTS_H_
+#endif  // SAMBAY_ENGINE_TP_TP_WEIGHTS_H_

@@ -12,8 +12,8 @@
 //
 // Ownership: BpeTokenizer owns all its tables; immutable after Create. Thread-safety: every
 // method is const and safe to call from many threads at once (no caches, no shared scratch).
-#ifndef SAMBAY_ENGINE_TOKENIZER_BPE_H_
-#define SAMBAY_ENGINE_TOKENIZER_BPE_H_
+#ifndef SAMBAY_TOKENIZER_BPE_H_
+#define SAMBAY_TOKENIZER_BPE_H_
 
 #include <cstdint>
 #include <map>
@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay {
 
@@ -159,4 +159,4 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTiktokenRanksWith(const std::stri
 }  // namespace bpe_internal
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_TOKENIZER_BPE_H_
+#endif  // SAMBAY_TOKENIZER_BPE_H_

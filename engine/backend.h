@@ -15,8 +15,8 @@
 // Ownership: CpuBackend borrows the Model (must outlive it). States handed out by NewState must
 // not outlive their backend. Thread-safety: every method is thread-safe (the CPU Model
 // serializes Forward; CudaBackend serializes all calls with a mutex).
-#ifndef SAMBAY_WORKER_ENGINE_BACKEND_H_
-#define SAMBAY_WORKER_ENGINE_BACKEND_H_
+#ifndef SAMBAY_ENGINE_BACKEND_H_
+#define SAMBAY_ENGINE_BACKEND_H_
 
 #include <cstddef>
 #include <memory>
@@ -95,4 +95,4 @@ class CpuBackend final : public EngineBackend {
 
 }  // namespace sambay
 
-#endif  // SAMBAY_WORKER_ENGINE_BACKEND_H_
+#endif  // SAMBAY_ENGINE_BACKEND_H_

@@ -1,4 +1,4 @@
-#include "engine/comm/cpu_communicator.h"
+#include "engine/tp/cpu_communicator.h"
 
 #include <algorithm>
 #include <atomic>

@@ -24,15 +24,15 @@
 // and must stay valid until it returns on the calling rank.
 // Thread-safety: each Communicator is used by one thread at a time (its rank's thread); the ranks
 // call concurrently. Abort() may be called from any thread.
-#ifndef SAMBAY_ENGINE_COMM_CPU_COMMUNICATOR_H_
-#define SAMBAY_ENGINE_COMM_CPU_COMMUNICATOR_H_
+#ifndef SAMBAY_ENGINE_TP_CPU_COMMUNICATOR_H_
+#define SAMBAY_ENGINE_TP_CPU_COMMUNICATOR_H_
 
 #include <memory>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "engine/comm/communicator.h"
+#include "engine/tp/communicator.h"
 
 namespace sambay {
 
@@ -68,4 +68,4 @@ absl::StatusOr<std::vector<std::unique_ptr<CpuCommunicator>>> CreateCpuCommunica
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_COMM_CPU_COMMUNICATOR_H_
+#endif  // SAMBAY_ENGINE_TP_CPU_COMMUNICATOR_H_

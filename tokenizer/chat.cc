@@ -1,4 +1,4 @@
-#include "engine/tokenizer/chat.h"
+#include "tokenizer/chat.h"
 
 #include <fstream>
 #include <sstream>

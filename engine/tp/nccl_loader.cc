@@ -1,7 +1,7 @@
 // Compiled only into sambay_cuda with the NCCL header (SAMBAY_HAVE_NCCL): empty elsewhere.
 #if defined(SAMBAY_HAVE_NCCL)
 
-#include "engine/comm/nccl_loader.h"
+#include "engine/tp/nccl_loader.h"
 
 #include <dlfcn.h>
 

@@ -1,13 +1,13 @@
 // Compiled only into sambay_cuda with NCCL (SAMBAY_HAVE_NCCL): empty elsewhere, so a glob of
-// engine/comm/*.cc into the CPU engine stays harmless.
+// engine/tp/*.cc into the CPU engine stays harmless.
 #if defined(SAMBAY_HAVE_NCCL)
 
-#include "engine/comm/nccl_communicator.h"
+#include "engine/tp/nccl_communicator.h"
 
 #include <set>
 
 #include "absl/strings/str_cat.h"
-#include "engine/comm/nccl_loader.h"
+#include "engine/tp/nccl_loader.h"
 
 namespace sambay {
 namespace {

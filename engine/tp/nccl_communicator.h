@@ -1,4 +1,4 @@
-// NcclCommunicator: the Communicator (engine/comm/communicator.h) of a tensor-parallel group of
+// NcclCommunicator: the Communicator (engine/tp/communicator.h) of a tensor-parallel group of
 // GPUs in one process, over NCCL.
 //
 // One rank per GPU, one thread per rank: rank i runs on devices[i] and enqueues its collectives
@@ -11,8 +11,8 @@
 // Built only with CUDA and NCCL (SAMBAY_HAVE_NCCL); the .cc compiles to nothing otherwise.
 // Ownership: each rank's object owns its ncclComm_t and stream. Thread-safety: one thread per
 // rank object; different ranks are called concurrently from their own threads.
-#ifndef SAMBAY_ENGINE_COMM_NCCL_COMMUNICATOR_H_
-#define SAMBAY_ENGINE_COMM_NCCL_COMMUNICATOR_H_
+#ifndef SAMBAY_ENGINE_TP_NCCL_COMMUNICATOR_H_
+#define SAMBAY_ENGINE_TP_NCCL_COMMUNICATOR_H_
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
@@ -23,8 +23,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "engine/comm/communicator.h"
 #include "engine/cuda/device_collectives.h"
+#include "engine/tp/communicator.h"
 
 namespace sambay {
 
@@ -84,4 +84,4 @@ class NcclCommunicator : public Communicator, public cuda::DeviceCollectives {
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_COMM_NCCL_COMMUNICATOR_H_
+#endif  // SAMBAY_ENGINE_TP_NCCL_COMMUNICATOR_H_

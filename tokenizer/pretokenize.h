@@ -9,8 +9,8 @@
 // express. It is a hand-written scanner over Unicode general categories (ICU).
 //
 // Stateless; thread-safe.
-#ifndef SAMBAY_ENGINE_TOKENIZER_PRETOKENIZE_H_
-#define SAMBAY_ENGINE_TOKENIZER_PRETOKENIZE_H_
+#ifndef SAMBAY_TOKENIZER_PRETOKENIZE_H_
+#define SAMBAY_TOKENIZER_PRETOKENIZE_H_
 
 #include <string_view>
 #include <vector>
@@ -29,4 +29,4 @@ absl::Status SplitO200k(std::string_view text, std::vector<std::string_view>* pi
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_TOKENIZER_PRETOKENIZE_H_
+#endif  // SAMBAY_TOKENIZER_PRETOKENIZE_H_

@@ -19,7 +19,7 @@
 //
 // (?i) in the contractions follows Rust `regex` simple case folding: 's also matches 'S and
 // U+017F LATIN SMALL LETTER LONG S; the other letters have only their ASCII case pair.
-#include "engine/tokenizer/pretokenize.h"
+#include "tokenizer/pretokenize.h"
 
 #include <unicode/uchar.h>
 

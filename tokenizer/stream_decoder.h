@@ -9,14 +9,14 @@
 //
 // Ownership: borrows the tokenizer (must outlive the decoder). Thread-safety: none; one per
 // sequence.
-#ifndef SAMBAY_ENGINE_TOKENIZER_STREAM_DECODER_H_
-#define SAMBAY_ENGINE_TOKENIZER_STREAM_DECODER_H_
+#ifndef SAMBAY_TOKENIZER_STREAM_DECODER_H_
+#define SAMBAY_TOKENIZER_STREAM_DECODER_H_
 
 #include <cstdint>
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay {
 
@@ -39,4 +39,4 @@ class StreamDecoder {
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_TOKENIZER_STREAM_DECODER_H_
+#endif  // SAMBAY_TOKENIZER_STREAM_DECODER_H_

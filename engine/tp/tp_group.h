@@ -1,5 +1,5 @@
 // TpGroup: the ranks of a tensor-parallel CPU model (docs/design.md "Tensor parallelism"): one
-// thread per rank, each with its own shard of the weights (engine/tp_weights.h), its own thread
+// thread per rank, each with its own shard of the weights (engine/tp/tp_weights.h), its own thread
 // pool (its share of the model's threads) and its CpuCommunicator. A forward pass runs ForwardPass
 // on every rank at once (rank 0 on the calling thread, ranks 1..N-1 on their own threads) over the
 // ranks' shards of the sequence states; the ranks meet in the communicator's all-reduces.
@@ -8,8 +8,8 @@
 // weights; borrows the logical ModelWeights (the checkpoint mapping and the biases), which must
 // outlive the group.
 // Thread-safety: Forward is called by one thread at a time (Model serializes it).
-#ifndef SAMBAY_ENGINE_TP_GROUP_H_
-#define SAMBAY_ENGINE_TP_GROUP_H_
+#ifndef SAMBAY_ENGINE_TP_TP_GROUP_H_
+#define SAMBAY_ENGINE_TP_TP_GROUP_H_
 
 #include <cstdint>
 #include <memory>
@@ -19,10 +19,10 @@
 #include "absl/types/span.h"
 #include "common/rank_threads.h"
 #include "common/thread_pool.h"
-#include "engine/comm/cpu_communicator.h"
 #include "engine/config.h"
 #include "engine/model.h"
-#include "engine/tp_plan.h"
+#include "engine/tp/cpu_communicator.h"
+#include "engine/tp/tp_plan.h"
 #include "engine/weights.h"
 
 namespace sambay {
@@ -63,4 +63,4 @@ class TpGroup {
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_TP_GROUP_H_
+#endif  // SAMBAY_ENGINE_TP_TP_GROUP_H_

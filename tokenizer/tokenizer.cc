@@ -1,6 +1,6 @@
 // Tokenizer::Decode, LoadTokenizer's detection of a model directory's tokenizer, and the
 // added-token helpers the BPE loaders share. Stateless; thread-safe.
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #include <algorithm>
 #include <filesystem>
@@ -13,8 +13,8 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "engine/tokenizer/bpe.h"
 #include "nlohmann/json.hpp"
+#include "tokenizer/bpe.h"
 
 namespace sambay {
 

@@ -1,4 +1,4 @@
-#include "engine/tp_weights.h"
+#include "engine/tp/tp_weights.h"
 
 #include <algorithm>
 #include <cstring>

@@ -1,4 +1,4 @@
-#include "engine/tokenizer/stream_decoder.h"
+#include "tokenizer/stream_decoder.h"
 
 #include "common/status_macros.h"
 

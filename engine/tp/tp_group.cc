@@ -1,11 +1,11 @@
-#include "engine/tp_group.h"
+#include "engine/tp/tp_group.h"
 
 #include <algorithm>
 #include <utility>
 
 #include "common/check.h"
 #include "engine/forward.h"
-#include "engine/tp_weights.h"
+#include "engine/tp/tp_weights.h"
 
 namespace sambay {
 

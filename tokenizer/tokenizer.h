@@ -5,8 +5,8 @@
 // and a plain byte tokenizer (256 bytes + a few specials) for the tiny test models.
 //
 // Ownership: immutable after loading. Thread-safety: all methods are const and thread-safe.
-#ifndef SAMBAY_ENGINE_TOKENIZER_TOKENIZER_H_
-#define SAMBAY_ENGINE_TOKENIZER_TOKENIZER_H_
+#ifndef SAMBAY_TOKENIZER_TOKENIZER_H_
+#define SAMBAY_TOKENIZER_TOKENIZER_H_
 
 #include <cstdint>
 #include <map>
@@ -74,4 +74,4 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& mode
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_TOKENIZER_TOKENIZER_H_
+#endif  // SAMBAY_TOKENIZER_TOKENIZER_H_

@@ -1,4 +1,4 @@
-#include "engine/tp_plan.h"
+#include "engine/tp/tp_plan.h"
 
 #include "absl/strings/str_cat.h"
 

@@ -1,5 +1,5 @@
 // BpeTokenizer: the rank table, validation, the tiktoken merge loop, special-token scanning.
-#include "engine/tokenizer/bpe.h"
+#include "tokenizer/bpe.h"
 
 #include <algorithm>
 #include <cstring>
@@ -10,7 +10,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "engine/tokenizer/pretokenize.h"
+#include "tokenizer/pretokenize.h"
 
 namespace sambay {
 namespace {

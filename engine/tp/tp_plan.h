@@ -14,8 +14,8 @@
 // below, which the layer code runs unchanged.
 //
 // Value type; immutable after MakeTpPlan; thread-safe to share.
-#ifndef SAMBAY_ENGINE_TP_PLAN_H_
-#define SAMBAY_ENGINE_TP_PLAN_H_
+#ifndef SAMBAY_ENGINE_TP_TP_PLAN_H_
+#define SAMBAY_ENGINE_TP_TP_PLAN_H_
 
 #include <vector>
 
@@ -54,4 +54,4 @@ absl::StatusOr<TpPlan> MakeTpPlan(const ModelConfig& config, int tp);
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_TP_PLAN_H_
+#endif  // SAMBAY_ENGINE_TP_TP_PLAN_H_

@@ -8,8 +8,8 @@
 // a user typing "<|end|>" cannot inject a control token.
 //
 // Stateless; thread-safe.
-#ifndef SAMBAY_ENGINE_TOKENIZER_CHAT_H_
-#define SAMBAY_ENGINE_TOKENIZER_CHAT_H_
+#ifndef SAMBAY_TOKENIZER_CHAT_H_
+#define SAMBAY_TOKENIZER_CHAT_H_
 
 #include <cstdint>
 #include <string>
@@ -17,7 +17,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "engine/tokenizer/tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay {
 
@@ -44,4 +44,4 @@ absl::StatusOr<std::vector<int32_t>> LoadStopTokenIds(const std::string& model_d
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_TOKENIZER_CHAT_H_
+#endif  // SAMBAY_TOKENIZER_CHAT_H_

@@ -6,8 +6,8 @@
 // Built only with CUDA and the NCCL header (SAMBAY_HAVE_NCCL). Ownership: the library stays
 // loaded for the life of the process. Thread-safety: LoadNccl is safe from any thread (loads
 // once); LoadNcclFrom has no shared state.
-#ifndef SAMBAY_ENGINE_COMM_NCCL_LOADER_H_
-#define SAMBAY_ENGINE_COMM_NCCL_LOADER_H_
+#ifndef SAMBAY_ENGINE_TP_NCCL_LOADER_H_
+#define SAMBAY_ENGINE_TP_NCCL_LOADER_H_
 
 #include <nccl.h>
 
@@ -38,4 +38,4 @@ absl::StatusOr<const NcclApi*> LoadNccl();
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_COMM_NCCL_LOADER_H_
+#endif  // SAMBAY_ENGINE_TP_NCCL_LOADER_H_

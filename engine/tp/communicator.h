@@ -4,16 +4,16 @@
 // One Communicator object per rank. All ranks of a group call the same collectives in the same
 // order with the same sizes (a broken order is an internal invariant violation, not request
 // input). Two implementations:
-//   - engine/comm/cpu_communicator.h: ranks are threads of one process, shared memory.
-//   - engine/comm/nccl_communicator.h (built with CUDA): NCCL, one thread per GPU rank; the
+//   - engine/tp/cpu_communicator.h: ranks are threads of one process, shared memory.
+//   - engine/tp/nccl_communicator.h (built with CUDA): NCCL, one thread per GPU rank; the
 //     buffers are device pointers and the calls are enqueued on the rank's CUDA stream.
 // Reductions are deterministic for a fixed group size (same inputs -> same bits).
 //
 // Ownership: a rank's Communicator is owned by the thread/rank that uses it; the group's shared
 // part is owned jointly (shared_ptr) by its ranks.
 // Thread-safety: one thread per Communicator; different ranks call concurrently.
-#ifndef SAMBAY_ENGINE_COMM_COMMUNICATOR_H_
-#define SAMBAY_ENGINE_COMM_COMMUNICATOR_H_
+#ifndef SAMBAY_ENGINE_TP_COMMUNICATOR_H_
+#define SAMBAY_ENGINE_TP_COMMUNICATOR_H_
 
 #include <cstddef>
 
@@ -41,4 +41,4 @@ class Communicator {
 
 }  // namespace sambay
 
-#endif  // SAMBAY_ENGINE_COMM_COMMUNICATOR_H_
+#endif  // SAMBAY_ENGINE_TP_COMMUNICATOR_H_

@@ -9,9 +9,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "engine/tokenizer/bpe.h"
-#include "engine/tokenizer/tokenizer.h"
 #include "nlohmann/json.hpp"
+#include "tokenizer/bpe.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay {
 namespace bpe_internal {
