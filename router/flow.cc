@@ -8,6 +8,7 @@
 #include "common/grpc_status.h"
 #include "common/log.h"
 #include "common/request_id.h"
+#include "router/worker_requests.h"
 #include "sambay/v1/worker.grpc.pb.h"
 
 namespace sambay {
@@ -99,7 +100,7 @@ void RequestFlow::OnAccept(bool ok) {
   if (!ok) {
     // The server is shutting down: no call, and no done tag will come.
     ended_ = true;
-    finish_called_ = true;
+    out_.Closed();
     return;
   }
   accepted_ = true;
@@ -111,7 +112,7 @@ void RequestFlow::OnAccept(bool ok) {
 }
 
 void RequestFlow::OnServerDone() {
-  if (!sctx_.IsCancelled() || finish_called_) return;
+  if (!sctx_.IsCancelled() || out_.finish_called()) return;
   server_cancelled_ = true;
   if (ended_) return;
   const bool deadline = absl::FromChrono(sctx_.deadline()) <= absl::Now();
@@ -161,40 +162,18 @@ void RequestFlow::OnCallTag(const FlowTag& tag, bool ok) {
 // ---- The serial queue --------------------------------------------------------------------
 
 void RequestFlow::Post(std::function<void()> fn) {
-  {
-    MutexLock lock(&qmu_);
-    queue_.push_back(std::move(fn));
-    if (draining_) return;  // the draining thread runs it
-    draining_ = true;
-  }
-  for (;;) {
-    std::function<void()> next;
-    {
-      MutexLock lock(&qmu_);
-      if (queue_.empty()) {
-        draining_ = false;
-        break;
-      }
-      next = std::move(queue_.front());
-      queue_.pop_front();
-    }
-    next();
-  }
-  MaybeRelease();
+  if (queue_.Post(std::move(fn))) MaybeRelease();
 }
 
 void RequestFlow::MaybeRelease() {
   // Runs after a drain, outside any handler. Once every operation started on the queue has
   // returned, no tag can come any more; what remains are the host's references.
   std::shared_ptr<RequestFlow> self;
-  {
-    MutexLock lock(&qmu_);
-    if (draining_ || !queue_.empty() || server_pending_ > 0 || !calls_.empty() || !finish_called_ ||
-        self_ == nullptr) {
-      return;
-    }
+  queue_.RunIfIdle([&] {
+    if (server_pending_ > 0 || !calls_.empty() || !out_.finish_called() || self_ == nullptr) return;
     self = std::move(self_);
-  }
+  });
+  if (self == nullptr) return;
   if (accepted_) host_.FlowGone(this);
   // `self` may be the last reference: then the flow is deleted here.
 }
@@ -266,6 +245,17 @@ void RequestFlow::CancelAll() {
   for (auto& [id, call] : calls_) call->Cancel();
 }
 
+template <class Call, class Prepare>
+Call* RequestFlow::StartCall(const std::string& worker, typename Call::RequestType request,
+                             Prepare prepare, uint64_t* id) {
+  *id = next_call_id_++;
+  auto owned = std::make_unique<Call>(this, *id, worker, NewContext());
+  Call* call = owned.get();
+  calls_.emplace(*id, std::move(owned));
+  call->Start(prepare, std::move(request), cq_);
+  return call;
+}
+
 // ---- Placement and attempts ----------------------------------------------------------------
 
 void RequestFlow::Place() {
@@ -322,31 +312,18 @@ void RequestFlow::StartInPlace(const WorkerSnapshot& w) {
         WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), w.address, true));
     return;
   }
-  pb::DecodeRequest dr;
-  dr.set_request_id(req_.request_id);
-  auto* ids = dr.mutable_local_prompt()->mutable_ids();
-  ids->Add(req_.prompt.begin(), req_.prompt.end());
-  ids->Add(generated_.begin(), generated_.end());
-  dr.set_rng_draws(generated_.size());
-  *dr.mutable_sampling() = req_.sampling;
-  dr.set_max_new_tokens(static_cast<uint32_t>(req_.max_new_tokens - generated_.size()));
-  dr.mutable_stop_token_ids()->Add(req_.stop_ids.begin(), req_.stop_ids.end());
-  dr.set_return_logprobs(req_.logprobs);
-  dr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
-  consumed_ = ids->size();
+  consumed_ = static_cast<int64_t>(req_.prompt.size() + generated_.size());
   inplace_first_ = true;
   registry_.Adjust(w.address, -1, consumed_);
-  const uint64_t id = next_call_id_++;
-  auto call = std::make_unique<DecodeStream>(this, id, w.address, NewContext());
-  decode_ = call.get();
-  calls_.emplace(id, std::move(call));
-  decode_id_ = id;
   prefill_id_ = 0;
   prefill_ = nullptr;
   stage_ = Stage::kInPlace;
-  decode_->Start([&](grpc::ClientContext* c, const pb::DecodeRequest& r,
-                     grpc::CompletionQueue* q) { return stub->PrepareAsyncDecode(c, r, q); },
-                 std::move(dr), cq_);
+  decode_ = StartCall<DecodeStream>(
+      w.address, InPlaceDecodeRequest(req_, generated_),
+      [&](grpc::ClientContext* c, const pb::DecodeRequest& r, grpc::CompletionQueue* q) {
+        return stub->PrepareAsyncDecode(c, r, q);
+      },
+      &decode_id_);
 }
 
 void RequestFlow::StartSplit(const WorkerSnapshot& p, const WorkerSnapshot& d) {
@@ -365,9 +342,6 @@ void RequestFlow::StartSplit(const WorkerSnapshot& p, const WorkerSnapshot& d) {
   }
   consumed_ = static_cast<int64_t>(req_.prompt.size() + generated_.size());
   const int64_t remaining = req_.max_new_tokens - static_cast<int64_t>(generated_.size());
-  const bool penalties =
-      (req_.sampling.has_repetition_penalty() && req_.sampling.repetition_penalty() != 1.0f) ||
-      req_.sampling.presence_penalty() != 0.0f;
   got_first_ = false;
   decode_failed_ = false;
   decode_status_ = grpc::Status::OK;
@@ -385,34 +359,16 @@ void RequestFlow::StartSplit(const WorkerSnapshot& p, const WorkerSnapshot& d) {
   // 1. Reserve on the decode worker. The handle is a secret: whoever knows it can push this
   // sequence's state.
   handle_ = RandomHex128();
-  pb::DecodeRequest dr;
-  dr.set_request_id(req_.request_id);
-  dr.set_handle(handle_);
-  dr.set_prompt_tokens(static_cast<uint32_t>(consumed_));
-  *dr.mutable_sampling() = req_.sampling;
-  if (penalties) {
-    dr.mutable_history()->Add(req_.prompt.begin(), req_.prompt.end());
-    dr.mutable_history()->Add(generated_.begin(), generated_.end());
-  }
-  // The prefill emits one token; the decode worker the rest.
-  dr.set_max_new_tokens(static_cast<uint32_t>(std::max<int64_t>(1, remaining - 1)));
-  dr.mutable_stop_token_ids()->Add(req_.stop_ids.begin(), req_.stop_ids.end());
-  dr.set_return_logprobs(req_.logprobs);
-  dr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
   // Count the reservation now, so concurrent placements spread before the next probe.
   registry_.Adjust(d.address, -1, 0);
-  const uint64_t id = next_call_id_++;
-  auto call = std::make_unique<DecodeStream>(this, id, d.address, NewContext());
-  decode_ = call.get();
-  calls_.emplace(id, std::move(call));
-  decode_id_ = id;
-  prefill_id_ = 0;
-  prefill_ = nullptr;
   stage_ = Stage::kReserving;
   last_renew_ = absl::Now();
-  decode_->Start([&](grpc::ClientContext* c, const pb::DecodeRequest& r,
-                     grpc::CompletionQueue* q) { return dstub->PrepareAsyncDecode(c, r, q); },
-                 std::move(dr), cq_);
+  decode_ = StartCall<DecodeStream>(
+      d.address, ReserveDecodeRequest(req_, generated_, handle_),
+      [&](grpc::ClientContext* c, const pb::DecodeRequest& r, grpc::CompletionQueue* q) {
+        return dstub->PrepareAsyncDecode(c, r, q);
+      },
+      &decode_id_);
 }
 
 void RequestFlow::StartPrefill() {
@@ -424,28 +380,14 @@ void RequestFlow::StartPrefill() {
         WorkerError(grpc::Status(grpc::StatusCode::UNAVAILABLE, "gone"), prefill_worker_, false));
     return;
   }
-  pb::PrefillRequest pr;
-  pr.set_request_id(req_.request_id);
-  pr.mutable_token_ids()->Add(req_.prompt.begin(), req_.prompt.end());
-  pr.mutable_token_ids()->Add(generated_.begin(), generated_.end());
-  *pr.mutable_sampling() = req_.sampling;
-  pr.set_rng_draws(generated_.size());
-  if (!prefill_only_) {
-    pr.mutable_destination()->set_address(decode_worker_);
-    pr.mutable_destination()->set_handle(handle_);
-  }
-  pr.set_return_logprobs(req_.logprobs);
-  pr.set_top_logprobs(static_cast<uint32_t>(req_.top_logprobs));
   registry_.Adjust(prefill_worker_, -1, consumed_);
-  const uint64_t pid = next_call_id_++;
-  auto call = std::make_unique<PrefillStream>(this, pid, prefill_worker_, NewContext());
-  prefill_ = call.get();
-  calls_.emplace(pid, std::move(call));
-  prefill_id_ = pid;
   stage_ = Stage::kPrefilling;
-  prefill_->Start([&](grpc::ClientContext* c, const pb::PrefillRequest& r,
-                      grpc::CompletionQueue* q) { return pstub->PrepareAsyncPrefill(c, r, q); },
-                  std::move(pr), cq_);
+  prefill_ = StartCall<PrefillStream>(
+      prefill_worker_, SplitPrefillRequest(req_, generated_, decode_worker_, handle_),
+      [&](grpc::ClientContext* c, const pb::PrefillRequest& r, grpc::CompletionQueue* q) {
+        return pstub->PrepareAsyncPrefill(c, r, q);
+      },
+      &prefill_id_);
 }
 
 void RequestFlow::OnDecodeRead(uint64_t id) {

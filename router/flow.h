@@ -36,10 +36,13 @@
 // holds a reference to itself until every operation it started (server and worker side) has
 // returned. The host may hold weak references (Abort) and strong ones (its waiting queue).
 // Thread-safety: every event (tags from the queue, Start, Abort) is posted to the flow's own
-// serial queue and handled one at a time, by whichever thread posted while no other was
-// draining. qmu_ guards only that queue (queue_, draining_); it is never held while an event
-// runs. The handlers' state is confined to the queue: one handler runs at a time, and each
-// drainer takes qmu_ after the previous one released it, which orders their accesses.
+// SerialQueue (common/serial_queue.h) and handled one at a time, by whichever thread posted while
+// no other was draining. The handlers' state is confined to that queue: one handler runs at a
+// time, and the queue orders them, so it needs no lock of its own.
+//
+// The pieces: RequestPreparer (preparer.h) prepares the request before the flow starts; the
+// worker requests are built by worker_requests.h; each worker call is a WorkerCall
+// (worker_call.h) started by StartCall; the client's side is a ClientWriter (client_writer.h).
 #ifndef SAMBAY_ROUTER_FLOW_H_
 #define SAMBAY_ROUTER_FLOW_H_
 
@@ -50,7 +53,6 @@
 
 #include <atomic>
 #include <cstdint>
-#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -62,7 +64,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
-#include "common/mutex.h"
+#include "common/serial_queue.h"
+#include "router/client_writer.h"
 #include "router/metrics.h"
 #include "router/placement.h"
 #include "router/registry.h"
@@ -137,14 +140,14 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
     matcher_.emplace(req_.stop_strings);
   }
   // Admitted: place it and start streaming (thread-safe).
-  void Start() ABSL_LOCKS_EXCLUDED(qmu_);
+  void Start();
   // Ends the stream with finish_reason ABORT (thread-safe; no-op once finished).
-  void Abort() ABSL_LOCKS_EXCLUDED(qmu_);
+  void Abort();
   // Ends the call with `status` before it started (thread-safe; a rejected admission).
-  void Reject(absl::Status status) ABSL_LOCKS_EXCLUDED(qmu_);
+  void Reject(absl::Status status);
   // Runs `fn` on the flow's serial queue (thread-safe), e.g. the admission after a prompt was
   // tokenized on another thread. `fn` may call Start or Reject.
-  void RunOnQueue(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(qmu_) { Post(std::move(fn)); }
+  void RunOnQueue(std::function<void()> fn) { Post(std::move(fn)); }
 
  private:
   RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq);
@@ -163,11 +166,10 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   // Where the current attempt is.
   enum class Stage { kIdle, kReserving, kPrefilling, kDecoding, kInPlace, kEnded };
 
-  // The serial event queue: queues `fn` and, unless another thread is draining, drains the
-  // queue on this one (with qmu_ released while each event runs).
-  void Post(std::function<void()> fn) ABSL_LOCKS_EXCLUDED(qmu_);
+  // Queues `fn` on the serial queue (run on this thread unless another is draining it).
+  void Post(std::function<void()> fn);
   // Drops the self-reference once gRPC and every worker call are done with the flow.
-  void MaybeRelease() ABSL_LOCKS_EXCLUDED(qmu_);
+  void MaybeRelease();
 
   // Event handlers (on the queue).
   void OnTag(const FlowTag& tag, bool ok);
@@ -195,12 +197,19 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   bool HandleDecodeMessage(const sambay::v1::DecodeResponse& msg);
   Outcome WorkerError(const grpc::Status& st, const std::string& worker, bool decode_side);
   std::unique_ptr<grpc::ClientContext> NewContext();
+  // Starts `request` on `worker` as call *id (a new id) with the stub's PrepareAsync method:
+  // `prepare(ctx, request, cq)`. Returns the call, owned by calls_.
+  template <class Call, class Prepare>
+  Call* StartCall(const std::string& worker, typename Call::RequestType request, Prepare prepare,
+                  uint64_t* id);
   void CancelCall(uint64_t id);
   void CancelAll();
   // Ends the request: final message (when finished), metrics, slot freed, worker calls
   // cancelled; the server call finishes once the writes are flushed. Idempotent.
   void End();
+  // Adds a message for the client (cutting off a client that lets too much pile up) and pumps.
   void Queue(const sambay::v1::GenerateResponse& msg);
+  // Starts the client's next write, or the Finish once ended (counted in server_pending_).
   void PumpWrites();
   // The client does not read its stream: end it (RESOURCE_EXHAUSTED) and cancel the call.
   void SlowClient(const std::string& why);
@@ -227,6 +236,7 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   sambay::v1::GenerateRequest request_;
   grpc::ServerAsyncWriter<sambay::v1::GenerateResponse> writer_{&sctx_};
   FlowTag accept_tag_, done_tag_, write_tag_, finish_tag_, tick_tag_;
+  ClientWriter out_{&writer_, &write_tag_, &finish_tag_};  // writes to the client
   grpc::Alarm alarm_;
   bool ticking_ = false;    // the alarm is set (counted in server_pending_)
   int server_pending_ = 0;  // server-side operations started and not yet returned
@@ -235,13 +245,10 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   absl::Time received_;
 
   // Until MaybeRelease. Set by Listen before the flow is shared; then read (and dropped) by
-  // MaybeRelease only, with qmu_ held.
+  // MaybeRelease only, inside the queue's RunIfIdle.
   std::shared_ptr<RequestFlow> self_;
 
-  // The serial queue.
-  Mutex qmu_;
-  std::deque<std::function<void()>> queue_ ABSL_GUARDED_BY(qmu_);
-  bool draining_ ABSL_GUARDED_BY(qmu_) = false;  // a thread is running the queued events
+  SerialQueue queue_;
 
   // Everything below is touched only by handlers on the queue.
   StreamDecoder decoder_;
@@ -275,12 +282,6 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   bool parked_ = false;         // waiting for a worker with room (Park)
   absl::Time last_progress_;    // last message of the decoding stream
   absl::Time last_renew_;       // last lease renewal (or the reservation)
-
-  // Writes to the client.
-  sambay::v1::GenerateResponse pending_, inflight_;
-  bool has_pending_ = false, writing_ = false, wrote_any_ = false, finish_called_ = false;
-  int64_t pending_bytes_ = 0;  // size of pending_ (approximate: the merged messages' sizes)
-  absl::Time write_started_;   // of the write in flight
 };
 
 }  // namespace sambay

@@ -24,7 +24,7 @@ void RequestFlow::OnTick(bool ok) {
   ticking_ = false;
   if (!ok || ended_) return;
   const absl::Time now = absl::Now();
-  if (writing_ && now - write_started_ > options_.write_timeout) {
+  if (out_.writing() && now - out_.write_started() > options_.write_timeout) {
     SlowClient(
         absl::StrCat("one write waited more than ", absl::FormatDuration(options_.write_timeout)));
     return;

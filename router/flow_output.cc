@@ -1,5 +1,5 @@
-// RequestFlow's side toward the client: tokens to messages, the coalescing writer, the end of
-// the stream (flow.h).
+// RequestFlow's side toward the client: tokens to messages (stop matching, metrics), handed to
+// the coalescing ClientWriter (client_writer.h), and the end of the stream (flow.h).
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
@@ -60,24 +60,8 @@ bool RequestFlow::Emit(const std::vector<int32_t>& ids,
 }
 
 void RequestFlow::Queue(const pb::GenerateResponse& msg) {
-  if (finish_called_) return;
-  const int64_t bytes = static_cast<int64_t>(msg.ByteSizeLong());
-  if (!has_pending_) {
-    pending_ = msg;
-    pending_bytes_ = bytes;
-    has_pending_ = true;
-  } else {
-    pending_bytes_ += bytes;
-    // Merge: tokens, text and logprobs append; finish and usage come only in the last one.
-    pending_.mutable_token_ids()->MergeFrom(msg.token_ids());
-    pending_.mutable_text()->append(msg.text());
-    pending_.mutable_logprobs()->MergeFrom(msg.logprobs());
-    if (msg.finish_reason() != pb::FINISH_REASON_UNSPECIFIED) {
-      pending_.set_finish_reason(msg.finish_reason());
-    }
-    if (msg.has_usage()) *pending_.mutable_usage() = msg.usage();
-  }
-  if (pending_bytes_ > options_.max_pending_output_bytes && writing_ && !ended_) {
+  const int64_t pending = out_.Add(msg);
+  if (pending > options_.max_pending_output_bytes && out_.writing() && !ended_) {
     SlowClient(absl::StrCat("more than ", options_.max_pending_output_bytes,
                             " bytes of output wait for the client to read them"));
     return;
@@ -90,9 +74,7 @@ void RequestFlow::SlowClient(const std::string& why) {
   metrics_.Failure("slow_client");
   Log(LogLevel::kWarning, "router", "client cut off",
       {{"request_id", req_.request_id}, {"reason", why}});
-  has_pending_ = false;
-  pending_.Clear();
-  pending_bytes_ = 0;
+  out_.DropPending();
   CancelAll();
   decode_id_ = prefill_id_ = 0;
   // The write in flight returns (false) once the call is cancelled; then Finish goes out.
@@ -101,40 +83,22 @@ void RequestFlow::SlowClient(const std::string& why) {
 }
 
 void RequestFlow::PumpWrites() {
-  if (writing_ || finish_called_) return;
-  if (has_pending_) {
-    if (!wrote_any_) pending_.set_request_id(req_.request_id);
-    wrote_any_ = true;
-    inflight_.Swap(&pending_);
-    pending_.Clear();
-    has_pending_ = false;
-    pending_bytes_ = 0;
-    writing_ = true;
-    write_started_ = absl::Now();
-    ++server_pending_;
-    writer_.Write(inflight_, HandOff(&write_tag_));
-    return;
-  }
-  if (ended_) {
-    finish_called_ = true;
-    ++server_pending_;
-    writer_.Finish(ToGrpcStatus(status_), HandOff(&finish_tag_));
-  }
+  if (out_.Pump(ended_, status_, req_.request_id)) ++server_pending_;
 }
 
 void RequestFlow::OnWriteDone(bool ok) {
-  writing_ = false;
+  out_.WriteDone();
   if (!ok && !ended_) {
     // The client is gone: stop the workers and end.
     status_ = absl::CancelledError("the client went away");
     metrics_.Failure("cancelled");
-    has_pending_ = false;
+    out_.DropPending();
     CancelAll();
     decode_id_ = prefill_id_ = 0;
     End();
     return;
   }
-  if (!ok) has_pending_ = false;
+  if (!ok) out_.DropPending();
   PumpWrites();
 }
 

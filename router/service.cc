@@ -2,8 +2,6 @@
 
 #include <grpcpp/server_context.h>
 
-#include <random>
-
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -11,30 +9,11 @@
 #include "common/limits.h"
 #include "common/log.h"
 #include "common/peer_identity.h"
-#include "common/request_id.h"
 
 namespace sambay {
 namespace {
 
 namespace pb = sambay::v1;
-
-uint64_t RandomU64() {
-  thread_local std::mt19937_64 gen(std::random_device{}());
-  return gen();
-}
-
-// The request's id: its request_id field (validated with the request), else a valid
-// x-request-id header, else a new one. A header gRPC would refuse to send on (TAB, DEL, bytes
-// >= 0x80) is replaced, never copied into the worker calls (common/request_id.h).
-std::string RequestIdFor(const grpc::ServerContextBase* ctx, const pb::GenerateRequest& req) {
-  if (!req.request_id().empty()) return req.request_id();
-  auto it = ctx->client_metadata().find("x-request-id");
-  if (it != ctx->client_metadata().end()) {
-    const absl::string_view v(it->second.data(), it->second.size());
-    if (IsValidRequestId(v)) return std::string(v);
-  }
-  return NewRequestId();
-}
 
 // INVALID_ARGUMENT naming `field` when `req` is larger than --max-request-bytes. (gRPC refuses
 // messages much larger than that before they reach a handler: router/main.cc.)
@@ -92,26 +71,22 @@ void GenerationService::StopServing(absl::Duration timeout) {
 }
 
 void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
-  const pb::GenerateRequest& req = flow->request();
-  const std::string rid = RequestIdFor(&flow->server_context(), req);
-  const uint64_t seed = RandomU64();
-  if (PromptTextBytes(req) <= kInlinePromptBytes) {
-    Admit(flow, rid, PrepareRequest(req, tokenizer_, limits_, seed), /*pooled=*/false);
+  if (!RequestPreparer::Deferred(flow->request())) {
+    Admit(flow, preparer_.Prepare(flow->server_context(), flow->request()), /*pooled=*/false);
     return;
   }
-  // A large prompt: tokenized on the pool, then admitted on the flow's queue. The request is not
+  // A large prompt: prepared on the pool, then admitted on the flow's queue. The request is not
   // modified after the call was accepted, so the pool may read it.
   {
     MutexLock lock(&mu_);
     preparing_.insert(flow.get());
   }
-  const bool queued = pool_.TrySubmit([this, flow, rid, seed] {
-    absl::StatusOr<PreparedRequest> prepared =
-        PrepareRequest(flow->request(), tokenizer_, limits_, seed);
-    flow->RunOnQueue([this, flow, rid, prepared = std::move(prepared)]() mutable {
-      Admit(flow, rid, std::move(prepared), /*pooled=*/true);
-    });
-  });
+  const bool queued =
+      preparer_.PrepareLater(flow->server_context(), flow->request(), [this, flow](Preparation p) {
+        flow->RunOnQueue([this, flow, p = std::move(p)]() mutable {
+          Admit(flow, std::move(p), /*pooled=*/true);
+        });
+      });
   if (!queued) {
     {
       MutexLock lock(&mu_);
@@ -123,28 +98,28 @@ void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
   }
 }
 
-void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, const std::string& rid,
-                              absl::StatusOr<PreparedRequest> prepared, bool pooled) {
+void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, Preparation prepared,
+                              bool pooled) {
   if (pooled) {
     MutexLock lock(&mu_);
     // FlowGone took it out: gRPC is done with the call (the client went away meanwhile).
     if (preparing_.erase(flow.get()) == 0) return;
   }
-  if (!prepared.ok()) {
+  if (!prepared.request.ok()) {
     metrics_.Reject("invalid");
     Log(LogLevel::kInfo, "router", "request rejected",
-        {{"request_id", rid}, {"error", prepared.status().ToString()}});
-    flow->Reject(prepared.status());
+        {{"request_id", prepared.request_id}, {"error", prepared.request.status().ToString()}});
+    flow->Reject(prepared.request.status());
     return;
   }
-  prepared->request_id = rid;
+  const std::string& rid = prepared.request_id;
   std::string caller = PeerIdentity(flow->server_context());
   absl::Status rejected;
   bool start = false;
   {
     MutexLock lock(&mu_);
     // Under mu_: FlowGone reads the request id SetPrepared writes.
-    flow->SetPrepared(*std::move(prepared));
+    flow->SetPrepared(*std::move(prepared.request));
     flows_.emplace(rid, FlowRef{flow.get(), flow, std::move(caller)});
     if (draining_) {
       metrics_.Reject("draining");

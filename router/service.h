@@ -1,22 +1,20 @@
 // GenerationService: the public sambay.v1.Generation service of sambay-router.
 //
 // Generate (gRPC's asynchronous completion-queue API; each call is a RequestFlow driven by the
-// tags its queue returns, so no thread is held per stream): validates (PrepareRequest;
-// INVALID_ARGUMENT naming the field, before any worker is touched), admits into a bounded queue (at
+// tags its queue returns, so no thread is held per stream): the RequestPreparer (preparer.h)
+// gives the call its request id and validates and tokenizes it (INVALID_ARGUMENT naming the
+// field, before any worker is touched; a large prompt on the preparer's pool, after which the
+// admission continues on the flow's queue). The service only admits: into a bounded queue (at
 // most max_concurrent requests served at once and max_queue waiting, started in arrival order as
-// slots free; beyond that RESOURCE_EXHAUSTED at once; UNAVAILABLE while draining), then runs the
-// flow. A prompt with more than kInlinePromptBytes of text is tokenized on a small pool (TaskPool),
-// not on the streaming thread that accepted the call, so it does not stall the other streams of
-// that thread; its admission then continues on the flow's queue. The request id comes from the
-// request, else the x-request-id metadata, else a generated one; it is in every log line and sent
-// to the workers. Abort / Tokenize / Detokenize / GetModelInfo (synchronous handlers) as
-// generate.proto documents. Abort reaches only the requests of the same caller
-// (common/peer_identity.h); for anyone else's request it answers as for an unknown id, so ids
-// cannot be probed.
+// slots free; beyond that RESOURCE_EXHAUSTED at once; UNAVAILABLE while draining), then the flow
+// runs. The request id is in every log line and sent to the workers. Abort / Tokenize / Detokenize
+// / GetModelInfo (synchronous handlers) as generate.proto documents. Abort reaches only the
+// requests of the same caller (common/peer_identity.h); for anyone else's request it answers as for
+// an unknown id, so ids cannot be probed.
 //
 // Ownership: borrows registry, policy, metrics, tokenizer (they outlive the server). Holds weak
-// references to the live flows (for Abort), strong ones to the waiting flows, and the tokenizing
-// pool (destroyed first, which drops the prompts not yet tokenized).
+// references to the live flows (for Abort), strong ones to the waiting flows, and the preparer
+// (destroyed first, which drops the prompts not yet tokenized).
 // Thread-safety: handlers and flow callbacks run concurrently. mu_ guards the admission state
 // (running_, waiting_, draining_) and the flow tables (flows_, preparing_); it is never held
 // while calling into a flow, except for SetPrepared (FlowGone reads the request id it writes).
@@ -38,9 +36,9 @@
 #include "router/flow.h"
 #include "router/metrics.h"
 #include "router/placement.h"
+#include "router/preparer.h"
 #include "router/registry.h"
 #include "router/request.h"
-#include "router/task_pool.h"
 #include "sambay/v1/generate.grpc.pb.h"
 #include "tokenizer/tokenizer.h"
 
@@ -51,13 +49,6 @@ struct RouterServiceOptions {
   int64_t max_queue = 1024;
   FlowOptions flow;
 };
-
-// Prompts with more text than this (bytes of text, or of chat roles and contents) are tokenized on
-// the service's pool rather than on the streaming thread.
-inline constexpr size_t kInlinePromptBytes = 16 << 10;
-// The pool: threads, and prompts waiting for one (beyond: RESOURCE_EXHAUSTED at once).
-inline constexpr int kPrepareThreads = 2;
-inline constexpr size_t kMaxPreparing = 64;
 
 class GenerationService final : public GenerationAsyncBase, private FlowHost {
  public:
@@ -95,10 +86,10 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
   // at once, e.g. with no worker, runs as a loop, not a recursion).
   static void StartFlow(std::shared_ptr<RequestFlow> flow);
   void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Admits a validated flow (or rejects it). `pooled`: it was prepared on the pool, and is
+  // Admits a prepared flow (or rejects it). `pooled`: it was prepared on the pool, and is
   // dropped if gRPC finished with it meanwhile (FlowGone). On the flow's queue.
-  void Admit(const std::shared_ptr<RequestFlow>& flow, const std::string& rid,
-             absl::StatusOr<PreparedRequest> prepared, bool pooled) ABSL_LOCKS_EXCLUDED(mu_);
+  void Admit(const std::shared_ptr<RequestFlow>& flow, Preparation prepared, bool pooled)
+      ABSL_LOCKS_EXCLUDED(mu_);
 
   WorkerRegistry& registry_;
   PlacementPolicy& policy_;
@@ -121,11 +112,11 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
     std::string caller;  // PeerIdentity of the Generate call
   };
   std::multimap<std::string, FlowRef> flows_ ABSL_GUARDED_BY(mu_);  // by request id
-  // Accepted, prompt being tokenized on pool_.
+  // Accepted, prompt being prepared on preparer_'s pool.
   std::set<RequestFlow*> preparing_ ABSL_GUARDED_BY(mu_);
 
-  // Last member: destroyed (joined) first, while what its tasks use still exists.
-  TaskPool pool_{kPrepareThreads, kMaxPreparing};
+  // Last member: destroyed (its pool joined) first, while what its tasks use still exists.
+  RequestPreparer preparer_{tokenizer_, limits_};
 };
 
 }  // namespace sambay

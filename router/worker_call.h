@@ -95,6 +95,7 @@ class WorkerCallBase {
 template <class Request, class Response>
 class WorkerCall final : public WorkerCallBase {
  public:
+  using RequestType = Request;
   using WorkerCallBase::WorkerCallBase;
 
   // `prepare(ctx, request, cq)` is the stub's PrepareAsync method (e.g. PrepareAsyncDecode).
