@@ -249,4 +249,14 @@ void MetricsHttpServer::Stop() {
   loop_.reset();
 }
 
+absl::StatusOr<int> ServeMetrics(std::shared_ptr<prometheus::Collectable> collectable,
+                                 const std::string& host, int port,
+                                 std::unique_ptr<MetricsHttpServer>* server) {
+  if (*server != nullptr) return absl::FailedPreconditionError("metrics are already served");
+  auto http = std::make_unique<MetricsHttpServer>(std::move(collectable));
+  absl::StatusOr<int> bound = http->Start(host, port);
+  if (bound.ok()) *server = std::move(http);
+  return bound;
+}
+
 }  // namespace sambay

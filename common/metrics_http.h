@@ -16,9 +16,13 @@
 // queue until one closes (closed connections are counted out within 200 ms). The loop never
 // blocks on a peer, so a stalled or idle connection cannot hold up another scrape.
 //
+// ServeMetrics starts such a server for an owner that keeps it in a unique_ptr (RouterMetrics,
+// WorkerMetrics).
+//
 // Ownership: holds a shared reference to the collectable it serves. Thread-safety: Start and Stop
-// (and the destructor) must be called from one thread at a time; the collectable's Collect() is
-// called on the server's own thread and must be thread-safe (prometheus::Registry's is).
+// (and the destructor) must be called from one thread at a time, and so must ServeMetrics for one
+// owner; the collectable's Collect() is called on the server's own thread and must be thread-safe
+// (prometheus::Registry's is).
 #ifndef SAMBAY_COMMON_METRICS_HTTP_H_
 #define SAMBAY_COMMON_METRICS_HTTP_H_
 
@@ -65,6 +69,13 @@ class MetricsHttpServer {
   std::unique_ptr<Loop> loop_;  // null until Start succeeds
   std::thread thread_;
 };
+
+// Serves /metrics of `collectable` on host:port (port 0 = any free port) with a new
+// MetricsHttpServer kept in *server. Returns the bound port; FAILED_PRECONDITION when *server is
+// already set; the error of Start (and *server left null) when it cannot start.
+absl::StatusOr<int> ServeMetrics(std::shared_ptr<prometheus::Collectable> collectable,
+                                 const std::string& host, int port,
+                                 std::unique_ptr<MetricsHttpServer>* server);
 
 }  // namespace sambay
 

@@ -1,19 +1,30 @@
 #include "common/server_util.h"
 
+#include <grpcpp/security/server_credentials.h>
 #include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <thread>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/log.h"
 
 namespace sambay {
 namespace {
+
+// Prints "<program>: error: <message>" on stderr; returns 2, the exit code of a bad flag.
+int FlagError(const char* program, const absl::Status& s) {
+  std::fprintf(stderr, "%s: error: %s\n", program, std::string(s.message()).c_str());
+  return 2;
+}
 
 sigset_t TerminationSignals() {
   sigset_t s;
@@ -140,8 +151,24 @@ std::optional<int> ParseServerFlags(FlagSet& flags, const char* program, int arg
     std::fputs(flags.Usage().c_str(), stdout);
     return 0;
   }
-  std::fprintf(stderr, "%s: error: %s\n", program, std::string(s.message()).c_str());
-  return 2;
+  return FlagError(program, s);
+}
+
+std::optional<int> ParseAndCheckServerFlags(FlagSet& flags, const char* program, int argc,
+                                            char** argv, absl::FunctionRef<absl::Status()> check) {
+  if (auto exit_code = ParseServerFlags(flags, program, argc, argv)) return exit_code;
+  if (absl::Status s = check(); !s.ok()) return FlagError(program, s);
+  return std::nullopt;
+}
+
+void LogStarting(const std::string& component, const std::string& version, const FlagSet& flags) {
+  Log(LogLevel::kInfo, component, "starting",
+      {{"version", version}, {"config", flags.Effective()}});
+}
+
+int CannotStart(const std::string& component, const absl::Status& status) {
+  Log(LogLevel::kError, component, "cannot start", {{"error", status.ToString()}});
+  return 1;
 }
 
 void RegisterServerFlags(FlagSet& fs, ServerFlags* flags, const ServerFlagSpec& spec) {
@@ -180,6 +207,46 @@ RpcLimits ServerRpcLimits(const ServerFlags& flags) {
   limits.keepalive_seconds = flags.keepalive_seconds;
   limits.keepalive_timeout_seconds = flags.keepalive_timeout_seconds;
   return limits;
+}
+
+absl::StatusOr<StartedServer> StartGrpcServer(
+    const ServerFlags& flags, const RpcLimits& limits,
+    std::initializer_list<grpc::Service*> services,
+    absl::FunctionRef<void(grpc::ServerBuilder&)> configure) {
+  grpc::ServerBuilder builder;
+  StartedServer started;
+  builder.AddListeningPort(absl::StrCat(flags.host, ":", flags.port),
+                           grpc::InsecureServerCredentials(), &started.port);
+  for (grpc::Service* service : services) builder.RegisterService(service);
+  ConfigureServer(builder, limits);
+  configure(builder);
+  started.server = builder.BuildAndStart();
+  if (started.server == nullptr || started.port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("--port: cannot listen on ", flags.host, ":", flags.port));
+  }
+  return started;
+}
+
+absl::Status AnnounceServing(const std::string& component, const ServerFlags& flags, int grpc_port,
+                             int metrics_port, const nlohmann::json& fields) {
+  if (!flags.port_file.empty()) {
+    if (absl::Status s = WritePortFile(flags.port_file, grpc_port, metrics_port); !s.ok()) {
+      return s;
+    }
+  }
+  nlohmann::json all = {{"address", absl::StrCat(flags.host, ":", grpc_port)},
+                        {"metrics", absl::StrCat(flags.metrics_host, ":", metrics_port)}};
+  all.update(fields);
+  Log(LogLevel::kInfo, component, "serving", all);
+  return absl::OkStatus();
+}
+
+void WaitWhile(absl::FunctionRef<bool()> busy, absl::Duration timeout, absl::Duration interval) {
+  const absl::Time deadline = absl::Now() + timeout;
+  while (busy() && absl::Now() < deadline) {
+    std::this_thread::sleep_for(absl::ToChronoNanoseconds(interval));
+  }
 }
 
 }  // namespace sambay

@@ -1,7 +1,8 @@
 // Start-up and shutdown pieces shared by the server binaries (sambay-worker, sambay-router):
 // termination signals taken by sigwait, the port file, the flags both register (ServerFlags) and
-// flag parsing with the usual exits, and caps on concurrent calls of services the servers do not
-// own (gRPC's reflection).
+// flag parsing and checking with the usual exits, the start-up log lines ("starting", "cannot
+// start", "serving"), building and starting the gRPC server, polling while draining, and caps on
+// concurrent calls of services the servers do not own (gRPC's reflection).
 // Call from main() only (process-wide effects); not thread-safe. RegisterServerFlags writes
 // through its ServerFlags pointer, which must outlive FlagSet::Parse. The call-cap interceptor
 // factory is thread-safe (atomic counters) and owns its counters (shared with its interceptors,
@@ -9,18 +10,24 @@
 #ifndef SAMBAY_COMMON_SERVER_UTIL_H_
 #define SAMBAY_COMMON_SERVER_UTIL_H_
 
+#include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 #include <grpcpp/support/server_interceptor.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/flags.h"
 #include "common/grpc_channel.h"
+#include "nlohmann/json.hpp"
 
 namespace sambay {
 
@@ -41,6 +48,18 @@ absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_p
 // Parses flags; on --help prints the usage and returns 0, on a bad flag prints
 // "<program>: error: ..." and returns 2; otherwise nullopt (go on).
 std::optional<int> ParseServerFlags(FlagSet& flags, const char* program, int argc, char** argv);
+
+// ParseServerFlags, then `check` (the binary's own checks of the values): when it fails, prints
+// "<program>: error: ..." and returns 2; otherwise nullopt (go on).
+std::optional<int> ParseAndCheckServerFlags(FlagSet& flags, const char* program, int argc,
+                                            char** argv, absl::FunctionRef<absl::Status()> check);
+
+// Logs "starting" with the version and the effective configuration (FlagSet::Effective).
+void LogStarting(const std::string& component, const std::string& version, const FlagSet& flags);
+
+// Logs "cannot start" with `status` as `component`'s error; returns 1, the exit code of a server
+// that cannot start.
+int CannotStart(const std::string& component, const absl::Status& status);
 
 // The flags every server registers the same way: where the gRPC service and the metrics
 // endpoint listen, keepalive, the drain on SIGTERM, the port file and the log level.
@@ -77,6 +96,29 @@ absl::Status CheckServerFlags(const ServerFlags& flags);
 
 // RpcLimits with the keepalive of the flags (the message cap left at its default).
 RpcLimits ServerRpcLimits(const ServerFlags& flags);
+
+// A started gRPC server and the port it listens on.
+struct StartedServer {
+  std::unique_ptr<grpc::Server> server;
+  int port = 0;
+};
+
+// Builds and starts a gRPC server listening on --host:--port (insecure credentials) with
+// `services` registered in this order and `limits` applied (ConfigureServer); `configure` adds the
+// binary's own settings just before the start. UNAVAILABLE "--port: cannot listen on HOST:PORT"
+// when it cannot listen.
+absl::StatusOr<StartedServer> StartGrpcServer(
+    const ServerFlags& flags, const RpcLimits& limits,
+    std::initializer_list<grpc::Service*> services,
+    absl::FunctionRef<void(grpc::ServerBuilder&)> configure);
+
+// Writes the port file (when --port-file is set; its error is returned), then logs "serving" with
+// the gRPC and metrics addresses and `fields`.
+absl::Status AnnounceServing(const std::string& component, const ServerFlags& flags, int grpc_port,
+                             int metrics_port, const nlohmann::json& fields);
+
+// Sleeps `interval` at a time while busy() is true, for at most `timeout` (a drain).
+void WaitWhile(absl::FunctionRef<bool()> busy, absl::Duration timeout, absl::Duration interval);
 
 // Reflection streams (grpc.reflection v1alpha and v1 ServerReflectionInfo) served at once. A
 // synchronous reflection stream holds a server thread while it is open.

@@ -5,14 +5,6 @@
 #include "engine/state_io.h"
 
 namespace sambay {
-int64_t EngineBackend::OutputRows(absl::Span<const ForwardSegment> segments) {
-  int64_t n = 0;
-  for (const ForwardSegment& s : segments) {
-    if (s.logits == LogitsMode::kAll) n += static_cast<int64_t>(s.tokens.size());
-    if (s.logits == LogitsMode::kLast) n += 1;
-  }
-  return n;
-}
 
 absl::Status EngineBackend::ForwardArgmax(absl::Span<const ForwardSegment> segments,
                                           const std::vector<bool>& want_logits,

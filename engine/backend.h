@@ -52,16 +52,14 @@ class EngineBackend {
                                std::vector<float>* logits) = 0;
   // Forward for a caller that needs only the greedy token of some logits rows, so a device
   // backend can skip copying those rows to the host. `want_logits` has one entry per logits row
-  // of the pass (OutputRows below): rows marked true are appended to *logits (compacted, in
-  // order); *argmax gets every row's greedy token by GreedyToken's rule (engine/sampler.h; the
+  // of the pass (OutputRows, engine/model.h): rows marked true are appended to *logits (compacted,
+  // in order); *argmax gets every row's greedy token by GreedyToken's rule (engine/sampler.h; the
   // CUDA argmax kernel follows it too). This default runs Forward and takes the argmax here.
   virtual absl::Status ForwardArgmax(absl::Span<const ForwardSegment> segments,
                                      const std::vector<bool>& want_logits,
                                      std::vector<float>* logits, std::vector<int32_t>* argmax);
   // True when ForwardArgmax saves host copies (the scheduler then uses it for greedy rows).
   virtual bool argmax_on_device() const { return false; }
-  // Logits rows a pass over `segments` writes: kLast 1, kAll len, kNone 0 per segment.
-  static int64_t OutputRows(absl::Span<const ForwardSegment> segments);
   // The state in the wire format (ExportState; chunks of at most max_chunk_bytes).
   virtual absl::StatusOr<std::vector<std::string>> Export(SequenceState& state,
                                                           size_t max_chunk_bytes) = 0;

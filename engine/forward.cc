@@ -66,15 +66,6 @@ void Embed(const WeightView& e, absl::Span<const int32_t> ids, float* x) {
 
 }  // namespace
 
-int64_t OutputRows(absl::Span<const ForwardSegment> segments) {
-  int64_t n = 0;
-  for (const ForwardSegment& s : segments) {
-    if (s.logits == LogitsMode::kAll) n += static_cast<int64_t>(s.tokens.size());
-    if (s.logits == LogitsMode::kLast) n += 1;
-  }
-  return n;
-}
-
 absl::Status ForwardPass(const ModelConfig& c, const ModelWeights& weights, ThreadPool& pool,
                          absl::Span<const ForwardSegment> segments, float* logits,
                          const TpRank* tp) {

@@ -33,9 +33,6 @@ struct TpRank {
   int64_t vocab0 = 0;                     // first token id of weights.lm_head's rows
 };
 
-// Rows of logits a pass over `segments` writes: kLast 1, kAll len, kNone 0 per segment.
-int64_t OutputRows(absl::Span<const ForwardSegment> segments);
-
 // Runs `segments` (valid, distinct states of `config`'s layout) through the model and advances
 // each state's num_tokens. Writes logits row-major at `logits`, row stride config.vocab_size,
 // OutputRows(segments) rows, columns [tp->vocab0, tp->vocab0 + weights.lm_head.rows) (all

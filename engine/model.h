@@ -56,6 +56,16 @@ struct ForwardSegment {
   LogitsMode logits = LogitsMode::kLast;
 };
 
+// Rows of logits a pass over `segments` writes: kLast 1, kAll len, kNone 0 per segment.
+inline int64_t OutputRows(absl::Span<const ForwardSegment> segments) {
+  int64_t n = 0;
+  for (const ForwardSegment& s : segments) {
+    if (s.logits == LogitsMode::kAll) n += static_cast<int64_t>(s.tokens.size());
+    if (s.logits == LogitsMode::kLast) n += 1;
+  }
+  return n;
+}
+
 class Model {
  public:
   ~Model();

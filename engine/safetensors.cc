@@ -194,20 +194,9 @@ absl::Status WriteFileContents(const std::string& tmp, const std::string& header
   return absl::OkStatus();
 }
 
-}  // namespace
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
-}
-
-SafetensorsFile::~SafetensorsFile() {
-  if (map_ != nullptr) ::munmap(map_, map_size_);
-}
-
-absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
-  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
-  file->path_ = path;
-
+// Maps `path` read-only; sets *map and *size only on success. The file must be a regular file of
+// at least 8 bytes.
+absl::Status MapFile(const std::string& path, void** map, size_t* size) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return absl::ErrnoToStatus(errno, absl::StrCat("cannot open ", path));
   FdCloser closer(fd);
@@ -221,12 +210,17 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return absl::DataLossError(absl::StrCat(path, ": file is ", file_size,
                                             " bytes, shorter than the 8-byte header length"));
   }
-  void* map = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
-  if (map == MAP_FAILED) return absl::ErrnoToStatus(errno, absl::StrCat("cannot mmap ", path));
-  file->map_ = map;
-  file->map_size_ = file_size;
-  const uint8_t* base = static_cast<const uint8_t*>(map);
+  void* m = ::mmap(nullptr, file_size, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (m == MAP_FAILED) return absl::ErrnoToStatus(errno, absl::StrCat("cannot mmap ", path));
+  *map = m;
+  *size = file_size;
+  return absl::OkStatus();
+}
 
+// The header length stored in the first 8 bytes of a file of `file_size` (>= 8) bytes; it must
+// be within kMaxHeaderBytes and the file.
+absl::StatusOr<uint64_t> ReadHeaderLength(const std::string& path, const uint8_t* base,
+                                          uint64_t file_size) {
   uint64_t header_len = 0;
   for (int i = 0; i < 8; ++i) header_len |= static_cast<uint64_t>(base[i]) << (8 * i);
   if (header_len > kMaxHeaderBytes) {
@@ -238,11 +232,13 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                                             " exceeds the file size ", file_size,
                                             " (truncated file?)"));
   }
-  const char* header_begin = reinterpret_cast<const char*>(base + 8);
-  const uint8_t* data_begin = base + 8 + header_len;
-  const int64_t data_size = static_cast<int64_t>(file_size - 8 - header_len);
+  return header_len;
+}
 
-  std::vector<ParsedEntry> entries;
+// Parses the JSON header: tensor entries into *entries, "__metadata__" into *metadata.
+absl::Status ParseHeader(const std::string& path, const char* header_begin, uint64_t header_len,
+                         std::vector<ParsedEntry>* entries,
+                         std::map<std::string, std::string>* metadata) {
   try {
     const json header = json::parse(header_begin, header_begin + header_len, nullptr,
                                     /*allow_exceptions=*/false);
@@ -252,20 +248,25 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     if (!header.is_object()) {
       return absl::InvalidArgumentError(absl::StrCat(path, ": header is not a JSON object"));
     }
-    entries.reserve(header.size());
+    entries->reserve(header.size());
     for (const auto& [name, value] : header.items()) {
       if (name == "__metadata__") {
-        SAMBAY_RETURN_IF_ERROR(ParseMetadata(path, value, &file->metadata_));
+        SAMBAY_RETURN_IF_ERROR(ParseMetadata(path, value, metadata));
         continue;
       }
       ParsedEntry entry;
       SAMBAY_RETURN_IF_ERROR(ParseEntry(path, name, value, &entry));
-      entries.push_back(std::move(entry));
+      entries->push_back(std::move(entry));
     }
   } catch (const std::exception& e) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": bad header: ", e.what()));
   }
+  return absl::OkStatus();
+}
 
+// Every entry lies inside the data region of `data_size` bytes, and no two non-empty ones overlap.
+absl::Status CheckDataRanges(const std::string& path, const std::vector<ParsedEntry>& entries,
+                             int64_t data_size) {
   for (const ParsedEntry& e : entries) {
     if (e.end > data_size) {
       return absl::DataLossError(absl::StrCat(path, ": tensor '", e.info.name, "' data_offsets [",
@@ -288,8 +289,15 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
                        order[i]->begin, ", ", order[i]->end, "] overlap"));
     }
   }
+  return absl::OkStatus();
+}
 
-  for (ParsedEntry& e : entries) {
+// Points each entry at its data (or at an aligned copy, kept in *aligned_copies, when the data
+// is not aligned to the element size) and moves it into *tensors.
+void PlaceTensors(const uint8_t* data_begin, std::vector<ParsedEntry>* entries,
+                  std::map<std::string, TensorInfo>* tensors,
+                  std::vector<std::unique_ptr<uint8_t[]>>* aligned_copies) {
+  for (ParsedEntry& e : *entries) {
     const uint8_t* ptr = data_begin + e.begin;
     const size_t align = static_cast<size_t>(DTypeSize(e.info.dtype));
     if (reinterpret_cast<uintptr_t>(ptr) % align != 0) {
@@ -298,12 +306,40 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
           std::make_unique<uint8_t[]>(static_cast<size_t>(std::max<int64_t>(e.info.nbytes, 1)));
       std::memcpy(copy.get(), ptr, static_cast<size_t>(e.info.nbytes));
       ptr = copy.get();
-      file->aligned_copies_.push_back(std::move(copy));
+      aligned_copies->push_back(std::move(copy));
     }
     e.info.data = ptr;
     std::string name = e.info.name;
-    file->tensors_.emplace(std::move(name), std::move(e.info));
+    tensors->emplace(std::move(name), std::move(e.info));
   }
+}
+
+}  // namespace
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (map_ != nullptr) ::munmap(map_, map_size_);
+}
+
+absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::string& path) {
+  std::unique_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = path;
+  SAMBAY_RETURN_IF_ERROR(MapFile(path, &file->map_, &file->map_size_));
+  const uint64_t file_size = file->map_size_;
+  const uint8_t* base = static_cast<const uint8_t*>(file->map_);
+
+  SAMBAY_ASSIGN_OR_RETURN(const uint64_t header_len, ReadHeaderLength(path, base, file_size));
+  const char* header_begin = reinterpret_cast<const char*>(base + 8);
+  const uint8_t* data_begin = base + 8 + header_len;
+  const int64_t data_size = static_cast<int64_t>(file_size - 8 - header_len);
+
+  std::vector<ParsedEntry> entries;
+  SAMBAY_RETURN_IF_ERROR(ParseHeader(path, header_begin, header_len, &entries, &file->metadata_));
+  SAMBAY_RETURN_IF_ERROR(CheckDataRanges(path, entries, data_size));
+  PlaceTensors(data_begin, &entries, &file->tensors_, &file->aligned_copies_);
   return file;
 }
 

@@ -352,14 +352,10 @@ int32_t GreedyToken(absl::Span<const float> logits) {
 
 double Sampler::NextUniform() { return static_cast<double>(NextU64() >> 11) * 0x1.0p-53; }
 
-int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t> history) {
-  const double u = NextUniform();  // exactly one draw per call, whatever the mode
+const float* Sampler::Penalize(absl::Span<const float> logits, absl::Span<const int32_t> history) {
+  // Penalties, on a copy (`logits` is not modified). Each is computed from the original logit,
+  // so a token repeated in `history` is penalized once.
   const size_t n = logits.size();
-  if (n == 0) return 0;
-
-  // ---- Penalties, on a copy (`logits` is not modified). Each is computed from the original
-  // logit, so a token repeated in `history` is penalized once.
-  const float* l = logits.data();
   const float rep = params_.repetition_penalty;
   const float presence = params_.presence_penalty;
   if ((rep != 1.0f || presence != 0.0f) && !history.empty()) {
@@ -370,8 +366,33 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
       if (rep != 1.0f) v = v > 0.0f ? v / rep : v * rep;
       scratch_[t] = v - presence;
     }
-    l = scratch_.data();
+    return scratch_.data();
   }
+  return logits.data();
+}
+
+int32_t Sampler::SampleInfinite(const float* l, size_t n, float min_w, double u) {
+  // +inf logits: the limit distribution is uniform over them (lowest ids first for top-k).
+  const auto top_k = static_cast<size_t>(params_.top_k);
+  candidates_.clear();
+  for (size_t i = 0; i < n; ++i) {
+    if (l[i] == kInf) candidates_.push_back({1.0f, static_cast<int32_t>(i)});
+  }
+  if (top_k > 0 && candidates_.size() > top_k) candidates_.resize(top_k);
+  size_t m = candidates_.size();
+  if (params_.top_p < 1.0f) {
+    m = ShortestPrefix(candidates_.data(), m, params_.top_p * static_cast<double>(m));
+  }
+  return DrawCandidates(candidates_.data(), m, min_w, u);
+}
+
+int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t> history) {
+  const double u = NextUniform();  // exactly one draw per call, whatever the mode
+  const size_t n = logits.size();
+  if (n == 0) return 0;
+
+  // ---- Penalties, on a copy in scratch_ when any apply.
+  const float* l = Penalize(logits, history);
 
   // ---- Greedy: first index of the maximum; NaN never wins; 0 if all are NaN / -inf.
   float lmax;
@@ -385,17 +406,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits, absl::Span<const int32_t
   int32_t id = -1;
 
   if (lmax == kInf) {
-    // +inf logits: the limit distribution is uniform over them (lowest ids first for top-k).
-    candidates_.clear();
-    for (size_t i = 0; i < n; ++i) {
-      if (l[i] == kInf) candidates_.push_back({1.0f, static_cast<int32_t>(i)});
-    }
-    if (top_k > 0 && candidates_.size() > top_k) candidates_.resize(top_k);
-    size_t m = candidates_.size();
-    if (use_top_p) {
-      m = ShortestPrefix(candidates_.data(), m, params_.top_p * static_cast<double>(m));
-    }
-    id = DrawCandidates(candidates_.data(), m, min_w, u);
+    id = SampleInfinite(l, n, min_w, u);
     return id >= 0 ? id : best;
   }
 

@@ -72,6 +72,11 @@ class Sampler {
  private:
   uint64_t NextU64();
   double NextUniform();  // [0, 1)
+  // The logits with the penalties applied: `logits` itself when none apply, else scratch_.
+  const float* Penalize(absl::Span<const float> logits, absl::Span<const int32_t> history);
+  // Draws among the +inf entries of l[0, n) (uniform, after top-k / top-p / min-p); -1 if none
+  // is drawn.
+  int32_t SampleInfinite(const float* l, size_t n, float min_w, double u);
 
   SamplingParams params_;
   RngState rng_;

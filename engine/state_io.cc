@@ -170,6 +170,7 @@ class Reader {
     return Take(n, [&](const char* p) { *v = absl::string_view(p, n); });
   }
   size_t pos() const { return pos_; }
+  size_t size() const { return d_.size(); }
 
  private:
   template <typename F>
@@ -182,6 +183,12 @@ class Reader {
   absl::string_view d_;
   size_t pos_ = 0;
 };
+
+// The error for a header that ends before its last field.
+absl::Status HeaderTruncated(const Reader& r) {
+  return Invalid("state header truncated: it must fit in the first chunk, whose payload has ",
+                 r.size(), " bytes");
+}
 
 // The buffers of `s` (a logical state of `c`, or one shard of its shard config) hold n tokens.
 absl::Status CheckBuffers(const ModelConfig& c, const SequenceState& s, int64_t n,
@@ -443,44 +450,47 @@ struct StateImporter::Impl {
   }
   absl::Status AddChunk(absl::string_view chunk);
   absl::Status ParseHeader(absl::string_view payload, size_t* used);
+  // ParseHeader's steps in stream order (magic, version, fingerprint; dtype, num_tokens,
+  // last_token, RNG; layer table), then StartEntries allocates the state for a valid header.
+  absl::Status ParseStreamId(Reader& r, StateHeaderInfo* h);
+  absl::Status ParseTokenFields(Reader& r, StateHeaderInfo* h);
+  absl::Status ParseLayerTable(Reader& r, StateHeaderInfo* h);
+  void StartEntries(StateHeaderInfo h);
   absl::Status Consume(absl::string_view in);
   absl::Status CheckDescriptor();
   void EntryDone();
 };
 
-absl::Status StateImporter::Impl::ParseHeader(absl::string_view payload, size_t* used) {
-  const auto truncated = [&] {
-    return Invalid(
-        "state header truncated: it must fit in the first chunk, whose payload "
-        "has ",
-        payload.size(), " bytes");
-  };
-  Reader r(payload);
-  StateHeaderInfo h;
+absl::Status StateImporter::Impl::ParseStreamId(Reader& r, StateHeaderInfo* h) {
   absl::string_view magic, fp;
-  uint32_t fp_len, dtype, last, num_layers;
-  uint64_t num_tokens;
-  if (!r.Bytes(4, &magic) || !r.U32(&h.format_version)) return truncated();
+  uint32_t fp_len;
+  if (!r.Bytes(4, &magic) || !r.U32(&h->format_version)) return HeaderTruncated(r);
   if (magic != absl::string_view(kStreamMagic, 4)) {
     return Invalid("state header: bad magic \"", absl::CHexEscape(magic), "\", expected \"SBYS\"");
   }
-  if (h.format_version != kStateFormatVersion) {
+  if (h->format_version != kStateFormatVersion) {
     return absl::FailedPreconditionError(
-        absl::StrCat("state format version ", h.format_version,
+        absl::StrCat("state format version ", h->format_version,
                      " is not supported (this build reads version ", kStateFormatVersion, ")"));
   }
-  if (!r.U32(&fp_len)) return truncated();
+  if (!r.U32(&fp_len)) return HeaderTruncated(r);
   if (fp_len > kMaxStateFingerprintBytes) {
     return Invalid("state header: fingerprint length ", fp_len, " exceeds 64 bytes");
   }
-  if (!r.Bytes(fp_len, &fp)) return truncated();
+  if (!r.Bytes(fp_len, &fp)) return HeaderTruncated(r);
   if (fp != fingerprint) {
     return absl::FailedPreconditionError(
         absl::StrCat("model fingerprint mismatch: the state is for model \"", absl::CHexEscape(fp),
                      "\", this model is \"", absl::CHexEscape(fingerprint), "\""));
   }
-  h.fingerprint = std::string(fp);
-  if (!r.U32(&dtype)) return truncated();
+  h->fingerprint = std::string(fp);
+  return absl::OkStatus();
+}
+
+absl::Status StateImporter::Impl::ParseTokenFields(Reader& r, StateHeaderInfo* h) {
+  uint32_t dtype, last;
+  uint64_t num_tokens;
+  if (!r.U32(&dtype)) return HeaderTruncated(r);
   if (dtype != static_cast<uint32_t>(DType::kF32)) {
     return Invalid("state header: dtype code ", dtype,
                    dtype <= 2
@@ -488,31 +498,36 @@ absl::Status StateImporter::Impl::ParseHeader(absl::string_view payload, size_t*
                        : " (unknown)",
                    " is not supported; this engine's states are F32 (code 0)");
   }
-  if (!r.U64(&num_tokens)) return truncated();
-  h.num_tokens = static_cast<int64_t>(num_tokens);
-  if (h.num_tokens < 0) {
-    return Invalid("state header: num_tokens is negative (", h.num_tokens, ")");
+  if (!r.U64(&num_tokens)) return HeaderTruncated(r);
+  h->num_tokens = static_cast<int64_t>(num_tokens);
+  if (h->num_tokens < 0) {
+    return Invalid("state header: num_tokens is negative (", h->num_tokens, ")");
   }
-  if (h.num_tokens > max_tokens) {
-    return Invalid("state header: num_tokens ", h.num_tokens, " exceeds the limit of ", max_tokens,
+  if (h->num_tokens > max_tokens) {
+    return Invalid("state header: num_tokens ", h->num_tokens, " exceeds the limit of ", max_tokens,
                    " tokens");
   }
-  if (!r.U32(&last)) return truncated();
-  h.last_token = static_cast<int32_t>(last);
-  if (h.last_token < -1 || h.last_token >= config.vocab_size) {
-    return Invalid("state header: last_token ", h.last_token, " is outside [-1, ",
+  if (!r.U32(&last)) return HeaderTruncated(r);
+  h->last_token = static_cast<int32_t>(last);
+  if (h->last_token < -1 || h->last_token >= config.vocab_size) {
+    return Invalid("state header: last_token ", h->last_token, " is outside [-1, ",
                    config.vocab_size, ")");
   }
-  for (uint64_t& w : h.rng_state) {
-    if (!r.U64(&w)) return truncated();
+  for (uint64_t& w : h->rng_state) {
+    if (!r.U64(&w)) return HeaderTruncated(r);
   }
-  if (!r.U32(&num_layers)) return truncated();
+  return absl::OkStatus();
+}
+
+absl::Status StateImporter::Impl::ParseLayerTable(Reader& r, StateHeaderInfo* h) {
+  uint32_t num_layers;
+  if (!r.U32(&num_layers)) return HeaderTruncated(r);
   if (num_layers != static_cast<uint32_t>(config.num_layers)) {
     return Invalid("state header: layer table has ", num_layers, " layers, this model has ",
                    config.num_layers);
   }
   absl::string_view table;
-  if (!r.Bytes(num_layers, &table)) return truncated();
+  if (!r.Bytes(num_layers, &table)) return HeaderTruncated(r);
   for (uint32_t i = 0; i < num_layers; ++i) {
     const uint8_t code = static_cast<uint8_t>(table[i]);
     if (code >= kNumLayerKinds) {
@@ -523,17 +538,12 @@ absl::Status StateImporter::Impl::ParseHeader(absl::string_view payload, size_t*
       return Invalid("state header: layer table: layer ", i, " is ", LayerKindName(k),
                      " in the state, ", LayerKindName(config.layers[i]), " in this model");
     }
-    h.layers.push_back(k);
+    h->layers.push_back(k);
   }
-  if (!r.U32(&h.num_entries)) return truncated();
-  expected = ExpectedEntries(config, h.num_tokens);
-  if (h.num_entries != expected.size()) {
-    return Invalid("state header: ", h.num_entries, " tensor entries, this model has ",
-                   expected.size());
-  }
-  h.header_bytes = static_cast<int64_t>(r.pos());
-  *used = r.pos();
+  return absl::OkStatus();
+}
 
+void StateImporter::Impl::StartEntries(StateHeaderInfo h) {
   // Valid: allocate the fixed-size state (bounded by the config). The global K/V grows only as
   // its verified bytes arrive.
   index.assign(static_cast<size_t>(config.num_layers) * kNumTensorKinds, -1);
@@ -546,6 +556,23 @@ absl::Status StateImporter::Impl::ParseHeader(absl::string_view payload, size_t*
                : std::make_unique<SequenceState>(config);
   header = std::move(h);
   phase = expected.empty() ? Phase::kDone : Phase::kDescriptor;
+}
+
+absl::Status StateImporter::Impl::ParseHeader(absl::string_view payload, size_t* used) {
+  Reader r(payload);
+  StateHeaderInfo h;
+  SAMBAY_RETURN_IF_ERROR(ParseStreamId(r, &h));
+  SAMBAY_RETURN_IF_ERROR(ParseTokenFields(r, &h));
+  SAMBAY_RETURN_IF_ERROR(ParseLayerTable(r, &h));
+  if (!r.U32(&h.num_entries)) return HeaderTruncated(r);
+  expected = ExpectedEntries(config, h.num_tokens);
+  if (h.num_entries != expected.size()) {
+    return Invalid("state header: ", h.num_entries, " tensor entries, this model has ",
+                   expected.size());
+  }
+  h.header_bytes = static_cast<int64_t>(r.pos());
+  *used = r.pos();
+  StartEntries(std::move(h));
   return absl::OkStatus();
 }
 

@@ -3,13 +3,12 @@
 // See docs/router.md.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/resource_quota.h>
-#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
-#include <cstdio>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -65,19 +64,8 @@ struct Flags {
   double lease_renew_seconds = 5;
 };
 
-void Register(FlagSet& fs, Flags& f) {
-  RegisterServerFlags(
-      fs, &f.server,
-      {.port = 50050,
-       .metrics_port = 9300,
-       .host_help = "Address the public gRPC service binds to.",
-       .port_help = "Public gRPC port (0 = any free port).",
-       .metrics_host_help = "Address of the metrics endpoint.",
-       .drain_timeout_help = "Seconds SIGTERM waits for running requests before exiting.",
-       .keepalive_timeout_help =
-           "Seconds without a ping reply before a connection (e.g. to a worker) is dead."});
-  fs.AddString("model", &f.model,
-               "Model directory: tokenizer, config.json, generation_config.json. Required.");
+// Where the workers are and how they are probed, checked and chosen.
+void RegisterWorkerFlags(FlagSet& fs, Flags& f) {
   fs.AddString("prefill-workers", &f.prefill_workers, "Comma-separated host:port prefill workers.");
   fs.AddString("decode-workers", &f.decode_workers, "Comma-separated host:port decode workers.");
   fs.AddString("workers", &f.workers, "Comma-separated workers whose roles come from GetInfo.");
@@ -97,6 +85,10 @@ void Register(FlagSet& fs, Flags& f) {
   fs.AddString("fingerprint", &f.fingerprint,
                "Model fingerprint every worker must serve (empty = the first worker's).");
   fs.AddString("placement", &f.placement, "Placement policy: least-loaded or round-robin.");
+}
+
+// Admission, the request flow (retries, migrations, timeouts) and request limits.
+void RegisterRequestFlags(FlagSet& fs, Flags& f) {
   fs.AddInt("max-concurrent", &f.max_concurrent, "Most requests served at once.");
   fs.AddInt("max-queue", &f.max_queue,
             "Most requests waiting for a serving slot; beyond it RESOURCE_EXHAUSTED.");
@@ -125,6 +117,23 @@ void Register(FlagSet& fs, Flags& f) {
                "it well below the workers' --lease-timeout).");
   fs.AddBool("usage-workers", &f.usage_workers,
              "Report the workers' addresses in usage.workers (internal topology: off by default).");
+}
+
+void Register(FlagSet& fs, Flags& f) {
+  RegisterServerFlags(
+      fs, &f.server,
+      {.port = 50050,
+       .metrics_port = 9300,
+       .host_help = "Address the public gRPC service binds to.",
+       .port_help = "Public gRPC port (0 = any free port).",
+       .metrics_host_help = "Address of the metrics endpoint.",
+       .drain_timeout_help = "Seconds SIGTERM waits for running requests before exiting.",
+       .keepalive_timeout_help =
+           "Seconds without a ping reply before a connection (e.g. to a worker) is dead."});
+  fs.AddString("model", &f.model,
+               "Model directory: tokenizer, config.json, generation_config.json. Required.");
+  RegisterWorkerFlags(fs, f);
+  RegisterRequestFlags(fs, f);
 }
 
 std::vector<std::string> List(const std::string& s) {
@@ -165,31 +174,22 @@ absl::Status Check(const Flags& f) {
   return SetLogLevel(f.server.log_level);
 }
 
-int Fatal(const absl::Status& s) {
-  Log(LogLevel::kError, "router", "cannot start", {{"error", s.ToString()}});
-  return 1;
-}
-
-int Run(int argc, char** argv) {
-  BlockTerminationSignals();
-  Flags f;
-  FlagSet fs("sambay-router", "SAMBAY_");
-  Register(fs, f);
-  if (auto exit_code = ParseServerFlags(fs, "sambay-router", argc, argv)) return *exit_code;
-  if (absl::Status s = Check(f); !s.ok()) {
-    std::fprintf(stderr, "sambay-router: error: %s\n", std::string(s.message()).c_str());
-    return 2;
-  }
-  Log(LogLevel::kInfo, "router", "starting",
-      {{"version", SAMBAY_VERSION}, {"config", fs.Effective()}});
-
-  auto config = LoadModelConfig(f.model);
-  if (!config.ok()) return Fatal(config.status());
-  auto tokenizer = LoadTokenizer(f.model);
-  if (!tokenizer.ok()) return Fatal(tokenizer.status());
-  auto eos = LoadStopTokenIds(f.model, **tokenizer);
-  if (!eos.ok()) return Fatal(eos.status());
+// What the router needs from the model directory: the tokenizer and the request limits.
+struct RouterModel {
+  std::unique_ptr<Tokenizer> tokenizer;
   RouterLimits limits;
+};
+
+absl::StatusOr<RouterModel> LoadRouterModel(const Flags& f) {
+  auto config = LoadModelConfig(f.model);
+  if (!config.ok()) return config.status();
+  auto tokenizer = LoadTokenizer(f.model);
+  if (!tokenizer.ok()) return tokenizer.status();
+  auto eos = LoadStopTokenIds(f.model, **tokenizer);
+  if (!eos.ok()) return eos.status();
+  RouterModel m;
+  m.tokenizer = *std::move(tokenizer);
+  RouterLimits& limits = m.limits;
   limits.vocab_size = config->vocab_size;
   limits.max_context = f.max_context == 0 ? config->max_position_embeddings : f.max_context;
   limits.eos_ids = *eos;
@@ -197,16 +197,12 @@ int Run(int argc, char** argv) {
   limits.max_new_tokens_limit = f.max_new_tokens_limit;
   limits.max_request_bytes = f.max_request_bytes;
   if (limits.max_context > config->max_position_embeddings) {
-    return Fatal(absl::InvalidArgumentError("--max-context: exceeds the model's context"));
+    return absl::InvalidArgumentError("--max-context: exceeds the model's context");
   }
+  return m;
+}
 
-  const RpcLimits rpc = ServerRpcLimits(f.server);
-  RouterMetrics metrics;
-  auto metrics_port = metrics.Serve(f.server.metrics_host, static_cast<int>(f.server.metrics_port));
-  if (!metrics_port.ok()) return Fatal(metrics_port.status());
-  auto policy = MakePlacementPolicy(f.placement);
-  if (!policy.ok()) return Fatal(policy.status());
-
+RegistryOptions MakeRegistryOptions(const Flags& f, const RpcLimits& rpc) {
   RegistryOptions ro;
   ro.prefill = List(f.prefill_workers);
   ro.decode = List(f.decode_workers);
@@ -221,8 +217,10 @@ int Run(int argc, char** argv) {
   ro.fail_threshold = static_cast<int>(f.fail_threshold);
   ro.fingerprint = f.fingerprint;
   ro.limits = rpc;
-  WorkerRegistry registry(ro, &metrics);
+  return ro;
+}
 
+RouterServiceOptions MakeServiceOptions(const Flags& f) {
   RouterServiceOptions so;
   so.max_concurrent = f.max_concurrent;
   so.max_queue = f.max_queue;
@@ -233,76 +231,97 @@ int Run(int argc, char** argv) {
   so.flow.max_pending_output_bytes = f.max_pending_output_bytes;
   so.flow.usage_workers = f.usage_workers;
   so.flow.lease_renew_interval = absl::Seconds(f.lease_renew_seconds);
-  GenerationService service(registry, **policy, metrics, **tokenizer, limits, so);
+  return so;
+}
 
-  HealthService health_service;
+// Starts the gRPC server with the Generation and health services; *cqs gets the completion
+// queues for the io threads.
+absl::StatusOr<StartedServer> StartServer(
+    const Flags& f, const RpcLimits& rpc, GenerationService& service, HealthService& health,
+    std::vector<std::unique_ptr<grpc::ServerCompletionQueue>>* cqs) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int grpc_port = 0;
-  builder.AddListeningPort(absl::StrCat(f.server.host, ":", f.server.port),
-                           grpc::InsecureServerCredentials(), &grpc_port);
-  builder.RegisterService(&service);
-  builder.RegisterService(&health_service);
   RpcLimits server_limits = rpc;
   server_limits.max_message_bytes = std::max<int64_t>(64 << 20, 4 * f.max_request_bytes);
-  ConfigureServer(builder, server_limits);
-  // Requests: a little above --max-request-bytes, so that the handler rejects a request slightly
-  // too large (INVALID_ARGUMENT naming the field) and gRPC refuses a far larger one
-  // (RESOURCE_EXHAUSTED) before it is parsed.
-  builder.SetMaxReceiveMessageSize(
-      static_cast<int>(std::min<int64_t>(f.max_request_bytes + (64 << 10), INT_MAX)));
-  grpc::ResourceQuota quota("sambay-router");
-  quota.SetMaxThreads(64);  // the synchronous methods (Generate runs on the io threads)
-  // gRPC 1.51 buffers a whole request before checking the receive cap: the transports' memory is
-  // bounded here instead (past it, gRPC cancels streams with RESOURCE_EXHAUSTED), room for eight
-  // requests of the largest size at once.
-  quota.Resize(
-      static_cast<size_t>(std::max<int64_t>(32 << 20, 8 * (f.max_request_bytes + (64 << 10)))));
-  builder.SetResourceQuota(quota);
-  const int io_threads = static_cast<int>(
-      f.io_threads > 0 ? f.io_threads
-                       : std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 8));
-  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs;
-  for (int i = 0; i < io_threads; ++i) cqs.push_back(builder.AddCompletionQueue());
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || grpc_port == 0) {
-    return Fatal(absl::UnavailableError(
-        absl::StrCat("--port: cannot listen on ", f.server.host, ":", f.server.port)));
+  return StartGrpcServer(
+      f.server, server_limits, {&service, &health}, [&](grpc::ServerBuilder& builder) {
+        // Requests: a little above --max-request-bytes, so that the handler rejects a request
+        // slightly too large (INVALID_ARGUMENT naming the field) and gRPC refuses a far larger one
+        // (RESOURCE_EXHAUSTED) before it is parsed.
+        builder.SetMaxReceiveMessageSize(
+            static_cast<int>(std::min<int64_t>(f.max_request_bytes + (64 << 10), INT_MAX)));
+        grpc::ResourceQuota quota("sambay-router");
+        quota.SetMaxThreads(64);  // the synchronous methods (Generate runs on the io threads)
+        // gRPC 1.51 buffers a whole request before checking the receive cap: the transports' memory
+        // is bounded here instead (past it, gRPC cancels streams with RESOURCE_EXHAUSTED), room for
+        // eight requests of the largest size at once.
+        quota.Resize(static_cast<size_t>(
+            std::max<int64_t>(32 << 20, 8 * (f.max_request_bytes + (64 << 10)))));
+        builder.SetResourceQuota(quota);
+        const int io_threads = static_cast<int>(
+            f.io_threads > 0 ? f.io_threads
+                             : std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 8));
+        for (int i = 0; i < io_threads; ++i) cqs->push_back(builder.AddCompletionQueue());
+      });
+}
+
+// Stops taking requests, waits up to --drain-timeout for running ones, then stops the server.
+void Drain(const Flags& f, const std::string& sig, grpc::Server& server, GenerationService& service,
+           HealthService& health, std::atomic<bool>& draining) {
+  draining.store(true);
+  health.SetServingStatus(kReadinessService, false);
+  service.StartDrain();
+  Log(LogLevel::kInfo, "router", "draining", {{"signal", sig}, {"active", service.active()}});
+  WaitWhile([&] { return service.active() > 0; }, absl::Seconds(f.server.drain_timeout),
+            absl::Milliseconds(20));
+  health.Shutdown();
+  server.Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  service.StopServing(absl::Seconds(5));
+  server.Wait();
+  Log(LogLevel::kInfo, "router", "stopped", {{"unfinished", service.active()}});
+}
+
+int Run(int argc, char** argv) {
+  BlockTerminationSignals();
+  Flags f;
+  FlagSet fs("sambay-router", "SAMBAY_");
+  Register(fs, f);
+  if (auto exit_code =
+          ParseAndCheckServerFlags(fs, "sambay-router", argc, argv, [&] { return Check(f); })) {
+    return *exit_code;
   }
+  LogStarting("router", SAMBAY_VERSION, fs);
+
+  auto model = LoadRouterModel(f);
+  if (!model.ok()) return CannotStart("router", model.status());
+  const RpcLimits rpc = ServerRpcLimits(f.server);
+  RouterMetrics metrics;
+  auto metrics_port = metrics.Serve(f.server.metrics_host, static_cast<int>(f.server.metrics_port));
+  if (!metrics_port.ok()) return CannotStart("router", metrics_port.status());
+  auto policy = MakePlacementPolicy(f.placement);
+  if (!policy.ok()) return CannotStart("router", policy.status());
+  WorkerRegistry registry(MakeRegistryOptions(f, rpc), &metrics);
+  GenerationService service(registry, **policy, metrics, *model->tokenizer, model->limits,
+                            MakeServiceOptions(f));
+
+  HealthService health;
+  std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs;
+  auto started = StartServer(f, rpc, service, health, &cqs);
+  if (!started.ok()) return CannotStart("router", started.status());
   service.Serve(std::move(cqs));
-  HealthService* health = &health_service;
-  health->SetServingStatus("", true);
-  health->SetServingStatus(kReadinessService, false);
+  health.SetServingStatus("", true);
+  health.SetServingStatus(kReadinessService, false);
   std::atomic<bool> draining{false};
   registry.SetReadyCallback([&](bool ready) {
-    if (!draining.load()) health->SetServingStatus(kReadinessService, ready);
+    if (!draining.load()) health.SetServingStatus(kReadinessService, ready);
     Log(LogLevel::kInfo, "router", ready ? "ready" : "not ready (workers missing)");
   });
   registry.Start();
-  if (!f.server.port_file.empty()) {
-    if (absl::Status s = WritePortFile(f.server.port_file, grpc_port, *metrics_port); !s.ok()) {
-      return Fatal(s);
-    }
+  if (absl::Status s = AnnounceServing("router", f.server, started->port, *metrics_port,
+                                       {{"placement", (*policy)->name()}});
+      !s.ok()) {
+    return CannotStart("router", s);
   }
-  Log(LogLevel::kInfo, "router", "serving",
-      {{"address", absl::StrCat(f.server.host, ":", grpc_port)},
-       {"metrics", absl::StrCat(f.server.metrics_host, ":", *metrics_port)},
-       {"placement", (*policy)->name()}});
-
-  const std::string sig = WaitForTerminationSignal();
-  draining.store(true);
-  health->SetServingStatus(kReadinessService, false);
-  service.StartDrain();
-  Log(LogLevel::kInfo, "router", "draining", {{"signal", sig}, {"active", service.active()}});
-  const absl::Time deadline = absl::Now() + absl::Seconds(f.server.drain_timeout);
-  while (service.active() > 0 && absl::Now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  health_service.Shutdown();
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
-  service.StopServing(absl::Seconds(5));
-  server->Wait();
-  Log(LogLevel::kInfo, "router", "stopped", {{"unfinished", service.active()}});
+  Drain(f, WaitForTerminationSignal(), *started->server, service, health, draining);
   return 0;
 }
 

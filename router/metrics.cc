@@ -82,11 +82,7 @@ RouterMetrics::RouterMetrics()
 }
 
 absl::StatusOr<int> RouterMetrics::Serve(const std::string& host, int port) {
-  if (http_ != nullptr) return absl::FailedPreconditionError("metrics are already served");
-  auto http = std::make_unique<MetricsHttpServer>(registry_);
-  absl::StatusOr<int> bound = http->Start(host, port);
-  if (bound.ok()) http_ = std::move(http);
-  return bound;
+  return ServeMetrics(registry_, host, port, &http_);
 }
 
 void RouterMetrics::Finished(const std::string& r) {

@@ -80,6 +80,161 @@ size_t WhitespaceBefore(std::string_view s, size_t end) {
   return 0;
 }
 
+// Checks every token's length, rank and id and every added token's text and id; sets the
+// largest rank and id seen (-1 when none).
+absl::Status CheckRanges(const std::string& who, const std::vector<BpeToken>& tokens,
+                         const std::vector<AddedToken>& added, int32_t* max_rank, int32_t* max_id) {
+  for (const BpeToken& tok : tokens) {
+    if (tok.bytes.empty() || tok.bytes.size() > kMaxBpeTokenBytes) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": token with rank ", tok.rank, " has ",
+                                                     tok.bytes.size(), " bytes (1..",
+                                                     kMaxBpeTokenBytes, " allowed)"));
+    }
+    if (tok.rank < 0 || tok.rank > kMaxBpeId || tok.id < 0 || tok.id > kMaxBpeId) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": token ", Printable(tok.bytes),
+                                                     " has rank ", tok.rank, " / id ", tok.id,
+                                                     " outside 0..", kMaxBpeId));
+    }
+    *max_rank = std::max(*max_rank, tok.rank);
+    *max_id = std::max(*max_id, tok.id);
+  }
+  for (const AddedToken& a : added) {
+    if (a.text.empty() || a.id < 0 || a.id > kMaxBpeId || !ValidateUtf8(a.text).ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": added token ", Printable(a.text),
+                                                     " (id ", a.id,
+                                                     ") is empty, not UTF-8 or out of range"));
+    }
+    *max_id = std::max(*max_id, a.id);
+  }
+  return absl::OkStatus();
+}
+
+// The mergeable tokens indexed every way Create needs; the views point into the tokens.
+struct TokenIndex {
+  std::vector<int32_t> rank_to_id;                          // -1: no token
+  std::vector<std::string_view> by_id;                      // empty: no token
+  absl::flat_hash_map<std::string_view, int32_t> by_bytes;  // bytes -> rank
+  std::vector<std::string_view> keys;                       // for BpeRankTable::Build
+  std::vector<int32_t> values;
+};
+
+// rank -> id, id -> bytes; duplicates of ranks, ids and bytes are errors.
+absl::Status IndexTokens(const std::string& who, const std::vector<BpeToken>& tokens,
+                         int32_t max_rank, int32_t max_id, TokenIndex* ix) {
+  ix->rank_to_id.assign(static_cast<size_t>(max_rank + 1), -1);
+  ix->by_id.resize(static_cast<size_t>(max_id + 1));
+  ix->by_bytes.reserve(tokens.size());
+  ix->keys.reserve(tokens.size());
+  ix->values.reserve(tokens.size());
+  for (const BpeToken& tok : tokens) {
+    if (ix->rank_to_id[tok.rank] >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, ": duplicate rank ", tok.rank, " (token ", Printable(tok.bytes), ")"));
+    }
+    if (!ix->by_id[tok.id].empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": duplicate id ", tok.id, " (tokens ",
+                                                     Printable(ix->by_id[tok.id]), " and ",
+                                                     Printable(tok.bytes), ")"));
+    }
+    auto [it, inserted] = ix->by_bytes.emplace(tok.bytes, tok.rank);
+    if (!inserted) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": duplicate token ",
+                                                     Printable(tok.bytes), " (ranks ", it->second,
+                                                     " and ", tok.rank, ")"));
+    }
+    ix->rank_to_id[tok.rank] = tok.id;
+    ix->by_id[tok.id] = tok.bytes;
+    ix->keys.push_back(tok.bytes);
+    ix->values.push_back(tok.rank);
+  }
+  return absl::OkStatus();
+}
+
+// byte_rank[b] = the rank of the single byte b; every byte must be a token.
+absl::Status FindByteRanks(const std::string& who,
+                           const absl::flat_hash_map<std::string_view, int32_t>& by_bytes,
+                           int32_t byte_rank[256]) {
+  for (int b = 0; b < 256; ++b) {
+    const char c = static_cast<char>(b);
+    auto it = by_bytes.find(std::string_view(&c, 1));
+    if (it == by_bytes.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, ": byte 0x", absl::Hex(b, absl::kZeroPad2),
+                       " is not a token (byte-level BPE needs all 256)"));
+    }
+    byte_rank[b] = it->second;
+  }
+  return absl::OkStatus();
+}
+
+// Added tokens: their own ids, or a mergeable id with the same bytes. Fills `specials` (text ->
+// id); texts and ids must be distinct.
+absl::Status IndexAddedTokens(const std::string& who, const std::vector<AddedToken>& added,
+                              const std::vector<std::string_view>& by_id,
+                              std::map<std::string, int32_t>* specials) {
+  std::map<int32_t, std::string_view> added_ids;
+  for (const AddedToken& a : added) {
+    if (specials->count(a.text) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(who, ": added token ", Printable(a.text), " is listed twice"));
+    }
+    if (!by_id[a.id].empty() && by_id[a.id] != a.text) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": added token ", Printable(a.text),
+                                                     " has id ", a.id, ", which is token ",
+                                                     Printable(by_id[a.id])));
+    }
+    if (auto [it, ok] = added_ids.emplace(a.id, a.text); !ok) {
+      return absl::InvalidArgumentError(absl::StrCat(who, ": added tokens ", Printable(it->second),
+                                                     " and ", Printable(a.text), " share id ",
+                                                     a.id));
+    }
+    (*specials)[a.text] = a.id;
+  }
+  return absl::OkStatus();
+}
+
+// Concatenates the bytes of every id into `bytes`; id i is [offset[i], offset[i + 1]).
+void BuildIdBytes(const std::vector<std::string_view>& by_id, std::vector<uint32_t>* offset,
+                  std::string* bytes) {
+  offset->resize(by_id.size() + 1);
+  size_t total = 0;
+  for (const auto& b : by_id) total += b.size();
+  bytes->reserve(total);
+  for (size_t i = 0; i < by_id.size(); ++i) {
+    (*offset)[i] = static_cast<uint32_t>(bytes->size());
+    bytes->append(by_id[i]);
+  }
+  (*offset)[by_id.size()] = static_cast<uint32_t>(bytes->size());
+}
+
+// The rank of every two-byte token, indexed by (first byte << 8 | second byte); kNone if none.
+void BuildPairRanks(const BpeRankTable& table, std::vector<uint32_t>* pair_rank) {
+  pair_rank->assign(65536, kNone);
+  for (int a = 0; a < 256; ++a) {
+    for (int b = 0; b < 256; ++b) {
+      const char pair[2] = {static_cast<char>(a), static_cast<char>(b)};
+      const int32_t r = table.Find(pair, 2);
+      if (r >= 0) (*pair_rank)[(a << 8) | b] = static_cast<uint32_t>(r);
+    }
+  }
+}
+
+// Added tokens by first byte, longest first (the first match at a position is the longest);
+// first[b] is where the tokens starting with byte b begin (first[256] = added->size()).
+void SortAddedTokens(std::vector<AddedToken>* added, uint32_t first[257]) {
+  std::stable_sort(added->begin(), added->end(), [](const AddedToken& x, const AddedToken& y) {
+    const uint8_t fx = static_cast<uint8_t>(x.text[0]);
+    const uint8_t fy = static_cast<uint8_t>(y.text[0]);
+    if (fx != fy) return fx < fy;
+    return x.text.size() > y.text.size();
+  });
+  size_t k = 0;
+  for (int b = 0; b <= 256; ++b) {
+    while (k < added->size() && static_cast<uint8_t>((*added)[k].text[0]) < b) ++k;
+    first[b] = static_cast<uint32_t>(k);
+  }
+}
+
 }  // namespace
 
 // ---- BpeRankTable --------------------------------------------------------------------------
@@ -146,121 +301,19 @@ absl::StatusOr<std::unique_ptr<BpeTokenizer>> BpeTokenizer::Create(std::string n
   t->name_ = std::move(name);
   const std::string& who = t->name_;
   int32_t max_rank = -1, max_id = -1;
-  for (const BpeToken& tok : tokens) {
-    if (tok.bytes.empty() || tok.bytes.size() > kMaxBpeTokenBytes) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": token with rank ", tok.rank, " has ",
-                                                     tok.bytes.size(), " bytes (1..",
-                                                     kMaxBpeTokenBytes, " allowed)"));
-    }
-    if (tok.rank < 0 || tok.rank > kMaxBpeId || tok.id < 0 || tok.id > kMaxBpeId) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": token ", Printable(tok.bytes),
-                                                     " has rank ", tok.rank, " / id ", tok.id,
-                                                     " outside 0..", kMaxBpeId));
-    }
-    max_rank = std::max(max_rank, tok.rank);
-    max_id = std::max(max_id, tok.id);
-  }
-  for (const AddedToken& a : added) {
-    if (a.text.empty() || a.id < 0 || a.id > kMaxBpeId || !ValidateUtf8(a.text).ok()) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": added token ", Printable(a.text),
-                                                     " (id ", a.id,
-                                                     ") is empty, not UTF-8 or out of range"));
-    }
-    max_id = std::max(max_id, a.id);
-  }
-  // rank -> id, id -> bytes; duplicates of ranks, ids and bytes are errors.
-  t->rank_to_id_.assign(static_cast<size_t>(max_rank + 1), -1);
-  std::vector<std::string_view> by_id(static_cast<size_t>(max_id + 1));
-  absl::flat_hash_map<std::string_view, int32_t> by_bytes;
-  by_bytes.reserve(tokens.size());
-  std::vector<std::string_view> keys;
-  std::vector<int32_t> values;
-  keys.reserve(tokens.size());
-  values.reserve(tokens.size());
-  for (const BpeToken& tok : tokens) {
-    if (t->rank_to_id_[tok.rank] >= 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(who, ": duplicate rank ", tok.rank, " (token ", Printable(tok.bytes), ")"));
-    }
-    if (!by_id[tok.id].empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": duplicate id ", tok.id, " (tokens ",
-                                                     Printable(by_id[tok.id]), " and ",
-                                                     Printable(tok.bytes), ")"));
-    }
-    auto [it, inserted] = by_bytes.emplace(tok.bytes, tok.rank);
-    if (!inserted) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": duplicate token ",
-                                                     Printable(tok.bytes), " (ranks ", it->second,
-                                                     " and ", tok.rank, ")"));
-    }
-    t->rank_to_id_[tok.rank] = tok.id;
-    by_id[tok.id] = tok.bytes;
-    keys.push_back(tok.bytes);
-    values.push_back(tok.rank);
-  }
-  for (int b = 0; b < 256; ++b) {
-    const char c = static_cast<char>(b);
-    auto it = by_bytes.find(std::string_view(&c, 1));
-    if (it == by_bytes.end()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(who, ": byte 0x", absl::Hex(b, absl::kZeroPad2),
-                       " is not a token (byte-level BPE needs all 256)"));
-    }
-    t->byte_rank_[b] = it->second;
-  }
-  // Added tokens: their own ids, or a mergeable id with the same bytes.
-  std::map<int32_t, std::string_view> added_ids;
-  for (const AddedToken& a : added) {
-    if (t->specials_.count(a.text) != 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(who, ": added token ", Printable(a.text), " is listed twice"));
-    }
-    if (!by_id[a.id].empty() && by_id[a.id] != a.text) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": added token ", Printable(a.text),
-                                                     " has id ", a.id, ", which is token ",
-                                                     Printable(by_id[a.id])));
-    }
-    if (auto [it, ok] = added_ids.emplace(a.id, a.text); !ok) {
-      return absl::InvalidArgumentError(absl::StrCat(who, ": added tokens ", Printable(it->second),
-                                                     " and ", Printable(a.text), " share id ",
-                                                     a.id));
-    }
-    t->specials_[a.text] = a.id;
-  }
-  for (const AddedToken& a : added) by_id[a.id] = a.text;
+  SAMBAY_RETURN_IF_ERROR(CheckRanges(who, tokens, added, &max_rank, &max_id));
+  TokenIndex ix;
+  SAMBAY_RETURN_IF_ERROR(IndexTokens(who, tokens, max_rank, max_id, &ix));
+  SAMBAY_RETURN_IF_ERROR(FindByteRanks(who, ix.by_bytes, t->byte_rank_));
+  SAMBAY_RETURN_IF_ERROR(IndexAddedTokens(who, added, ix.by_id, &t->specials_));
+  t->rank_to_id_ = std::move(ix.rank_to_id);
+  for (const AddedToken& a : added) ix.by_id[a.id] = a.text;
   t->vocab_size_ = max_id + 1;
-  t->id_offset_.resize(by_id.size() + 1);
-  size_t total = 0;
-  for (const auto& b : by_id) total += b.size();
-  t->id_bytes_.reserve(total);
-  for (size_t i = 0; i < by_id.size(); ++i) {
-    t->id_offset_[i] = static_cast<uint32_t>(t->id_bytes_.size());
-    t->id_bytes_.append(by_id[i]);
-  }
-  t->id_offset_[by_id.size()] = static_cast<uint32_t>(t->id_bytes_.size());
-  t->table_.Build(keys, values);
-  t->pair_rank_.assign(65536, kNone);
-  for (int a = 0; a < 256; ++a) {
-    for (int b = 0; b < 256; ++b) {
-      const char pair[2] = {static_cast<char>(a), static_cast<char>(b)};
-      const int32_t r = t->table_.Find(pair, 2);
-      if (r >= 0) t->pair_rank_[(a << 8) | b] = static_cast<uint32_t>(r);
-    }
-  }
-  // Added tokens by first byte, longest first (the first match at a position is the longest).
+  BuildIdBytes(ix.by_id, &t->id_offset_, &t->id_bytes_);
+  t->table_.Build(ix.keys, ix.values);
+  BuildPairRanks(t->table_, &t->pair_rank_);
   t->added_ = std::move(added);
-  std::stable_sort(t->added_.begin(), t->added_.end(),
-                   [](const AddedToken& x, const AddedToken& y) {
-                     const uint8_t fx = static_cast<uint8_t>(x.text[0]);
-                     const uint8_t fy = static_cast<uint8_t>(y.text[0]);
-                     if (fx != fy) return fx < fy;
-                     return x.text.size() > y.text.size();
-                   });
-  size_t k = 0;
-  for (int b = 0; b <= 256; ++b) {
-    while (k < t->added_.size() && static_cast<uint8_t>(t->added_[k].text[0]) < b) ++k;
-    t->added_first_[b] = static_cast<uint32_t>(k);
-  }
+  SortAddedTokens(&t->added_, t->added_first_);
   return t;
 }
 

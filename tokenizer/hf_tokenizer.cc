@@ -151,55 +151,60 @@ absl::Status CheckModel(const json& root, const std::string& path) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& dir) {
-  const std::string path = dir + "/tokenizer.json";
+// Reads and parses tokenizer.json; InvalidArgument unless it is a JSON object.
+absl::StatusOr<json> ReadTokenizerJson(const std::string& path) {
   std::string text;
   SAMBAY_ASSIGN_OR_RETURN(text, bpe_internal::ReadFile(path));
-  const json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
   text.clear();
   text.shrink_to_fit();
   if (root.is_discarded())
     return absl::InvalidArgumentError(absl::StrCat(path, ": not valid JSON"));
   if (!root.is_object()) return absl::InvalidArgumentError(absl::StrCat(path, ": not an object"));
-  SAMBAY_RETURN_IF_ERROR(CheckModel(root, path));
-  SAMBAY_RETURN_IF_ERROR(CheckPreTokenizer(root, path));
-  const json& model = root["model"];
+  return root;
+}
 
-  // Added tokens: tokenizer.json's own, then tokenizer_config.json's and added_tokens.json.
-  std::vector<AddedToken> added;
-  if (root.contains("added_tokens")) {
-    const json& at = root["added_tokens"];
-    if (!at.is_array()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": added_tokens is not an array"));
-    }
-    for (const json& e : at) {
-      if (!e.is_object() || !e.contains("id") || !e["id"].is_number_integer() ||
-          e["id"].get<int64_t>() < 0 || e["id"].get<int64_t>() > kMaxBpeId ||
-          !e.contains("content") || !e["content"].is_string()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": bad added_tokens entry ", Snippet(e)));
-      }
-      AddedToken t{e["content"].get<std::string>(), static_cast<int32_t>(e["id"].get<int64_t>()),
-                   Bool(e, "lstrip"), Bool(e, "rstrip")};
-      SAMBAY_RETURN_IF_ERROR(bpe_internal::MergeAddedToken(t, path, &added));
-    }
+// Merges tokenizer.json's own "added_tokens" into `added`.
+absl::Status ReadJsonAddedTokens(const json& root, const std::string& path,
+                                 std::vector<AddedToken>* added) {
+  if (!root.contains("added_tokens")) return absl::OkStatus();
+  const json& at = root["added_tokens"];
+  if (!at.is_array()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": added_tokens is not an array"));
   }
-  SAMBAY_RETURN_IF_ERROR(bpe_internal::ReadDirAddedTokens(dir, &added));
+  for (const json& e : at) {
+    if (!e.is_object() || !e.contains("id") || !e["id"].is_number_integer() ||
+        e["id"].get<int64_t>() < 0 || e["id"].get<int64_t>() > kMaxBpeId ||
+        !e.contains("content") || !e["content"].is_string()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": bad added_tokens entry ", Snippet(e)));
+    }
+    AddedToken t{e["content"].get<std::string>(), static_cast<int32_t>(e["id"].get<int64_t>()),
+                 Bool(e, "lstrip"), Bool(e, "rstrip")};
+    SAMBAY_RETURN_IF_ERROR(bpe_internal::MergeAddedToken(t, path, added));
+  }
+  return absl::OkStatus();
+}
 
-  // Vocabulary: byte-level strings -> bytes, ids from the file. Some files also list their added
-  // tokens in the vocab (same id and text): those stay added tokens only, as HF treats them, unless
-  // a merge produces them.
+// The mergeable tokens read from the vocabulary, before their ranks are final.
+struct Vocab {
+  std::vector<BpeToken> tokens;                    // rank -1 until a merge produces it
+  std::vector<bool> is_added;                      // tokens[i] repeats an added token
+  absl::flat_hash_map<std::string, size_t> index;  // bytes -> tokens[]
+};
+
+// Vocabulary: byte-level strings -> bytes, ids from the file. Some files also list their added
+// tokens in the vocab (same id and text): those stay added tokens only, as HF treats them, unless
+// a merge produces them. Single bytes get their byte value as rank.
+absl::Status ReadVocab(const json& vocab, const std::vector<AddedToken>& added,
+                       const std::string& path, Vocab* out) {
   absl::flat_hash_map<std::string, int32_t> added_ids;
   for (const AddedToken& a : added) added_ids[a.text] = a.id;
-  std::vector<BpeToken> tokens;
-  std::vector<bool> is_added;
-  tokens.reserve(model["vocab"].size());
-  absl::flat_hash_map<std::string, size_t> index;  // bytes -> tokens[]
-  index.reserve(model["vocab"].size());
+  std::vector<BpeToken>& tokens = out->tokens;
+  tokens.reserve(vocab.size());
+  out->index.reserve(vocab.size());
   std::string bytes;
-  for (const auto& [s, v] : model["vocab"].items()) {
+  for (const auto& [s, v] : vocab.items()) {
     if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxBpeId) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": vocab token ", json(s).dump(), " has no valid id"));
@@ -212,8 +217,8 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& di
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": vocab token ", json(s).dump(), " is not byte-level"));
     }
-    is_added.push_back(added_here);
-    if (!index.emplace(bytes, tokens.size()).second) {
+    out->is_added.push_back(added_here);
+    if (!out->index.emplace(bytes, tokens.size()).second) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": vocab has two strings for the bytes of ", json(s).dump()));
     }
@@ -222,46 +227,61 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& di
   for (BpeToken& t : tokens) {
     if (t.bytes.size() == 1) t.rank = static_cast<uint8_t>(t.bytes[0]);
   }
+  return absl::OkStatus();
+}
 
-  // Merges: "a b" strings or ["a", "b"] pairs; rank = 256 + index of the first producing merge.
-  const json& merges = model["merges"];
+// The two parts of merge k: an "a b" string or an ["a", "b"] pair. The views point into `m`.
+absl::Status SplitMerge(const json& m, size_t k, const std::string& path, std::string_view* a,
+                        std::string_view* b) {
+  if (m.is_string()) {
+    const std::string& s = m.get_ref<const std::string&>();
+    const size_t sp = s.find(' ');
+    if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": merge ", k, " ", Snippet(m), " is not \"a b\""));
+    }
+    *a = std::string_view(s).substr(0, sp);
+    *b = std::string_view(s).substr(sp + 1);
+  } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+    *a = m[0].get_ref<const std::string&>();
+    *b = m[1].get_ref<const std::string&>();
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": merge ", k, " ", Snippet(m), " is not \"a b\" or [a, b]"));
+  }
+  return absl::OkStatus();
+}
+
+// Merges: "a b" strings or ["a", "b"] pairs; rank = 256 + index of the first producing merge.
+absl::Status ApplyMerges(const json& merges, const std::string& path, Vocab* vocab) {
   std::string left, right;
   for (size_t k = 0; k < merges.size(); ++k) {
     const json& m = merges[k];
     std::string_view a, b;
-    if (m.is_string()) {
-      const std::string& s = m.get_ref<const std::string&>();
-      const size_t sp = s.find(' ');
-      if (sp == std::string::npos || s.find(' ', sp + 1) != std::string::npos) {
-        return absl::InvalidArgumentError(
-            absl::StrCat(path, ": merge ", k, " ", Snippet(m), " is not \"a b\""));
-      }
-      a = std::string_view(s).substr(0, sp);
-      b = std::string_view(s).substr(sp + 1);
-    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-      a = m[0].get_ref<const std::string&>();
-      b = m[1].get_ref<const std::string&>();
-    } else {
-      return absl::InvalidArgumentError(
-          absl::StrCat(path, ": merge ", k, " ", Snippet(m), " is not \"a b\" or [a, b]"));
-    }
-    if (!ByteLevelDecode(a, &left) || !ByteLevelDecode(b, &right) || !index.contains(left) ||
-        !index.contains(right)) {
+    SAMBAY_RETURN_IF_ERROR(SplitMerge(m, k, path, &a, &b));
+    if (!ByteLevelDecode(a, &left) || !ByteLevelDecode(b, &right) || !vocab->index.contains(left) ||
+        !vocab->index.contains(right)) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": merge ", k, " ", Snippet(m), " has a part not in the vocab"));
     }
-    auto it = index.find(left + right);
-    if (it == index.end()) {
+    auto it = vocab->index.find(left + right);
+    if (it == vocab->index.end()) {
       return absl::InvalidArgumentError(
           absl::StrCat(path, ": merge ", k, " ", Snippet(m), " makes a token not in the vocab"));
     }
-    BpeToken& t = tokens[it->second];
+    BpeToken& t = vocab->tokens[it->second];
     if (t.rank < 0) t.rank = static_cast<int32_t>(256 + k);
   }
-  // Unmerged multi-byte tokens: after all merges, in id order; unmerged added tokens are dropped.
+  return absl::OkStatus();
+}
+
+// Unmerged multi-byte tokens: after all merges, in id order; unmerged added tokens are dropped
+// (vocab->index no longer matches vocab->tokens afterwards).
+void RankUnmerged(size_t num_merges, Vocab* vocab) {
+  std::vector<BpeToken>& tokens = vocab->tokens;
   size_t kept = 0;
   for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i].rank < 0 && is_added[i]) continue;
+    if (tokens[i].rank < 0 && vocab->is_added[i]) continue;
     if (kept != i) tokens[kept] = std::move(tokens[i]);
     ++kept;
   }
@@ -273,10 +293,32 @@ absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& di
   std::sort(unmerged.begin(), unmerged.end(),
             [](const BpeToken* x, const BpeToken* y) { return x->id < y->id; });
   for (size_t i = 0; i < unmerged.size(); ++i) {
-    unmerged[i]->rank = static_cast<int32_t>(256 + merges.size() + i);
+    unmerged[i]->rank = static_cast<int32_t>(256 + num_merges + i);
   }
+}
 
-  auto t = BpeTokenizer::Create("huggingface tokenizer.json", std::move(tokens), std::move(added));
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizer(const std::string& dir) {
+  const std::string path = dir + "/tokenizer.json";
+  SAMBAY_ASSIGN_OR_RETURN(const json root, ReadTokenizerJson(path));
+  SAMBAY_RETURN_IF_ERROR(CheckModel(root, path));
+  SAMBAY_RETURN_IF_ERROR(CheckPreTokenizer(root, path));
+  const json& model = root["model"];
+
+  // Added tokens: tokenizer.json's own, then tokenizer_config.json's and added_tokens.json.
+  std::vector<AddedToken> added;
+  SAMBAY_RETURN_IF_ERROR(ReadJsonAddedTokens(root, path, &added));
+  SAMBAY_RETURN_IF_ERROR(bpe_internal::ReadDirAddedTokens(dir, &added));
+
+  Vocab vocab;
+  SAMBAY_RETURN_IF_ERROR(ReadVocab(model["vocab"], added, path, &vocab));
+  const json& merges = model["merges"];
+  SAMBAY_RETURN_IF_ERROR(ApplyMerges(merges, path, &vocab));
+  RankUnmerged(merges.size(), &vocab);
+
+  auto t =
+      BpeTokenizer::Create("huggingface tokenizer.json", std::move(vocab.tokens), std::move(added));
   if (!t.ok()) return absl::InvalidArgumentError(absl::StrCat(path, ": ", t.status().message()));
   return std::unique_ptr<Tokenizer>(std::move(*t));
 }

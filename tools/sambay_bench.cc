@@ -264,25 +264,29 @@ class Timing {
   Clock::time_point start_, first_, last_;
 };
 
-class RouterCall final : public grpc::ClientReadReactor<v1::GenerateResponse> {
+// One streamed request, router Generate or worker Decode: times the token messages
+// (TokenCount says how many tokens a response carries) and hands the Result to the Collector
+// when the stream ends. It deletes itself then.
+template <typename Request, typename Response, int (*TokenCount)(const Response&)>
+class StreamCall final : public grpc::ClientReadReactor<Response> {
  public:
-  RouterCall(v1::Generation::Stub* stub, Collector* out, v1::GenerateRequest req, double timeout)
-      : out_(out),
-        req_(std::move(req)),
-        timing_(req_.token_ids().ids_size(), req_.stopping().max_new_tokens()) {
+  // start(&ctx, &req, this) begins the call (stub->async()->Method(...)).
+  template <typename StartFn>
+  StreamCall(Collector* out, Request req, Timing timing, double timeout, const StartFn& start)
+      : out_(out), req_(std::move(req)), timing_(std::move(timing)) {
     if (timeout > 0) {
       ctx_.set_deadline(std::chrono::system_clock::now() +
                         std::chrono::microseconds(static_cast<int64_t>(timeout * 1e6)));
     }
     timing_.Start();
-    stub->async()->Generate(&ctx_, &req_, this);
-    StartRead(&resp_);
-    StartCall();
+    start(&ctx_, &req_, this);
+    this->StartRead(&resp_);
+    this->StartCall();
   }
   void OnReadDone(bool ok) override {
     if (!ok) return;
-    timing_.Tokens(resp_.token_ids_size());
-    StartRead(&resp_);
+    timing_.Tokens(TokenCount(resp_));
+    this->StartRead(&resp_);
   }
   void OnDone(const grpc::Status& s) override {
     out_->Add(timing_.Finish(s));
@@ -292,43 +296,17 @@ class RouterCall final : public grpc::ClientReadReactor<v1::GenerateResponse> {
  private:
   Collector* out_;
   grpc::ClientContext ctx_;
-  v1::GenerateRequest req_;
-  v1::GenerateResponse resp_;
+  Request req_;
+  Response resp_;
   Timing timing_;
 };
 
-class WorkerCall final : public grpc::ClientReadReactor<v1::DecodeResponse> {
- public:
-  WorkerCall(v1::Worker::Stub* stub, Collector* out, v1::DecodeRequest req, double timeout)
-      : out_(out),
-        req_(std::move(req)),
-        timing_(req_.local_prompt().ids_size(), req_.max_new_tokens()) {
-    if (timeout > 0) {
-      ctx_.set_deadline(std::chrono::system_clock::now() +
-                        std::chrono::microseconds(static_cast<int64_t>(timeout * 1e6)));
-    }
-    timing_.Start();
-    stub->async()->Decode(&ctx_, &req_, this);
-    StartRead(&resp_);
-    StartCall();
-  }
-  void OnReadDone(bool ok) override {
-    if (!ok) return;
-    if (resp_.has_tokens()) timing_.Tokens(resp_.tokens().token_ids_size());
-    StartRead(&resp_);
-  }
-  void OnDone(const grpc::Status& s) override {
-    out_->Add(timing_.Finish(s));
-    delete this;
-  }
-
- private:
-  Collector* out_;
-  grpc::ClientContext ctx_;
-  v1::DecodeRequest req_;
-  v1::DecodeResponse resp_;
-  Timing timing_;
-};
+int RouterTokens(const v1::GenerateResponse& r) { return r.token_ids_size(); }
+int WorkerTokens(const v1::DecodeResponse& r) {
+  return r.has_tokens() ? r.tokens().token_ids_size() : 0;
+}
+using RouterCall = StreamCall<v1::GenerateRequest, v1::GenerateResponse, RouterTokens>;
+using WorkerCall = StreamCall<v1::DecodeRequest, v1::DecodeResponse, WorkerTokens>;
 
 // Draws requests and starts them.
 class Sender {
@@ -357,7 +335,10 @@ class Sender {
       req.mutable_sampling()->set_temperature(static_cast<float>(f_.temperature));
       req.mutable_sampling()->set_seed(sampler_seed);
       req.set_max_new_tokens(static_cast<uint32_t>(glen));
-      new WorkerCall(worker_.get(), out, std::move(req), f_.client.timeout);
+      Timing timing(req.local_prompt().ids_size(), req.max_new_tokens());
+      new WorkerCall(
+          out, std::move(req), std::move(timing), f_.client.timeout,
+          [this](auto* ctx, auto* r, auto* call) { worker_->async()->Decode(ctx, r, call); });
     } else {
       v1::GenerateRequest req;
       req.set_request_id(id);
@@ -366,7 +347,10 @@ class Sender {
       req.mutable_sampling()->set_seed(sampler_seed);
       req.mutable_stopping()->set_max_new_tokens(static_cast<uint32_t>(glen));
       req.mutable_stopping()->set_ignore_eos(true);
-      new RouterCall(router_.get(), out, std::move(req), f_.client.timeout);
+      Timing timing(req.token_ids().ids_size(), req.stopping().max_new_tokens());
+      new RouterCall(
+          out, std::move(req), std::move(timing), f_.client.timeout,
+          [this](auto* ctx, auto* r, auto* call) { router_->async()->Generate(ctx, r, call); });
     }
   }
   std::mt19937_64& rng() { return rng_; }
@@ -441,16 +425,19 @@ nlohmann::json StatsJson(const Stats& s) {
 
 std::string Ms(double seconds) { return absl::StrFormat("%.3f", seconds * 1e3); }
 
+// A --router-pid / --worker-pid process. `before` holds its CPU seconds before the run, then
+// (ReadCpuAfter) the CPU seconds it used over the run, or nothing if that could not be read.
 struct ProcCpu {
   std::string name;
   int64_t pid = 0;
   std::optional<double> before;
 };
 
-int Run(int argc, char** argv) {
-  Flags f;
-  FlagSet fs(kTool, "SAMBAY_LOADGEN_");
-  Register(fs, f);
+// Parses and checks the flags, filling in the defaults that depend on other flags, and the
+// length ranges. Returns the exit code when the run ends here (0 after --help, 2 for a bad
+// flag, with the error on stderr), or nothing to go on.
+std::optional<int> ParseAndCheckFlags(FlagSet& fs, Flags& f, int argc, char** argv,
+                                      Range* prompt_range, Range* gen_range) {
   if (absl::Status s = fs.Parse(argc, argv); !s.ok()) {
     if (s.message() == FlagSet::kHelpRequested) {
       std::printf("%s", fs.Usage().c_str());
@@ -476,32 +463,31 @@ int Run(int argc, char** argv) {
   if (!prompt.ok()) return bad(std::string(prompt.status().message()));
   absl::StatusOr<Range> gen = ParseRange(f.gen_len, "gen-len");
   if (!gen.ok()) return bad(std::string(gen.status().message()));
+  *prompt_range = *prompt;
+  *gen_range = *gen;
+  return std::nullopt;
+}
 
-  std::shared_ptr<grpc::Channel> channel = MakeClientChannel(f.client);
-  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
-    std::fprintf(stderr, "%s: error: cannot connect to %s within 10 s\n", kTool,
-                 f.client.address.c_str());
-    return 1;
+// Sends the --warmup requests (closed loop) and waits for them; not measured.
+void WarmUp(const Flags& f, Sender& sender) {
+  Collector warm;
+  const int64_t c = f.concurrency > 0 ? f.concurrency : 8;
+  for (int64_t i = 0; i < f.warmup; ++i) {
+    warm.WaitBelow(c);
+    sender.Send(&warm);
   }
-  Sender sender(f, *prompt, *gen, channel);
-
-  // Warm-up (not measured).
-  if (f.warmup > 0) {
-    Collector warm;
-    const int64_t c = f.concurrency > 0 ? f.concurrency : 8;
-    for (int64_t i = 0; i < f.warmup; ++i) {
-      warm.WaitBelow(c);
-      sender.Send(&warm);
-    }
-    warm.WaitBelow(1);
-    size_t failed = 0;
-    for (const Result& r : warm.Take()) failed += r.code != grpc::StatusCode::OK;
-    if (!f.quiet) {
-      std::fprintf(stderr, "%s: warm-up: %lld requests, %zu failed\n", kTool,
-                   static_cast<long long>(f.warmup), failed);
-    }
+  warm.WaitBelow(1);
+  size_t failed = 0;
+  for (const Result& r : warm.Take()) failed += r.code != grpc::StatusCode::OK;
+  if (!f.quiet) {
+    std::fprintf(stderr, "%s: warm-up: %lld requests, %zu failed\n", kTool,
+                 static_cast<long long>(f.warmup), failed);
   }
+}
 
+// The --router-pid / --worker-pid processes with their CPU seconds now; nothing (error on
+// stderr) if one cannot be read.
+std::optional<std::vector<ProcCpu>> ReadCpuBefore(const Flags& f) {
   std::vector<ProcCpu> procs;
   if (f.router_pid > 0) procs.push_back({"router", f.router_pid, std::nullopt});
   if (f.worker_pid > 0) procs.push_back({"worker", f.worker_pid, std::nullopt});
@@ -510,63 +496,16 @@ int Run(int argc, char** argv) {
     if (!c.ok()) {
       std::fprintf(stderr, "%s: error: --%s-pid: %s\n", kTool, p.name.c_str(),
                    std::string(c.status().message()).c_str());
-      return 1;
+      return std::nullopt;
     }
     p.before = *c;
   }
-  const double self_before = SelfCpuSeconds();
+  return procs;
+}
 
-  Collector out;
-  const Clock::time_point start = Clock::now();
-  const Clock::time_point stop_sending =
-      start + std::chrono::microseconds(static_cast<int64_t>(f.duration * 1e6));
-  auto more = [&](int64_t sent) {
-    if (f.requests > 0 && sent >= f.requests) return false;
-    if (f.duration > 0 && Clock::now() >= stop_sending) return false;
-    return true;
-  };
-  int64_t sent = 0;
-  Clock::time_point last_progress = start;
-  auto progress = [&] {
-    if (f.quiet) return;
-    const Clock::time_point now = Clock::now();
-    if (now - last_progress < std::chrono::seconds(5)) return;
-    last_progress = now;
-    std::fprintf(stderr, "%s: %.0f s: %lld sent, %zu done, %lld in flight\n", kTool,
-                 Seconds(now - start), static_cast<long long>(sent), out.Done(),
-                 static_cast<long long>(out.InFlight()));
-  };
-  if (f.concurrency > 0) {
-    while (more(sent)) {
-      out.WaitBelowFor(f.concurrency, absl::Milliseconds(100));
-      if (out.InFlight() >= f.concurrency) {
-        progress();
-        continue;
-      }
-      if (!more(sent)) break;
-      sender.Send(&out);
-      ++sent;
-      progress();
-    }
-  } else {
-    std::exponential_distribution<double> gap(f.rate);
-    Clock::time_point next = start;
-    while (more(sent)) {
-      std::this_thread::sleep_until(next);
-      if (!more(sent)) break;
-      sender.Send(&out);
-      ++sent;
-      next += std::chrono::microseconds(static_cast<int64_t>(gap(sender.rng()) * 1e6));
-      progress();
-    }
-  }
-  while (out.InFlight() > 0) {
-    out.WaitBelowFor(1, absl::Milliseconds(500));
-    progress();
-  }
-  const Clock::time_point end = out.last_done() > start ? out.last_done() : Clock::now();
-  const double wall = Seconds(end - start);
-  const double self_cpu = SelfCpuSeconds() - self_before;
+// Turns each process's CPU seconds before the run into the CPU seconds used since (a warning
+// on stderr, and nothing, where it cannot be read any more).
+void ReadCpuAfter(std::vector<ProcCpu>& procs) {
   for (ProcCpu& p : procs) {
     absl::StatusOr<double> c = CpuSeconds(p.pid);
     if (c.ok()) {
@@ -577,25 +516,115 @@ int Run(int argc, char** argv) {
       p.before.reset();
     }
   }
+}
 
-  // Aggregate.
-  std::vector<Result> results = out.Take();
-  std::vector<double> ttft, itl, e2e, e2e_per_token, mean_itl;
-  std::map<std::string, int64_t> errors;
+// The measured run: sends closed or open loop until --requests were sent or --duration has
+// passed, then waits for the requests in flight; a progress line on stderr every 5 s unless
+// --quiet. Starts the clock when constructed.
+class LoadRun {
+ public:
+  LoadRun(const Flags& f, Sender& sender, Collector& out)
+      : f_(f),
+        sender_(sender),
+        out_(out),
+        start_(Clock::now()),
+        stop_sending_(start_ + std::chrono::microseconds(static_cast<int64_t>(f.duration * 1e6))),
+        last_progress_(start_) {}
+
+  void Run() {
+    if (f_.concurrency > 0) {
+      ClosedLoop();
+    } else {
+      OpenLoop();
+    }
+    while (out_.InFlight() > 0) {
+      out_.WaitBelowFor(1, absl::Milliseconds(500));
+      Progress();
+    }
+  }
+  Clock::time_point start() const { return start_; }
+  int64_t sent() const { return sent_; }
+
+ private:
+  bool More() const {
+    if (f_.requests > 0 && sent_ >= f_.requests) return false;
+    if (f_.duration > 0 && Clock::now() >= stop_sending_) return false;
+    return true;
+  }
+  void Progress() {
+    if (f_.quiet) return;
+    const Clock::time_point now = Clock::now();
+    if (now - last_progress_ < std::chrono::seconds(5)) return;
+    last_progress_ = now;
+    std::fprintf(stderr, "%s: %.0f s: %lld sent, %zu done, %lld in flight\n", kTool,
+                 Seconds(now - start_), static_cast<long long>(sent_), out_.Done(),
+                 static_cast<long long>(out_.InFlight()));
+  }
+  void ClosedLoop() {
+    while (More()) {
+      out_.WaitBelowFor(f_.concurrency, absl::Milliseconds(100));
+      if (out_.InFlight() >= f_.concurrency) {
+        Progress();
+        continue;
+      }
+      if (!More()) break;
+      sender_.Send(&out_);
+      ++sent_;
+      Progress();
+    }
+  }
+  void OpenLoop() {
+    std::exponential_distribution<double> gap(f_.rate);
+    Clock::time_point next = start_;
+    while (More()) {
+      std::this_thread::sleep_until(next);
+      if (!More()) break;
+      sender_.Send(&out_);
+      ++sent_;
+      next += std::chrono::microseconds(static_cast<int64_t>(gap(sender_.rng()) * 1e6));
+      Progress();
+    }
+  }
+
+  const Flags& f_;
+  Sender& sender_;
+  Collector& out_;
+  const Clock::time_point start_;
+  const Clock::time_point stop_sending_;
+  int64_t sent_ = 0;
+  Clock::time_point last_progress_;
+};
+
+// The aggregate of the measured run's requests: what the report prints.
+struct Summary {
+  size_t requests = 0;  // finished, ok or not
   int64_t ok = 0, tokens = 0, all_tokens = 0, messages = 0, good = 0, short_gens = 0;
-  std::map<std::string, std::string> first_error;
+  std::map<std::string, int64_t> errors;           // failed requests per gRPC code name
+  std::map<std::string, std::string> first_error;  // the first message per gRPC code name
+  Stats ttft, itl, e2e, e2e_tok, mean_itl;
+  double wall = 0, self_cpu = 0;  // seconds
+  double rps = 0, tps = 0, goodput = 0;
+  bool slo = false;  // --slo-ttft or --slo-itl given
+  size_t failed() const { return requests - static_cast<size_t>(ok); }
+};
+
+Summary Aggregate(const Flags& f, const std::vector<Result>& results, double wall,
+                  double self_cpu) {
+  Summary s;
+  s.requests = results.size();
+  std::vector<double> ttft, itl, e2e, e2e_per_token, mean_itl;
   for (const Result& r : results) {
-    all_tokens += r.tokens;
+    s.all_tokens += r.tokens;
     if (r.code != grpc::StatusCode::OK) {
       const std::string name = GrpcCodeName(r.code);
-      ++errors[name];
-      first_error.emplace(name, r.error);
+      ++s.errors[name];
+      s.first_error.emplace(name, r.error);
       continue;
     }
-    ++ok;
-    tokens += r.tokens;
-    messages += r.messages;
-    if (r.tokens < r.requested_tokens) ++short_gens;
+    ++s.ok;
+    s.tokens += r.tokens;
+    s.messages += r.messages;
+    if (r.tokens < r.requested_tokens) ++s.short_gens;
     e2e.push_back(r.e2e);
     if (r.tokens > 0) e2e_per_token.push_back(r.e2e / static_cast<double>(r.tokens));
     if (r.got_token) ttft.push_back(r.ttft);
@@ -604,22 +633,35 @@ int Run(int argc, char** argv) {
     if (r.tokens > 1) mean_itl.push_back(m);
     const bool ttft_ok = f.slo_ttft <= 0 || (r.got_token && r.ttft <= f.slo_ttft);
     const bool itl_ok = f.slo_itl <= 0 || m <= f.slo_itl;
-    if (ttft_ok && itl_ok) ++good;
+    if (ttft_ok && itl_ok) ++s.good;
   }
-  const Stats s_ttft = Summarize(ttft), s_itl = Summarize(itl), s_e2e = Summarize(e2e),
-              s_e2e_tok = Summarize(e2e_per_token), s_mean_itl = Summarize(mean_itl);
-  const double rps = wall > 0 ? static_cast<double>(ok) / wall : 0;
-  const double tps = wall > 0 ? static_cast<double>(tokens) / wall : 0;
-  const double goodput = wall > 0 ? static_cast<double>(good) / wall : 0;
-  const bool slo = f.slo_ttft > 0 || f.slo_itl > 0;
+  s.ttft = Summarize(ttft);
+  s.itl = Summarize(itl);
+  s.e2e = Summarize(e2e);
+  s.e2e_tok = Summarize(e2e_per_token);
+  s.mean_itl = Summarize(mean_itl);
+  s.wall = wall;
+  s.self_cpu = self_cpu;
+  s.rps = wall > 0 ? static_cast<double>(s.ok) / wall : 0;
+  s.tps = wall > 0 ? static_cast<double>(s.tokens) / wall : 0;
+  s.goodput = wall > 0 ? static_cast<double>(s.good) / wall : 0;
+  s.slo = f.slo_ttft > 0 || f.slo_itl > 0;
+  return s;
+}
 
-  // Report.
-  std::string load = f.concurrency > 0 ? absl::StrCat("closed loop, concurrency ", f.concurrency)
-                                       : absl::StrFormat("open loop, Poisson %g req/s", f.rate);
+// "closed loop, concurrency N" or "open loop, Poisson R req/s".
+std::string LoadText(const Flags& f) {
+  return f.concurrency > 0 ? absl::StrCat("closed loop, concurrency ", f.concurrency)
+                           : absl::StrFormat("open loop, Poisson %g req/s", f.rate);
+}
+
+// The report's title, the run's description and the latency table.
+void PrintLatencies(const Flags& f, const Range& prompt, const Range& gen, const std::string& load,
+                    int64_t sent, const Summary& s) {
   std::printf("### sambay-bench: %s %s\n\n", f.target.c_str(), f.client.address.c_str());
   std::printf(
       "%s; prompt %s tokens, gen %s tokens; %s; %lld requests sent", load.c_str(),
-      prompt->text.c_str(), gen->text.c_str(),
+      prompt.text.c_str(), gen.text.c_str(),
       f.temperature > 0 ? absl::StrFormat("temperature %g", f.temperature).c_str() : "greedy",
       static_cast<long long>(sent));
   if (f.warmup > 0) std::printf(" (+%lld warm-up)", static_cast<long long>(f.warmup));
@@ -630,90 +672,138 @@ int Run(int argc, char** argv) {
     std::printf("| %s | %zu | %s | %s | %s | %s | %s |\n", name, s.n, Ms(s.mean).c_str(),
                 Ms(s.p50).c_str(), Ms(s.p90).c_str(), Ms(s.p99).c_str(), Ms(s.max).c_str());
   };
-  row("TTFT", s_ttft);
-  row("ITL (per token)", s_itl);
-  row("mean ITL per request", s_mean_itl);
-  row("end-to-end", s_e2e);
-  row("end-to-end / tokens", s_e2e_tok);
-  std::printf("\n| result | value |\n|---|---:|\n");
-  std::printf("| wall time (s) | %.3f |\n", wall);
-  std::printf("| requests ok | %lld |\n", static_cast<long long>(ok));
-  std::printf("| requests failed | %zu |\n", results.size() - static_cast<size_t>(ok));
-  std::printf("| ok requests with fewer tokens than asked | %lld |\n",
-              static_cast<long long>(short_gens));
-  std::printf("| requests/s | %.3f |\n", rps);
-  std::printf("| output tokens | %lld |\n", static_cast<long long>(tokens));
-  std::printf("| output tokens/s | %.1f |\n", tps);
-  std::printf("| tokens per stream message | %.2f |\n",
-              messages > 0 ? static_cast<double>(tokens) / static_cast<double>(messages) : 0.0);
-  if (slo) {
-    std::printf("| goodput (req/s, TTFT <= %g s, mean ITL <= %g s) | %.3f (%lld of %lld ok) |\n",
-                f.slo_ttft, f.slo_itl, goodput, static_cast<long long>(good),
-                static_cast<long long>(ok));
-  }
-  std::printf("| loadgen CPU s (this process) | %.3f |\n", self_cpu);
+  row("TTFT", s.ttft);
+  row("ITL (per token)", s.itl);
+  row("mean ITL per request", s.mean_itl);
+  row("end-to-end", s.e2e);
+  row("end-to-end / tokens", s.e2e_tok);
+}
+
+// The result table's rows for the --router-pid / --worker-pid processes.
+void PrintCpuRows(const std::vector<ProcCpu>& procs, const Summary& s) {
   for (const ProcCpu& p : procs) {
     if (!p.before) continue;
     const double cpu = *p.before;
     std::printf("| %s CPU s (pid %lld) | %.3f |\n", p.name.c_str(), static_cast<long long>(p.pid),
                 cpu);
     std::printf("| %s CPU utilisation (cores) | %.3f |\n", p.name.c_str(),
-                wall > 0 ? cpu / wall : 0);
+                s.wall > 0 ? cpu / s.wall : 0);
     std::printf("| tokens per %s CPU-second | %s |\n", p.name.c_str(),
-                cpu > 0 ? absl::StrFormat("%.0f", static_cast<double>(all_tokens) / cpu).c_str()
+                cpu > 0 ? absl::StrFormat("%.0f", static_cast<double>(s.all_tokens) / cpu).c_str()
                         : "n/a (under one clock tick)");
     std::printf("| %s CPU us per token | %.2f |\n", p.name.c_str(),
-                all_tokens > 0 ? cpu * 1e6 / static_cast<double>(all_tokens) : 0.0);
+                s.all_tokens > 0 ? cpu * 1e6 / static_cast<double>(s.all_tokens) : 0.0);
   }
-  for (const auto& [code, n] : errors) {
+}
+
+// The result table, then the first error of each kind on stderr.
+void PrintResults(const Flags& f, const std::vector<ProcCpu>& procs, const Summary& s) {
+  std::printf("\n| result | value |\n|---|---:|\n");
+  std::printf("| wall time (s) | %.3f |\n", s.wall);
+  std::printf("| requests ok | %lld |\n", static_cast<long long>(s.ok));
+  std::printf("| requests failed | %zu |\n", s.failed());
+  std::printf("| ok requests with fewer tokens than asked | %lld |\n",
+              static_cast<long long>(s.short_gens));
+  std::printf("| requests/s | %.3f |\n", s.rps);
+  std::printf("| output tokens | %lld |\n", static_cast<long long>(s.tokens));
+  std::printf("| output tokens/s | %.1f |\n", s.tps);
+  std::printf(
+      "| tokens per stream message | %.2f |\n",
+      s.messages > 0 ? static_cast<double>(s.tokens) / static_cast<double>(s.messages) : 0.0);
+  if (s.slo) {
+    std::printf("| goodput (req/s, TTFT <= %g s, mean ITL <= %g s) | %.3f (%lld of %lld ok) |\n",
+                f.slo_ttft, f.slo_itl, s.goodput, static_cast<long long>(s.good),
+                static_cast<long long>(s.ok));
+  }
+  std::printf("| loadgen CPU s (this process) | %.3f |\n", s.self_cpu);
+  PrintCpuRows(procs, s);
+  for (const auto& [code, n] : s.errors) {
     std::printf("| errors %s | %lld |\n", code.c_str(), static_cast<long long>(n));
   }
-  for (const auto& [code, msg] : first_error) {
+  for (const auto& [code, msg] : s.first_error) {
     std::fprintf(stderr, "%s: first %s error: %s\n", kTool, code.c_str(), msg.c_str());
   }
+}
 
-  if (!f.json.empty()) {
-    nlohmann::json j;
-    j["config"] = fs.Effective();
-    j["config"]["load"] = load;
-    j["sent"] = sent;
-    j["wall_seconds"] = wall;
-    j["requests_ok"] = ok;
-    j["requests_failed"] = results.size() - static_cast<size_t>(ok);
-    j["short_generations"] = short_gens;
-    j["requests_per_second"] = rps;
-    j["output_tokens"] = tokens;
-    j["output_tokens_per_second"] = tps;
-    j["token_messages"] = messages;
-    j["seconds"] = {{"ttft", StatsJson(s_ttft)},
-                    {"itl", StatsJson(s_itl)},
-                    {"mean_itl_per_request", StatsJson(s_mean_itl)},
-                    {"e2e", StatsJson(s_e2e)},
-                    {"e2e_per_token", StatsJson(s_e2e_tok)}};
-    if (slo) {
-      j["goodput"] = {{"slo_ttft", f.slo_ttft},
-                      {"slo_itl_mean", f.slo_itl},
-                      {"requests", good},
-                      {"requests_per_second", goodput}};
-    }
-    j["errors"] = errors;
-    j["loadgen_cpu_seconds"] = self_cpu;
-    for (const ProcCpu& p : procs) {
-      if (!p.before) continue;
-      j[p.name + "_cpu"] = {{"pid", p.pid},
-                            {"cpu_seconds", *p.before},
-                            {"tokens_streamed", all_tokens},
-                            {"tokens_per_cpu_second",
-                             *p.before > 0 ? static_cast<double>(all_tokens) / *p.before : 0.0}};
-    }
-    std::ofstream file(f.json);
-    file << j.dump(2) << "\n";
-    if (!file) {
-      std::fprintf(stderr, "%s: error: cannot write %s\n", kTool, f.json.c_str());
-      return 1;
-    }
+// Writes the results and the config as JSON to --json; false (error on stderr) if it cannot.
+bool WriteJson(const FlagSet& fs, const Flags& f, const std::string& load, int64_t sent,
+               const std::vector<ProcCpu>& procs, const Summary& s) {
+  nlohmann::json j;
+  j["config"] = fs.Effective();
+  j["config"]["load"] = load;
+  j["sent"] = sent;
+  j["wall_seconds"] = s.wall;
+  j["requests_ok"] = s.ok;
+  j["requests_failed"] = s.failed();
+  j["short_generations"] = s.short_gens;
+  j["requests_per_second"] = s.rps;
+  j["output_tokens"] = s.tokens;
+  j["output_tokens_per_second"] = s.tps;
+  j["token_messages"] = s.messages;
+  j["seconds"] = {{"ttft", StatsJson(s.ttft)},
+                  {"itl", StatsJson(s.itl)},
+                  {"mean_itl_per_request", StatsJson(s.mean_itl)},
+                  {"e2e", StatsJson(s.e2e)},
+                  {"e2e_per_token", StatsJson(s.e2e_tok)}};
+  if (s.slo) {
+    j["goodput"] = {{"slo_ttft", f.slo_ttft},
+                    {"slo_itl_mean", f.slo_itl},
+                    {"requests", s.good},
+                    {"requests_per_second", s.goodput}};
   }
-  return errors.empty() ? 0 : 1;
+  j["errors"] = s.errors;
+  j["loadgen_cpu_seconds"] = s.self_cpu;
+  for (const ProcCpu& p : procs) {
+    if (!p.before) continue;
+    j[p.name + "_cpu"] = {{"pid", p.pid},
+                          {"cpu_seconds", *p.before},
+                          {"tokens_streamed", s.all_tokens},
+                          {"tokens_per_cpu_second",
+                           *p.before > 0 ? static_cast<double>(s.all_tokens) / *p.before : 0.0}};
+  }
+  std::ofstream file(f.json);
+  file << j.dump(2) << "\n";
+  if (!file) {
+    std::fprintf(stderr, "%s: error: cannot write %s\n", kTool, f.json.c_str());
+    return false;
+  }
+  return true;
+}
+
+int Run(int argc, char** argv) {
+  Flags f;
+  FlagSet fs(kTool, "SAMBAY_LOADGEN_");
+  Register(fs, f);
+  Range prompt, gen;
+  if (std::optional<int> code = ParseAndCheckFlags(fs, f, argc, argv, &prompt, &gen)) {
+    return *code;
+  }
+  std::shared_ptr<grpc::Channel> channel = MakeClientChannel(f.client);
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+    std::fprintf(stderr, "%s: error: cannot connect to %s within 10 s\n", kTool,
+                 f.client.address.c_str());
+    return 1;
+  }
+  Sender sender(f, prompt, gen, channel);
+  if (f.warmup > 0) WarmUp(f, sender);
+  std::optional<std::vector<ProcCpu>> procs = ReadCpuBefore(f);
+  if (!procs) return 1;
+  const double self_before = SelfCpuSeconds();
+
+  Collector out;
+  LoadRun run(f, sender, out);
+  run.Run();
+  const Clock::time_point end = out.last_done() > run.start() ? out.last_done() : Clock::now();
+  const double wall = Seconds(end - run.start());
+  const double self_cpu = SelfCpuSeconds() - self_before;
+  ReadCpuAfter(*procs);
+
+  const Summary s = Aggregate(f, out.Take(), wall, self_cpu);
+  const std::string load = LoadText(f);
+  PrintLatencies(f, prompt, gen, load, run.sent(), s);
+  PrintResults(f, *procs, s);
+  if (!f.json.empty() && !WriteJson(fs, f, load, run.sent(), *procs, s)) return 1;
+  return s.errors.empty() ? 0 : 1;
 }
 
 }  // namespace

@@ -26,6 +26,7 @@
 #include "common/thread_pool.h"
 #include "engine/cpu/vec.h"
 #include "engine/model.h"
+#include "tools/bench_common.h"
 #include "tools/cli_util.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
@@ -40,9 +41,6 @@ namespace sambay {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 // Best of 5 rates (bytes / s) of fn(t, lo, hi) run on every thread t over its slice [lo, hi)
 // of n items, each worth `item_bytes`.
@@ -82,32 +80,18 @@ double ReadBandwidth(ThreadPool& pool) {
   });
 }
 
-std::vector<int32_t> Ids(int64_t n, int64_t vocab, uint64_t seed) {
-  std::vector<int32_t> ids(n);
-  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>((seed * 7919 + i * 104729) % vocab);
-  return ids;
-}
+// What the floors are made of: the bandwidths (bytes / s) and the weight matrix bytes one
+// decode step reads.
+struct Floors {
+  double bw = 0;       // copy bandwidth
+  double read_bw = 0;  // read bandwidth
+  double wbytes = 0;
+};
 
-absl::Status Run() {
-  ModelOptions mo;
-  mo.num_threads = absl::GetFlag(FLAGS_threads);
-  std::unique_ptr<Model> model;
-  SAMBAY_ASSIGN_OR_RETURN(model, Model::Load(absl::GetFlag(FLAGS_model), mo));
-  const ModelConfig& c = model->config();
-  ThreadPool pool(model->num_threads());
-  const double bw = CopyBandwidth(pool);
-  const double read_bw = ReadBandwidth(pool);
-  const double wbytes = static_cast<double>(model->weights().matrix_bytes);
-  std::printf(
-      "model: %d layers, hidden %lld, vocab %lld; matrix bytes read per decode step "
-      "%.3f GB; threads %d\ncopy bandwidth %.2f GB/s (floor per step %.1f ms); read "
-      "bandwidth %.2f GB/s (floor per step %.1f ms)\n\n",
-      c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size, wbytes / 1e9,
-      model->num_threads(), bw / 1e9, 1e3 * wbytes / bw, read_bw / 1e9, 1e3 * wbytes / read_bw);
-  std::printf(
-      "| phase | batch / prompt | tokens/s | time per step or prompt | copy-bw floor | "
-      "%% of floor | read-bw floor | %% of floor |\n");
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+// Decode: for each --decode-batches size, sequences prefilled with --context tokens, one
+// warm-up step, then --decode-steps timed steps; one table row each.
+absl::Status DecodeRows(Model& model, const Floors& fl) {
+  const ModelConfig& c = model.config();
   std::vector<int32_t> batches;
   SAMBAY_ASSIGN_OR_RETURN(batches,
                           ParseIds(absl::GetFlag(FLAGS_decode_batches), "--decode-batches"));
@@ -118,20 +102,20 @@ absl::Status Run() {
     std::vector<SequenceState*> ptrs;
     std::vector<float> logits;
     for (int32_t i = 0; i < b; ++i) {
-      states.push_back(model->NewState());
+      states.push_back(model.NewState());
       SAMBAY_RETURN_IF_ERROR(
-          model->Prefill(*states.back(), Ids(ctx, c.vocab_size, i + 1), 0, &logits));
+          model.Prefill(*states.back(), SyntheticIds(ctx, c.vocab_size, i + 1), 0, &logits));
       ptrs.push_back(states.back().get());
     }
     std::vector<int32_t> toks(b, 1);
-    SAMBAY_RETURN_IF_ERROR(model->DecodeStep(ptrs, toks, &logits));  // warm-up
+    SAMBAY_RETURN_IF_ERROR(model.DecodeStep(ptrs, toks, &logits));  // warm-up
     const auto t0 = Clock::now();
-    for (int s = 0; s < steps; ++s) SAMBAY_RETURN_IF_ERROR(model->DecodeStep(ptrs, toks, &logits));
+    for (int s = 0; s < steps; ++s) SAMBAY_RETURN_IF_ERROR(model.DecodeStep(ptrs, toks, &logits));
     const double per_step = Since(t0) / steps;
     double state_bytes = 0;
     for (auto* st : ptrs) state_bytes += static_cast<double>(st->memory_bytes());
-    const double floor = (wbytes + state_bytes) / bw;
-    const double rfloor = (wbytes + state_bytes) / read_bw;
+    const double floor = (fl.wbytes + state_bytes) / fl.bw;
+    const double rfloor = (fl.wbytes + state_bytes) / fl.read_bw;
     std::printf(
         "| decode | batch %d (context %lld) | %.2f | %.1f ms/step | %.1f ms | %.0f%% | "
         "%.1f ms | %.0f%% |\n",
@@ -139,25 +123,32 @@ absl::Status Run() {
         100.0 * floor / per_step, 1e3 * rfloor, 100.0 * rfloor / per_step);
     std::fflush(stdout);
   }
+  return absl::OkStatus();
+}
+
+// Prefill: a short warm-up, then one sequence of each --prefill-lengths length, chunked; one
+// table row each.
+absl::Status PrefillRows(Model& model, const Floors& fl) {
+  const ModelConfig& c = model.config();
   std::vector<int32_t> lens;
   SAMBAY_ASSIGN_OR_RETURN(lens,
                           ParseIds(absl::GetFlag(FLAGS_prefill_lengths), "--prefill-lengths"));
   const int64_t chunk = absl::GetFlag(FLAGS_prefill_chunk);
   {
-    auto warm = model->NewState();
+    auto warm = model.NewState();
     std::vector<float> logits;
-    SAMBAY_RETURN_IF_ERROR(model->Prefill(*warm, Ids(64, c.vocab_size, 9), 0, &logits));
+    SAMBAY_RETURN_IF_ERROR(model.Prefill(*warm, SyntheticIds(64, c.vocab_size, 9), 0, &logits));
   }
   for (int32_t n : lens) {
-    auto st = model->NewState();
+    auto st = model.NewState();
     std::vector<float> logits;
-    const auto ids = Ids(n, c.vocab_size, 3);
+    const auto ids = SyntheticIds(n, c.vocab_size, 3);
     const auto t0 = Clock::now();
-    SAMBAY_RETURN_IF_ERROR(model->Prefill(*st, ids, chunk, &logits));
+    SAMBAY_RETURN_IF_ERROR(model.Prefill(*st, ids, chunk, &logits));
     const double secs = Since(t0);
     const int64_t chunks = (n + chunk - 1) / chunk;
-    const double floor = chunks * wbytes / bw;  // weights streamed once per chunk
-    const double rfloor = chunks * wbytes / read_bw;
+    const double floor = chunks * fl.wbytes / fl.bw;  // weights streamed once per chunk
+    const double rfloor = chunks * fl.wbytes / fl.read_bw;
     std::printf(
         "| prefill | %d tokens (chunk %lld) | %.1f | %.2f s | %.2f s | %.0f%% | %.2f s | "
         "%.0f%% |\n",
@@ -166,6 +157,32 @@ absl::Status Run() {
     std::fflush(stdout);
   }
   return absl::OkStatus();
+}
+
+absl::Status Run() {
+  ModelOptions mo;
+  mo.num_threads = absl::GetFlag(FLAGS_threads);
+  std::unique_ptr<Model> model;
+  SAMBAY_ASSIGN_OR_RETURN(model, Model::Load(absl::GetFlag(FLAGS_model), mo));
+  const ModelConfig& c = model->config();
+  ThreadPool pool(model->num_threads());
+  Floors fl;
+  fl.bw = CopyBandwidth(pool);
+  fl.read_bw = ReadBandwidth(pool);
+  fl.wbytes = static_cast<double>(model->weights().matrix_bytes);
+  std::printf(
+      "model: %d layers, hidden %lld, vocab %lld; matrix bytes read per decode step "
+      "%.3f GB; threads %d\ncopy bandwidth %.2f GB/s (floor per step %.1f ms); read "
+      "bandwidth %.2f GB/s (floor per step %.1f ms)\n\n",
+      c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size, fl.wbytes / 1e9,
+      model->num_threads(), fl.bw / 1e9, 1e3 * fl.wbytes / fl.bw, fl.read_bw / 1e9,
+      1e3 * fl.wbytes / fl.read_bw);
+  std::printf(
+      "| phase | batch / prompt | tokens/s | time per step or prompt | copy-bw floor | "
+      "%% of floor | read-bw floor | %% of floor |\n");
+  std::printf("|---|---|---|---|---|---|---|---|\n");
+  SAMBAY_RETURN_IF_ERROR(DecodeRows(*model, fl));
+  return PrefillRows(*model, fl);
 }
 
 }  // namespace

@@ -43,6 +43,7 @@
 #include "engine/dtype.h"
 #include "engine/model.h"
 #include "nlohmann/json.hpp"
+#include "tools/bench_common.h"
 #include "tools/cli_util.h"
 
 ABSL_FLAG(std::string, model, "", "model directory");
@@ -74,9 +75,6 @@ namespace sambay {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 // Best of `reps` event-timed runs of fn (seconds).
 template <typename Fn>
@@ -107,12 +105,6 @@ absl::StatusOr<cuda::DeviceBuffer> RandomBf16(size_t n, uint64_t seed) {
   SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer b, cuda::DeviceBuffer::Alloc(n * 2));
   SAMBAY_RETURN_IF_ERROR(b.CopyFromHost(h.data(), n * 2));
   return b;
-}
-
-std::vector<int32_t> Ids(int64_t n, int64_t vocab, uint64_t seed) {
-  std::vector<int32_t> ids(n);
-  for (int64_t i = 0; i < n; ++i) ids[i] = static_cast<int32_t>((seed * 7919 + i * 104729) % vocab);
-  return ids;
 }
 
 // FLOPs of a prefill of n tokens (one sequence, YOCO: cross-decoder on the last token only).
@@ -182,7 +174,7 @@ absl::Status CheckLogits(Model& cpu, cuda::CudaModel& gpu, nlohmann::json* js) {
   const int steps = absl::GetFlag(FLAGS_check_steps);
   const double tol[2] = {absl::GetFlag(FLAGS_check_tolerance),
                          absl::GetFlag(FLAGS_check_emulated_tolerance)};
-  const std::vector<int32_t> ids = Ids(n, V, 5);
+  const std::vector<int32_t> ids = SyntheticIds(n, V, 5);
   std::unique_ptr<SequenceState> state[2] = {cpu.NewState(), cpu.NewState()};
   std::vector<float> cl[2], gl;
   const auto t0 = Clock::now();
@@ -297,7 +289,7 @@ absl::Status PrefillRow(const Model& model, cuda::CudaModel& gpu, int32_t n, int
                         double flops_rate, nlohmann::json* js) {
   const ModelConfig& c = model.config();
   SAMBAY_ASSIGN_OR_RETURN(const int s, gpu.AllocSlot());
-  const auto ids = Ids(n, c.vocab_size, 3);
+  const auto ids = SyntheticIds(n, c.vocab_size, 3);
   std::vector<float> logits;
   const bool profile = absl::GetFlag(FLAGS_profile) == "prefill";
   if (profile) SAMBAY_CUDA_RETURN_IF_ERROR(cudaProfilerStart());
@@ -319,43 +311,55 @@ absl::Status PrefillRow(const Model& model, cuda::CudaModel& gpu, int32_t n, int
   return absl::OkStatus();
 }
 
-absl::Status Run(const std::string& command) {
-  ModelOptions mo;
-  mo.num_threads = absl::GetFlag(FLAGS_threads);
-  std::unique_ptr<Model> model;
-  SAMBAY_ASSIGN_OR_RETURN(model, Model::Load(absl::GetFlag(FLAGS_model), mo));
-  const ModelConfig& c = model->config();
-  std::vector<int32_t> conc, lens;
-  SAMBAY_ASSIGN_OR_RETURN(conc, ParseIds(absl::GetFlag(FLAGS_concurrency), "--concurrency"));
-  SAMBAY_ASSIGN_OR_RETURN(lens,
+// The decode and prefill settings from the flags.
+struct BenchOptions {
+  std::vector<int32_t> conc, lens;  // --concurrency, --prefill-lengths
+  int64_t prompt = 0;
+  int steps = 0;  // --decode-steps
+  int max_c = 0;  // the largest concurrency
+  int64_t max_prefill = 0;
+};
+
+absl::StatusOr<BenchOptions> ReadOptions() {
+  BenchOptions b;
+  SAMBAY_ASSIGN_OR_RETURN(b.conc, ParseIds(absl::GetFlag(FLAGS_concurrency), "--concurrency"));
+  SAMBAY_ASSIGN_OR_RETURN(b.lens,
                           ParseIds(absl::GetFlag(FLAGS_prefill_lengths), "--prefill-lengths"));
-  const int64_t prompt = absl::GetFlag(FLAGS_prompt);
-  const int steps = absl::GetFlag(FLAGS_decode_steps);
-  if (conc.empty() || prompt < 1 || steps < 1) {
+  b.prompt = absl::GetFlag(FLAGS_prompt);
+  b.steps = absl::GetFlag(FLAGS_decode_steps);
+  if (b.conc.empty() || b.prompt < 1 || b.steps < 1) {
     return absl::InvalidArgumentError("--concurrency, --prompt and --decode-steps must be set");
   }
-  const int max_c = *std::max_element(conc.begin(), conc.end());
-  const int64_t max_prefill = lens.empty() ? 0 : *std::max_element(lens.begin(), lens.end());
+  b.max_c = *std::max_element(b.conc.begin(), b.conc.end());
+  b.max_prefill = b.lens.empty() ? 0 : *std::max_element(b.lens.begin(), b.lens.end());
+  return b;
+}
 
+// The CudaModel's sizes: slots, context and KV blocks for every row and the logits check.
+cuda::CudaModelOptions GpuOptions(const BenchOptions& b) {
   cuda::CudaModelOptions o;
   o.device = absl::GetFlag(FLAGS_device);
-  o.max_slots = max_c + 2;  // + the cloned base sequence + the prefill sequence
+  o.max_slots = b.max_c + 2;  // + the cloned base sequence + the prefill sequence
   o.block_tokens = 256;
-  const int64_t decode_ctx = prompt + steps + 8;
+  const int64_t decode_ctx = b.prompt + b.steps + 8;
   const int64_t check_ctx = absl::GetFlag(FLAGS_check_tokens) + absl::GetFlag(FLAGS_check_steps);
-  o.max_context = std::max({decode_ctx, max_prefill, check_ctx});
-  o.kv_blocks = (max_c + 1) * ((decode_ctx + 255) / 256) + (max_prefill + 255) / 256 +
+  o.max_context = std::max({decode_ctx, b.max_prefill, check_ctx});
+  o.kv_blocks = (b.max_c + 1) * ((decode_ctx + 255) / 256) + (b.max_prefill + 255) / 256 +
                 (check_ctx + 255) / 256 + 4;
   o.max_chunk = absl::GetFlag(FLAGS_prefill_chunk);
-  o.max_logits_rows = max_c + 2;
-  const auto t_up = Clock::now();
-  std::unique_ptr<cuda::CudaModel> gpu;
-  SAMBAY_ASSIGN_OR_RETURN(gpu, cuda::CudaModel::Create(*model, o));
-  const double upload_s = Since(t_up);
-  cuda::CudaContext& ctx = gpu->context();
-  cudaStream_t st = ctx.stream();
+  o.max_logits_rows = b.max_c + 2;
+  return o;
+}
 
-  // Ceilings.
+// The ceilings measured on the GPU.
+struct Ceilings {
+  double bw = 0;          // copy bandwidth, bytes read plus written per second
+  double flops_rate = 0;  // bf16 GEMM FLOP/s
+};
+
+absl::StatusOr<Ceilings> MeasureCeilings(cuda::CudaContext& ctx) {
+  cudaStream_t st = ctx.stream();
+  Ceilings ceil;
   const size_t copy_bytes = size_t{1} << 30;
   SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer src, RandomBf16(copy_bytes / 2, 1));
   SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer dst, cuda::DeviceBuffer::Alloc(copy_bytes));
@@ -365,7 +369,7 @@ absl::Status Run(const std::string& command) {
                                 dst.data(), src.data(), copy_bytes, cudaMemcpyDeviceToDevice, st));
                             return absl::OkStatus();
                           }));
-  const double bw = 2.0 * copy_bytes / t;
+  ceil.bw = 2.0 * copy_bytes / t;
   const int64_t G = 8192;
   SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer ga, RandomBf16(G * G, 2));
   SAMBAY_ASSIGN_OR_RETURN(cuda::DeviceBuffer gb, RandomBf16(G * G, 3));
@@ -379,14 +383,18 @@ absl::Status Run(const std::string& command) {
   ga_args.N = G;
   ga_args.y = gc.data();
   SAMBAY_ASSIGN_OR_RETURN(t, BestTime(st, 10, [&] { return cuda::Gemm(ctx, cache, ga_args); }));
-  const double flops_rate = 2.0 * G * G * G / t;
+  ceil.flops_rate = 2.0 * G * G * G / t;
   src = cuda::DeviceBuffer();
   dst = cuda::DeviceBuffer();
   ga = cuda::DeviceBuffer();
   gb = cuda::DeviceBuffer();
   gc = cuda::DeviceBuffer();
+  return ceil;
+}
 
-  const double wbytes = static_cast<double>(gpu->weight_bytes());
+// Prints the header (date, GPU, command, model, ceilings); returns the JSON with the same.
+nlohmann::json PrintHeader(const std::string& command, const ModelConfig& c, cuda::CudaContext& ctx,
+                           double wbytes, double upload_s, const Ceilings& ceil) {
   char date[64];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
@@ -396,49 +404,46 @@ absl::Status Run(const std::string& command) {
       "model: %d layers, hidden %lld, vocab %lld; weight matrices read per decode step %.3f GB; "
       "upload %.1f s\ncopy bandwidth %.0f GB/s (read + write); bf16 GEMM 8192^3: %.0f TFLOP/s\n\n",
       c.num_layers, (long long)c.hidden_size, (long long)c.vocab_size, wbytes / 1e9, upload_s,
-      bw / 1e9, flops_rate / 1e12);
+      ceil.bw / 1e9, ceil.flops_rate / 1e12);
   nlohmann::json js;
   js["date"] = date;
   js["gpu"] = ctx.device_name();
   js["command"] = command;
-  js["copy_bandwidth_GBps"] = bw / 1e9;
-  js["gemm_tflops"] = flops_rate / 1e12;
+  js["copy_bandwidth_GBps"] = ceil.bw / 1e9;
+  js["gemm_tflops"] = ceil.flops_rate / 1e12;
   js["weight_bytes"] = wbytes;
+  return js;
+}
 
-  const std::string path = absl::GetFlag(FLAGS_json);
+// The JSON results, written to --json after every row, and the count of failed rows.
+struct Results {
+  std::string path;
+  nlohmann::json js;
   int failed = 0;
+
   // Records a failed row (printed, kept in the JSON) and lets the others run.
-  auto row_failed = [&](const std::string& what, const absl::Status& st) {
+  void RowFailed(const std::string& what, const absl::Status& st) {
     ++failed;
     std::printf("| %s | FAILED: %s |\n", what.c_str(), st.ToString().c_str());
     std::fflush(stdout);
     js["errors"].push_back({{"row", what}, {"status", st.ToString()}});
-  };
-  SAMBAY_RETURN_IF_ERROR(WriteJson(path, js));
-
-  if (absl::GetFlag(FLAGS_check_tokens) > 0) {
-    absl::Status st = CheckLogits(*model, *gpu, &js);
-    if (!st.ok()) row_failed("check", st);
-    SAMBAY_RETURN_IF_ERROR(WriteJson(path, js));
   }
-  if (absl::GetFlag(FLAGS_check_only)) {
-    return failed == 0 ? absl::OkStatus() : absl::InternalError("the logits check failed");
-  }
+  absl::Status Write() const { return WriteJson(path, js); }
+};
 
-  std::printf(
-      "| phase | concurrency / prompt | tokens/s | time per step or prompt | floor | "
-      "floor / time |\n|---|---|---|---|---|---|\n");
-  std::fflush(stdout);
-  // Decode: prefill one base sequence, clone it into the slots.
-  SAMBAY_ASSIGN_OR_RETURN(const int base, gpu->AllocSlot());
+// Decode: prefill one base sequence, clone it into the slots, then every decode row (unless
+// --profile prefill).
+absl::Status DecodeRows(cuda::CudaModel& gpu, const ModelConfig& c, const BenchOptions& b,
+                        double wbytes, double bw, Results& results) {
+  SAMBAY_ASSIGN_OR_RETURN(const int base, gpu.AllocSlot());
   std::vector<float> logits;
-  SAMBAY_RETURN_IF_ERROR(gpu->Prefill(base, Ids(prompt, c.vocab_size, 1), &logits));
+  SAMBAY_RETURN_IF_ERROR(gpu.Prefill(base, SyntheticIds(b.prompt, c.vocab_size, 1), &logits));
   std::vector<int> slots;
-  for (int i = 0; i < max_c; ++i) {
-    SAMBAY_ASSIGN_OR_RETURN(const int s, gpu->AllocSlot());
+  for (int i = 0; i < b.max_c; ++i) {
+    SAMBAY_ASSIGN_OR_RETURN(const int s, gpu.AllocSlot());
     slots.push_back(s);
   }
-  DecodeRow row{gpu.get(), base, prompt, steps, wbytes, bw};
+  DecodeRow row{&gpu, base, b.prompt, b.steps, wbytes, bw};
   const std::string profile = absl::GetFlag(FLAGS_profile);
   if (profile != "" && profile != "decode" && profile != "prefill") {
     return absl::InvalidArgumentError("--profile must be decode or prefill");
@@ -446,24 +451,64 @@ absl::Status Run(const std::string& command) {
   for (bool graphs : {false, true}) {  // every direct row first: a graph failure loses less
     if (graphs && !absl::GetFlag(FLAGS_graph_rows)) continue;
     if (profile == "prefill") continue;
-    for (int n : conc) {
+    for (int n : b.conc) {
       std::vector<int> batch(slots.begin(), slots.begin() + n);
-      absl::Status st = row.Run(batch, graphs, &js);
-      if (!st.ok()) row_failed(absl::StrCat("decode", graphs ? " (graph)" : "", " c=", n), st);
-      SAMBAY_RETURN_IF_ERROR(WriteJson(path, js));
+      absl::Status st = row.Run(batch, graphs, &results.js);
+      if (!st.ok()) {
+        results.RowFailed(absl::StrCat("decode", graphs ? " (graph)" : "", " c=", n), st);
+      }
+      SAMBAY_RETURN_IF_ERROR(results.Write());
     }
   }
-  gpu->set_cuda_graphs(false);
-  for (int s : slots) SAMBAY_RETURN_IF_ERROR(gpu->FreeSlot(s));
-  SAMBAY_RETURN_IF_ERROR(gpu->FreeSlot(base));
+  gpu.set_cuda_graphs(false);
+  for (int s : slots) SAMBAY_RETURN_IF_ERROR(gpu.FreeSlot(s));
+  SAMBAY_RETURN_IF_ERROR(gpu.FreeSlot(base));
+  return absl::OkStatus();
+}
 
-  for (int32_t n : lens) {
-    if (profile == "decode") continue;
-    absl::Status st = PrefillRow(*model, *gpu, n, o.max_chunk, flops_rate, &js);
-    if (!st.ok()) row_failed(absl::StrCat("prefill ", n), st);
-    SAMBAY_RETURN_IF_ERROR(WriteJson(path, js));
+absl::Status Run(const std::string& command) {
+  ModelOptions mo;
+  mo.num_threads = absl::GetFlag(FLAGS_threads);
+  std::unique_ptr<Model> model;
+  SAMBAY_ASSIGN_OR_RETURN(model, Model::Load(absl::GetFlag(FLAGS_model), mo));
+  BenchOptions b;
+  SAMBAY_ASSIGN_OR_RETURN(b, ReadOptions());
+  const cuda::CudaModelOptions o = GpuOptions(b);
+  const auto t_up = Clock::now();
+  std::unique_ptr<cuda::CudaModel> gpu;
+  SAMBAY_ASSIGN_OR_RETURN(gpu, cuda::CudaModel::Create(*model, o));
+  const double upload_s = Since(t_up);
+  Ceilings ceil;
+  SAMBAY_ASSIGN_OR_RETURN(ceil, MeasureCeilings(gpu->context()));
+
+  const double wbytes = static_cast<double>(gpu->weight_bytes());
+  Results results{absl::GetFlag(FLAGS_json),
+                  PrintHeader(command, model->config(), gpu->context(), wbytes, upload_s, ceil)};
+  SAMBAY_RETURN_IF_ERROR(results.Write());
+  if (absl::GetFlag(FLAGS_check_tokens) > 0) {
+    absl::Status st = CheckLogits(*model, *gpu, &results.js);
+    if (!st.ok()) results.RowFailed("check", st);
+    SAMBAY_RETURN_IF_ERROR(results.Write());
   }
-  if (failed > 0) return absl::InternalError(absl::StrCat(failed, " row(s) failed"));
+  if (absl::GetFlag(FLAGS_check_only)) {
+    return results.failed == 0 ? absl::OkStatus() : absl::InternalError("the logits check failed");
+  }
+
+  std::printf(
+      "| phase | concurrency / prompt | tokens/s | time per step or prompt | floor | "
+      "floor / time |\n|---|---|---|---|---|---|\n");
+  std::fflush(stdout);
+  SAMBAY_RETURN_IF_ERROR(DecodeRows(*gpu, model->config(), b, wbytes, ceil.bw, results));
+  const std::string profile = absl::GetFlag(FLAGS_profile);
+  for (int32_t n : b.lens) {
+    if (profile == "decode") continue;
+    absl::Status st = PrefillRow(*model, *gpu, n, o.max_chunk, ceil.flops_rate, &results.js);
+    if (!st.ok()) results.RowFailed(absl::StrCat("prefill ", n), st);
+    SAMBAY_RETURN_IF_ERROR(results.Write());
+  }
+  if (results.failed > 0) {
+    return absl::InternalError(absl::StrCat(results.failed, " row(s) failed"));
+  }
   return absl::OkStatus();
 }
 

@@ -71,6 +71,7 @@
 #include "engine/state_io.h"
 #include "nlohmann/json.hpp"
 #include "sambay/v1/worker.grpc.pb.h"
+#include "tools/bench_common.h"
 #include "tools/cli_util.h"
 #include "worker/state_push.h"
 
@@ -94,10 +95,6 @@ namespace {
 
 namespace pb = ::sambay::v1;
 using Clock = std::chrono::steady_clock;
-
-double Since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 double Median(std::vector<double> v) {
   if (v.empty()) return 0;
@@ -516,40 +513,66 @@ absl::StatusOr<Rep> Handoff(pb::Worker::Stub& stub, const std::string& address,
 
 std::string Mib(int64_t bytes) { return absl::StrFormat("%.2f", bytes / 1048576.0); }
 
-absl::Status Run(int* exit_code) {
-  const std::string model_dir = absl::GetFlag(FLAGS_model);
-  if (model_dir.empty()) return absl::InvalidArgumentError("--model is required");
+// The checked flags and the model's config.
+struct Options {
+  std::string model_dir;
   ModelConfig config;
-  SAMBAY_ASSIGN_OR_RETURN(config, LoadModelConfig(model_dir));
-  std::vector<int32_t> sizes;
-  SAMBAY_ASSIGN_OR_RETURN(sizes, ParseIds(absl::GetFlag(FLAGS_tokens), "--tokens"));
-  const int reps = absl::GetFlag(FLAGS_reps);
-  const int warmup = absl::GetFlag(FLAGS_warmup);
-  if (sizes.empty() || reps < 1 || warmup < 0) {
+  std::vector<int32_t> sizes;  // --tokens
+  int reps = 0;
+  int warmup = 0;
+  int64_t max_context = 0;  // --worker-max-context
+  size_t chunk_bytes = 0;
+};
+
+absl::StatusOr<Options> ReadOptions() {
+  Options o;
+  o.model_dir = absl::GetFlag(FLAGS_model);
+  if (o.model_dir.empty()) return absl::InvalidArgumentError("--model is required");
+  SAMBAY_ASSIGN_OR_RETURN(o.config, LoadModelConfig(o.model_dir));
+  SAMBAY_ASSIGN_OR_RETURN(o.sizes, ParseIds(absl::GetFlag(FLAGS_tokens), "--tokens"));
+  o.reps = absl::GetFlag(FLAGS_reps);
+  o.warmup = absl::GetFlag(FLAGS_warmup);
+  if (o.sizes.empty() || o.reps < 1 || o.warmup < 0) {
     return absl::InvalidArgumentError("need --tokens, --reps >= 1 and --warmup >= 0");
   }
-  const int64_t max_context = absl::GetFlag(FLAGS_worker_max_context);
-  for (int32_t n : sizes) {
-    if (n < 1 || n + 1 > max_context) {
+  o.max_context = absl::GetFlag(FLAGS_worker_max_context);
+  for (int32_t n : o.sizes) {
+    if (n < 1 || n + 1 > o.max_context) {
       return absl::InvalidArgumentError(absl::StrCat(
-          "--tokens: ", n, " must be in [1, --worker-max-context - 1 = ", max_context - 1, "]"));
+          "--tokens: ", n, " must be in [1, --worker-max-context - 1 = ", o.max_context - 1, "]"));
     }
   }
-  const size_t chunk_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_chunk_bytes));
+  o.chunk_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_chunk_bytes));
+  return o;
+}
 
-  // The worker.
+// The worker's files: a temporary directory with its port file and (without --worker-log) its
+// log.
+struct WorkerFiles {
+  std::string tmp_dir, port_file, log_path;
+  bool temp_log = false;  // the log is in tmp_dir
+};
+
+absl::StatusOr<WorkerFiles> MakeWorkerFiles() {
   char tmpl[] = "/tmp/sambay-handoff-bench.XXXXXX";
   if (mkdtemp(tmpl) == nullptr)
     return absl::InternalError(absl::StrCat("mkdtemp: ", std::strerror(errno)));
-  const std::string tmp_dir = tmpl;
-  const std::string port_file = tmp_dir + "/worker-port.json";
-  std::string log_path = absl::GetFlag(FLAGS_worker_log);
-  const bool temp_log = log_path.empty();
-  if (temp_log) log_path = tmp_dir + "/worker.log";
+  WorkerFiles files;
+  files.tmp_dir = tmpl;
+  files.port_file = files.tmp_dir + "/worker-port.json";
+  files.log_path = absl::GetFlag(FLAGS_worker_log);
+  files.temp_log = files.log_path.empty();
+  if (files.temp_log) files.log_path = files.tmp_dir + "/worker.log";
+  return files;
+}
+
+// Starts `sambay-worker --role decode` on 127.0.0.1 (ports chosen by the kernel).
+absl::StatusOr<std::unique_ptr<WorkerProcess>> StartWorker(const Options& o,
+                                                           const WorkerFiles& files) {
   std::string bin = absl::GetFlag(FLAGS_worker_bin);
   if (bin.empty()) bin = SelfDir() + "/sambay-worker";
   const std::vector<std::string> args = {"--model",
-                                         model_dir,
+                                         o.model_dir,
                                          "--role",
                                          "decode",
                                          "--host",
@@ -559,174 +582,234 @@ absl::Status Run(int* exit_code) {
                                          "--metrics-port",
                                          "0",
                                          "--port-file",
-                                         port_file,
+                                         files.port_file,
                                          "--max-context",
-                                         absl::StrCat(max_context),
+                                         absl::StrCat(o.max_context),
                                          "--state-memory-mib",
                                          absl::StrCat(absl::GetFlag(FLAGS_state_memory_mib)),
                                          "--lease-timeout",
                                          absl::StrCat(absl::GetFlag(FLAGS_lease_timeout))};
   std::fprintf(stderr, "starting %s %s\n", bin.c_str(), absl::StrJoin(args, " ").c_str());
+  return WorkerProcess::Start(bin, args, files.log_path);
+}
+
+// Stops the worker and removes its files; a temporary log (and so its directory) stays when
+// keep_log. Returns how the worker ended.
+std::string StopWorker(WorkerProcess& worker, const WorkerFiles& files, bool keep_log) {
+  const std::string how = worker.Stop();
+  std::remove(files.port_file.c_str());
+  if (files.temp_log && !keep_log) std::remove(files.log_path.c_str());
+  if (!files.temp_log || !keep_log) rmdir(files.tmp_dir.c_str());
+  return how;
+}
+
+// The worker's GetInfo, checked against the model's config.json.
+absl::StatusOr<pb::WorkerInfo> GetWorkerInfo(pb::Worker::Stub& stub, const Options& o) {
+  pb::WorkerInfo info;
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
+    ctx.set_wait_for_ready(true);
+    SAMBAY_RETURN_IF_ERROR(FromGrpcStatus(stub.GetInfo(&ctx, pb::GetInfoRequest(), &info)));
+  }
+  if (static_cast<int>(info.num_layers()) != o.config.num_layers ||
+      static_cast<int64_t>(info.vocab_size()) != o.config.vocab_size) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "the worker serves ", info.num_layers(), " layers / vocab ", info.vocab_size(), ", but ",
+        o.model_dir, "/config.json says ", o.config.num_layers, " / ", o.config.vocab_size));
+  }
+  return info;
+}
+
+// The model and worker lines above the table.
+void PrintSetup(const Options& o, const pb::WorkerInfo& info) {
+  const ModelConfig& config = o.config;
+  const LayerCounts layers = CountLayers(config);
+  std::printf(
+      "model: %s; %d layers (%d Mamba, %d SWA window %lld, %d global), d_inner %lld, d_state "
+      "%lld, d_conv %lld, kv_dim %lld; fp32 state\n",
+      o.model_dir.c_str(), config.num_layers, layers.mamba, layers.swa,
+      (long long)config.sliding_window, layers.global, (long long)config.d_inner,
+      (long long)config.d_state, (long long)config.d_conv, (long long)config.kv_dim());
+  std::printf(
+      "worker: %s %s, role decode, fingerprint %s, state bytes fixed %llu + %llu/token; "
+      "chunks of %zu B; %d untimed + %d timed handoffs per size; Decode stream %s\n\n",
+      info.model_type().c_str(), info.version().c_str(), info.fingerprint().c_str(),
+      (unsigned long long)info.state_bytes_fixed(),
+      (unsigned long long)info.state_bytes_per_token(), o.chunk_bytes, o.warmup, o.reps,
+      "read to its end after each push (one decode step, not timed)");
+  std::fflush(stdout);
+}
+
+// The progress line of timed rep r on stderr.
+void PrintRep(int r, const Rep& rep) {
+  std::fprintf(stderr,
+               "  rep %d: %lld B in %lld chunks (gRPC messages %lld B, loopback %lld B); "
+               "export %.1f ms, transfer+import %.1f ms (import %.1f ms), %.2f GB/s; wall "
+               "clock around both %.1f ms; minor page faults: bench %lld, worker %lld; other "
+               "processes' CPU meanwhile %.0f ms; then the decode step %.0f ms (not timed)%s%s\n",
+               r, (long long)rep.wire_bytes, (long long)rep.chunks, (long long)rep.grpc_bytes,
+               (long long)rep.loopback_bytes, 1e3 * rep.export_s, 1e3 * rep.transfer_s,
+               1e3 * rep.import_s, rep.wire_bytes / (rep.export_s + rep.transfer_s) / 1e9,
+               1e3 * rep.total_s, (long long)rep.bench_faults, (long long)rep.worker_faults,
+               1e3 * rep.others_cpu_s, 1e3 * rep.decode_s, rep.stream_note.empty() ? "" : "; ",
+               rep.stream_note.c_str());
+}
+
+// The timed handoffs of one context size.
+struct Row {
+  int64_t n = 0, analytic = 0, payload = 0;
+  std::vector<Rep> reps;
+};
+
+// For each --tokens size: the synthetic state, then the untimed and the timed handoffs.
+absl::StatusOr<std::vector<Row>> MeasureRows(pb::Worker::Stub& stub, const std::string& address,
+                                             const Options& o, const std::string& fingerprint,
+                                             pid_t worker_pid) {
+  std::vector<Row> rows;
+  for (int32_t n : o.sizes) {
+    Row row;
+    row.n = n;
+    row.analytic = AnalyticStateBytes(o.config, n);
+    row.payload = StatePayloadBytes(o.config, n);
+    const auto tb = Clock::now();
+    std::unique_ptr<SequenceState> state = MakeState(o.config, n, absl::GetFlag(FLAGS_seed));
+    std::fprintf(stderr, "%d tokens: synthetic state built in %.2f s\n", n, Since(tb));
+    for (int r = -o.warmup; r < o.reps; ++r) {
+      const std::string handle = absl::StrCat("handoff-bench-", getpid(), "-", n, "-",
+                                              r < 0 ? "warmup" : "rep", r + o.warmup);
+      Rep rep;
+      SAMBAY_ASSIGN_OR_RETURN(rep, Handoff(stub, address, o.config, fingerprint, *state, handle,
+                                           o.chunk_bytes, worker_pid));
+      if (r < 0) {
+        std::fprintf(stderr, "  warm-up: %.1f ms; then the decode step %.0f ms\n",
+                     1e3 * rep.total_s, 1e3 * rep.decode_s);
+        continue;
+      }
+      PrintRep(r, rep);
+      row.reps.push_back(std::move(rep));
+    }
+    rows.push_back(std::move(row));
+  }
+  return rows;
+}
+
+// The largest wire-bytes overhead (%) and the lowest end-to-end rate (GB/s) over the rows, with
+// their sizes.
+struct Worst {
+  double overhead = -1, rate = -1;
+  int64_t overhead_n = 0, rate_n = 0;
+};
+
+// The Markdown table (medians over the reps); adds the reps' stream notes to `notes`.
+Worst PrintTable(const std::vector<Row>& rows, std::vector<std::string>* notes) {
+  std::printf(
+      "| tokens | analytic MiB | wire MiB | overhead %% | loopback MiB (overhead %%) | export "
+      "ms | transfer+import ms | import ms (dest) | end-to-end GB/s | other processes' CPU ms "
+      "|\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
+  Worst worst;
+  for (const Row& row : rows) {
+    std::vector<double> wire, lo, ex, tr, im, rate, others;
+    for (const Rep& r : row.reps) {
+      wire.push_back(static_cast<double>(r.wire_bytes));
+      if (r.loopback_bytes >= 0) lo.push_back(static_cast<double>(r.loopback_bytes));
+      ex.push_back(r.export_s);
+      tr.push_back(r.transfer_s);
+      im.push_back(r.import_s);
+      rate.push_back(r.wire_bytes / (r.export_s + r.transfer_s));
+      if (r.others_cpu_s >= 0) others.push_back(r.others_cpu_s);
+      if (!r.stream_note.empty()) notes->push_back(r.stream_note);
+    }
+    const double w = Median(wire);
+    const double overhead = 100.0 * (w - row.analytic) / row.analytic;
+    const double gbps = Median(rate) / 1e9;
+    std::string lo_text = "n/a";
+    if (!lo.empty()) {
+      const double l = Median(lo);
+      lo_text = absl::StrFormat("%.2f (%.3f%%)", l / 1048576.0,
+                                100.0 * (l - row.analytic) / row.analytic);
+    }
+    const std::string others_text =
+        others.empty() ? "n/a" : absl::StrFormat("%.0f", 1e3 * Median(others));
+    std::printf("| %lld | %s | %.2f | %.4f | %s | %.1f | %.1f | %.1f | %.2f | %s |\n",
+                (long long)row.n, Mib(row.analytic).c_str(), w / 1048576.0, overhead,
+                lo_text.c_str(), 1e3 * Median(ex), 1e3 * Median(tr), 1e3 * Median(im), gbps,
+                others_text.c_str());
+    if (overhead > worst.overhead) worst.overhead = overhead, worst.overhead_n = row.n;
+    if (worst.rate < 0 || gbps < worst.rate) worst.rate = gbps, worst.rate_n = row.n;
+  }
+  std::printf("\n");
+  return worst;
+}
+
+// The size cross-checks, the notes and one PASS/FAIL line per target; true when both pass.
+bool PrintChecks(const std::vector<Row>& rows, const Worst& worst,
+                 std::vector<std::string>* notes) {
+  for (const Row& row : rows) {
+    std::printf(
+        "check %lld tokens: analytic %lld B, StatePayloadBytes %lld B (%s); wire = payload + "
+        "%lld B (stream header, descriptors, %lld chunk frames); gRPC messages %lld B\n",
+        (long long)row.n, (long long)row.analytic, (long long)row.payload,
+        row.analytic == row.payload ? "equal" : "DIFFERENT",
+        (long long)(row.reps[0].wire_bytes - row.payload), (long long)row.reps[0].chunks,
+        (long long)row.reps[0].grpc_bytes);
+    if (row.analytic != row.payload) notes->push_back("analytic size != StatePayloadBytes");
+  }
+  for (const std::string& note : *notes) std::printf("note: %s\n", note.c_str());
+  const bool size_ok = worst.overhead <= 1.0;
+  const bool rate_ok = worst.rate >= 1.0;
+  std::printf(
+      "%s  wire bytes at most 1%% over the analytic state size: worst %.4f%% (%lld tokens)\n",
+      size_ok ? "PASS" : "FAIL", worst.overhead, (long long)worst.overhead_n);
+  std::printf(
+      "%s  end to end (export + transfer + import) at least 1 GB/s: worst %.2f GB/s (%lld "
+      "tokens)\n",
+      rate_ok ? "PASS" : "FAIL", worst.rate, (long long)worst.rate_n);
+  std::fflush(stdout);
+  return size_ok && rate_ok;
+}
+
+// The benchmark against the running worker at `address`; sets *exit_code (0 when both targets
+// pass, 2 when one fails).
+absl::Status Bench(const Options& o, const std::string& address, pid_t worker_pid, int* exit_code) {
+  auto channel = MakeChannel(address, RpcLimits{});
+  auto stub = pb::Worker::NewStub(channel);
+  pb::WorkerInfo info;
+  SAMBAY_ASSIGN_OR_RETURN(info, GetWorkerInfo(*stub, o));
+  PrintSetup(o, info);
+  std::vector<Row> rows;
+  SAMBAY_ASSIGN_OR_RETURN(rows, MeasureRows(*stub, address, o, info.fingerprint(), worker_pid));
+  std::vector<std::string> notes;
+  const Worst worst = PrintTable(rows, &notes);
+  *exit_code = PrintChecks(rows, worst, &notes) ? 0 : 2;
+  return absl::OkStatus();
+}
+
+absl::Status Run(int* exit_code) {
+  Options o;
+  SAMBAY_ASSIGN_OR_RETURN(o, ReadOptions());
+  WorkerFiles files;
+  SAMBAY_ASSIGN_OR_RETURN(files, MakeWorkerFiles());
   std::unique_ptr<WorkerProcess> worker;
-  SAMBAY_ASSIGN_OR_RETURN(worker, WorkerProcess::Start(bin, args, log_path));
-  const auto cleanup = [&](bool keep_log) {
-    const std::string how = worker->Stop();
-    std::remove(port_file.c_str());
-    if (temp_log && !keep_log) std::remove(log_path.c_str());
-    if (!temp_log || !keep_log) rmdir(tmp_dir.c_str());
-    return how;
-  };
+  SAMBAY_ASSIGN_OR_RETURN(worker, StartWorker(o, files));
   const auto t_start = Clock::now();
-  absl::StatusOr<int> port = worker->WaitForPort(port_file, absl::GetFlag(FLAGS_startup_timeout));
+  absl::StatusOr<int> port =
+      worker->WaitForPort(files.port_file, absl::GetFlag(FLAGS_startup_timeout));
   if (!port.ok()) {
-    cleanup(true);
+    StopWorker(*worker, files, true);
     return port.status();
   }
   const std::string address = absl::StrCat("127.0.0.1:", *port);
   std::fprintf(stderr, "worker pid %d serving on %s after %.1f s (log %s)\n", worker->pid(),
-               address.c_str(), Since(t_start), log_path.c_str());
+               address.c_str(), Since(t_start), files.log_path.c_str());
 
-  absl::Status result = [&]() -> absl::Status {
-    auto channel = MakeChannel(address, RpcLimits{});
-    auto stub = pb::Worker::NewStub(channel);
-    pb::WorkerInfo info;
-    {
-      grpc::ClientContext ctx;
-      ctx.set_deadline(absl::ToChronoTime(absl::Now() + absl::Seconds(30)));
-      ctx.set_wait_for_ready(true);
-      SAMBAY_RETURN_IF_ERROR(FromGrpcStatus(stub->GetInfo(&ctx, pb::GetInfoRequest(), &info)));
-    }
-    if (static_cast<int>(info.num_layers()) != config.num_layers ||
-        static_cast<int64_t>(info.vocab_size()) != config.vocab_size) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "the worker serves ", info.num_layers(), " layers / vocab ", info.vocab_size(), ", but ",
-          model_dir, "/config.json says ", config.num_layers, " / ", config.vocab_size));
-    }
-    const LayerCounts layers = CountLayers(config);
-    std::printf(
-        "model: %s; %d layers (%d Mamba, %d SWA window %lld, %d global), d_inner %lld, d_state "
-        "%lld, d_conv %lld, kv_dim %lld; fp32 state\n",
-        model_dir.c_str(), config.num_layers, layers.mamba, layers.swa,
-        (long long)config.sliding_window, layers.global, (long long)config.d_inner,
-        (long long)config.d_state, (long long)config.d_conv, (long long)config.kv_dim());
-    std::printf(
-        "worker: %s %s, role decode, fingerprint %s, state bytes fixed %llu + %llu/token; "
-        "chunks of %zu B; %d untimed + %d timed handoffs per size; Decode stream %s\n\n",
-        info.model_type().c_str(), info.version().c_str(), info.fingerprint().c_str(),
-        (unsigned long long)info.state_bytes_fixed(),
-        (unsigned long long)info.state_bytes_per_token(), chunk_bytes, warmup, reps,
-        "read to its end after each push (one decode step, not timed)");
-    std::fflush(stdout);
-
-    struct Row {
-      int64_t n = 0, analytic = 0, payload = 0;
-      std::vector<Rep> reps;
-    };
-    std::vector<Row> rows;
-    for (int32_t n : sizes) {
-      Row row;
-      row.n = n;
-      row.analytic = AnalyticStateBytes(config, n);
-      row.payload = StatePayloadBytes(config, n);
-      const auto tb = Clock::now();
-      std::unique_ptr<SequenceState> state = MakeState(config, n, absl::GetFlag(FLAGS_seed));
-      std::fprintf(stderr, "%d tokens: synthetic state built in %.2f s\n", n, Since(tb));
-      for (int r = -warmup; r < reps; ++r) {
-        const std::string handle = absl::StrCat("handoff-bench-", getpid(), "-", n, "-",
-                                                r < 0 ? "warmup" : "rep", r + warmup);
-        Rep rep;
-        SAMBAY_ASSIGN_OR_RETURN(rep, Handoff(*stub, address, config, info.fingerprint(), *state,
-                                             handle, chunk_bytes, worker->pid()));
-        if (r < 0) {
-          std::fprintf(stderr, "  warm-up: %.1f ms; then the decode step %.0f ms\n",
-                       1e3 * rep.total_s, 1e3 * rep.decode_s);
-          continue;
-        }
-        std::fprintf(
-            stderr,
-            "  rep %d: %lld B in %lld chunks (gRPC messages %lld B, loopback %lld B); "
-            "export %.1f ms, transfer+import %.1f ms (import %.1f ms), %.2f GB/s; wall "
-            "clock around both %.1f ms; minor page faults: bench %lld, worker %lld; other "
-            "processes' CPU meanwhile %.0f ms; then the decode step %.0f ms (not timed)%s%s\n",
-            r, (long long)rep.wire_bytes, (long long)rep.chunks, (long long)rep.grpc_bytes,
-            (long long)rep.loopback_bytes, 1e3 * rep.export_s, 1e3 * rep.transfer_s,
-            1e3 * rep.import_s, rep.wire_bytes / (rep.export_s + rep.transfer_s) / 1e9,
-            1e3 * rep.total_s, (long long)rep.bench_faults, (long long)rep.worker_faults,
-            1e3 * rep.others_cpu_s, 1e3 * rep.decode_s, rep.stream_note.empty() ? "" : "; ",
-            rep.stream_note.c_str());
-        row.reps.push_back(std::move(rep));
-      }
-      rows.push_back(std::move(row));
-    }
-
-    std::printf(
-        "| tokens | analytic MiB | wire MiB | overhead %% | loopback MiB (overhead %%) | export "
-        "ms | transfer+import ms | import ms (dest) | end-to-end GB/s | other processes' CPU ms "
-        "|\n");
-    std::printf("|---|---|---|---|---|---|---|---|---|---|\n");
-    double worst_overhead = -1, worst_rate = -1;
-    int64_t worst_overhead_n = 0, worst_rate_n = 0;
-    std::vector<std::string> notes;
-    for (const Row& row : rows) {
-      std::vector<double> wire, lo, ex, tr, im, rate, others;
-      for (const Rep& r : row.reps) {
-        wire.push_back(static_cast<double>(r.wire_bytes));
-        if (r.loopback_bytes >= 0) lo.push_back(static_cast<double>(r.loopback_bytes));
-        ex.push_back(r.export_s);
-        tr.push_back(r.transfer_s);
-        im.push_back(r.import_s);
-        rate.push_back(r.wire_bytes / (r.export_s + r.transfer_s));
-        if (r.others_cpu_s >= 0) others.push_back(r.others_cpu_s);
-        if (!r.stream_note.empty()) notes.push_back(r.stream_note);
-      }
-      const double w = Median(wire);
-      const double overhead = 100.0 * (w - row.analytic) / row.analytic;
-      const double gbps = Median(rate) / 1e9;
-      std::string lo_text = "n/a";
-      if (!lo.empty()) {
-        const double l = Median(lo);
-        lo_text = absl::StrFormat("%.2f (%.3f%%)", l / 1048576.0,
-                                  100.0 * (l - row.analytic) / row.analytic);
-      }
-      const std::string others_text =
-          others.empty() ? "n/a" : absl::StrFormat("%.0f", 1e3 * Median(others));
-      std::printf("| %lld | %s | %.2f | %.4f | %s | %.1f | %.1f | %.1f | %.2f | %s |\n",
-                  (long long)row.n, Mib(row.analytic).c_str(), w / 1048576.0, overhead,
-                  lo_text.c_str(), 1e3 * Median(ex), 1e3 * Median(tr), 1e3 * Median(im), gbps,
-                  others_text.c_str());
-      if (overhead > worst_overhead) worst_overhead = overhead, worst_overhead_n = row.n;
-      if (worst_rate < 0 || gbps < worst_rate) worst_rate = gbps, worst_rate_n = row.n;
-    }
-    std::printf("\n");
-    for (const Row& row : rows) {
-      std::printf(
-          "check %lld tokens: analytic %lld B, StatePayloadBytes %lld B (%s); wire = payload + "
-          "%lld B (stream header, descriptors, %lld chunk frames); gRPC messages %lld B\n",
-          (long long)row.n, (long long)row.analytic, (long long)row.payload,
-          row.analytic == row.payload ? "equal" : "DIFFERENT",
-          (long long)(row.reps[0].wire_bytes - row.payload), (long long)row.reps[0].chunks,
-          (long long)row.reps[0].grpc_bytes);
-      if (row.analytic != row.payload) notes.push_back("analytic size != StatePayloadBytes");
-    }
-    for (const std::string& note : notes) std::printf("note: %s\n", note.c_str());
-    const bool size_ok = worst_overhead <= 1.0;
-    const bool rate_ok = worst_rate >= 1.0;
-    std::printf(
-        "%s  wire bytes at most 1%% over the analytic state size: worst %.4f%% (%lld tokens)\n",
-        size_ok ? "PASS" : "FAIL", worst_overhead, (long long)worst_overhead_n);
-    std::printf(
-        "%s  end to end (export + transfer + import) at least 1 GB/s: worst %.2f GB/s (%lld "
-        "tokens)\n",
-        rate_ok ? "PASS" : "FAIL", worst_rate, (long long)worst_rate_n);
-    std::fflush(stdout);
-    *exit_code = size_ok && rate_ok ? 0 : 2;
-    return absl::OkStatus();
-  }();
-  const std::string how = cleanup(!result.ok());
+  const absl::Status result = Bench(o, address, worker->pid(), exit_code);
+  const std::string how = StopWorker(*worker, files, !result.ok());
   std::fprintf(stderr, "worker stopped: %s\n", how.c_str());
   if (!result.ok()) {
     return absl::Status(result.code(),
-                        absl::StrCat(result.message(), " (worker log: ", log_path, ")"));
+                        absl::StrCat(result.message(), " (worker log: ", files.log_path, ")"));
   }
   return result;
 }

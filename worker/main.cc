@@ -3,15 +3,12 @@
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
-#include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdio>
 #include <memory>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
@@ -150,9 +147,125 @@ absl::Status CheckFlags(const Flags& f, WorkerRoles* roles) {
   return SetLogLevel(f.server.log_level);
 }
 
-int Fatal(const absl::Status& s) {
-  Log(LogLevel::kError, "worker", "cannot start", {{"error", s.ToString()}});
-  return 1;
+// The GPU plugin for --device cuda, checked against --gpu and --tp; nullptr for --device cpu.
+// --device cuda fails here, before the model is loaded, when it cannot work.
+absl::StatusOr<const GpuPluginApi*> OpenDevice(const Flags& f) {
+  if (f.device != "cuda") return nullptr;
+  auto plugin = LoadGpuPlugin();
+  if (!plugin.ok()) return plugin.status();
+  const GpuPluginApi* gpu = *plugin;
+  const int n = gpu->device_count();
+  if (n == 0) return absl::FailedPreconditionError("--device cuda: no CUDA device is present");
+  if (f.gpu + f.tp > n) {
+    return absl::FailedPreconditionError(
+        f.tp == 1 ? absl::StrCat("--gpu: device ", f.gpu, " does not exist (", n, " CUDA devices)")
+                  : absl::StrCat("--tp ", f.tp, " from --gpu ", f.gpu, ": needs devices ", f.gpu,
+                                 "..", f.gpu + f.tp - 1, ", ", n, " present"));
+  }
+  return gpu;
+}
+
+absl::StatusOr<std::unique_ptr<Model>> LoadModel(const Flags& f) {
+  ModelOptions mo;
+  mo.num_threads = static_cast<int>(f.threads);
+  // CUDA: the full weights are loaded once and sharded while they are uploaded to the GPUs.
+  mo.tp = f.device == "cuda" ? 1 : static_cast<int>(f.tp);
+  return Model::Load(f.model, mo);
+}
+
+absl::StatusOr<SchedulerOptions> MakeSchedulerOptions(const Flags& f, const ModelConfig& cfg) {
+  SchedulerOptions so;
+  so.max_running = f.max_running;
+  so.max_context = f.max_context == 0 ? cfg.max_position_embeddings : f.max_context;
+  if (so.max_context > cfg.max_position_embeddings) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--max-context: ", so.max_context, " exceeds the model's ", cfg.max_position_embeddings));
+  }
+  so.state_budget_bytes = f.state_memory_mib << 20;
+  so.prefill_chunk = f.prefill_chunk;
+  so.lease = absl::Seconds(f.lease_timeout);
+  return so;
+}
+
+// One state slot per admitted sequence; the global K/V pool sized by the state budget (bf16
+// blocks: the scheduler's fp32 accounting never admits more than it holds).
+GpuBackendOptions MakeGpuOptions(const Flags& f, const SchedulerOptions& so,
+                                 const ModelConfig& cfg) {
+  GpuBackendOptions go;
+  for (int64_t d = 0; d < f.tp; ++d) go.devices.push_back(static_cast<int>(f.gpu + d));
+  go.max_slots = static_cast<int>(f.max_running);
+  go.max_context = so.max_context;
+  go.max_chunk = so.prefill_chunk;
+  go.max_logits_rows = std::max<int64_t>(64, f.max_running);
+  go.cuda_graphs = f.cuda_graphs;
+  const int64_t block_bytes = go.block_tokens * cfg.kv_dim() * 2 * 2;
+  const int64_t per_seq = (so.max_context + go.block_tokens - 1) / go.block_tokens;
+  go.kv_blocks = std::clamp<int64_t>((so.state_budget_bytes + block_bytes - 1) / block_bytes,
+                                     per_seq, per_seq * go.max_slots);
+  return go;
+}
+
+// The GPU backend from `gpu`'s plugin, or the CPU backend over `model` when `gpu` is null.
+absl::StatusOr<std::unique_ptr<EngineBackend>> MakeBackend(const Flags& f, const GpuPluginApi* gpu,
+                                                           Model& model,
+                                                           const SchedulerOptions& so) {
+  std::unique_ptr<EngineBackend> engine;
+  if (gpu != nullptr) {
+    auto gpu_engine = gpu->create(model, MakeGpuOptions(f, so, model.config()));
+    if (!gpu_engine.ok()) return gpu_engine.status();
+    engine = *std::move(gpu_engine);
+  } else {
+    engine = std::make_unique<CpuBackend>(model);
+  }
+  if (engine == nullptr) return absl::InternalError("no engine backend");
+  return engine;
+}
+
+WorkerServiceOptions MakeServiceOptions(const Flags& f) {
+  WorkerServiceOptions wo;
+  wo.push_allow = *PushAllowList::Parse(f.push_allow);  // checked by CheckFlags
+  wo.push_first_chunk_timeout = absl::Seconds(f.push_first_chunk_timeout);
+  wo.push_chunk_timeout = absl::Seconds(f.push_chunk_timeout);
+  wo.max_push_streams = f.max_push_streams == 0 ? f.max_running : f.max_push_streams;
+  return wo;
+}
+
+absl::StatusOr<StartedServer> StartServer(const Flags& f, const RpcLimits& limits,
+                                          WorkerService& service) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  return StartGrpcServer(f.server, limits, {&service}, [&](grpc::ServerBuilder& builder) {
+    CapUnownedStreams(builder);  // reflection streams (each holds a thread)
+    // Each streaming call holds a thread: two per admitted sequence (Decode + PushState, capped
+    // by --max-push-streams) plus room for probes, reflection (capped) and load queries. Beyond
+    // this, calls fail fast with RESOURCE_EXHAUSTED.
+    grpc::ResourceQuota quota("sambay-worker");
+    quota.SetMaxThreads(static_cast<int>(2 * f.max_running + 32));
+    builder.SetResourceQuota(quota);
+  });
+}
+
+// Drain: stop admitting, let admitted sequences finish, then stop the server.
+void Drain(const Flags& f, const std::string& sig, grpc::Server& server, Scheduler& scheduler,
+           WorkerService& service) {
+  Log(LogLevel::kInfo, "worker", "draining",
+      {{"signal", sig},
+       {"active", scheduler.active()},
+       {"drain_timeout_seconds", f.server.drain_timeout}});
+  server.GetHealthCheckService()->SetServingStatus(kReadinessService, false);
+  scheduler.StartDrain();
+  WaitWhile([&] { return scheduler.active() > 0; }, absl::Seconds(f.server.drain_timeout),
+            absl::Milliseconds(20));
+  const int64_t left = scheduler.active();
+  if (left > 0) {
+    Log(LogLevel::kWarning, "worker", "drain timeout: ending sequences", {{"active", left}});
+  }
+  // Handlers of finished sequences are writing their last message: let them (up to 5 s), then
+  // stop; anything still running after that is cancelled.
+  WaitWhile([&] { return service.inflight() > 0; }, absl::Seconds(5), absl::Milliseconds(10));
+  server.Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  server.Wait();
+  Log(LogLevel::kInfo, "worker", "stopped", {{"unfinished", left}});
 }
 
 int Run(int argc, char** argv) {
@@ -162,157 +275,53 @@ int Run(int argc, char** argv) {
   Flags f;
   FlagSet fs("sambay-worker", "SAMBAY_");
   Register(fs, f);
-  if (auto exit_code = ParseServerFlags(fs, "sambay-worker", argc, argv)) return *exit_code;
   WorkerRoles roles;
-  if (absl::Status s = CheckFlags(f, &roles); !s.ok()) {
-    std::fprintf(stderr, "sambay-worker: error: %s\n", std::string(s.message()).c_str());
-    return 2;
+  if (auto exit_code = ParseAndCheckServerFlags(fs, "sambay-worker", argc, argv,
+                                                [&] { return CheckFlags(f, &roles); })) {
+    return *exit_code;
   }
-  Log(LogLevel::kInfo, "worker", "starting",
-      {{"version", SAMBAY_VERSION}, {"config", fs.Effective()}});
+  LogStarting("worker", SAMBAY_VERSION, fs);
 
-  // --device cuda fails here, before the model is loaded, when it cannot work.
-  const GpuPluginApi* gpu = nullptr;
-  if (f.device == "cuda") {
-    auto plugin = LoadGpuPlugin();
-    if (!plugin.ok()) return Fatal(plugin.status());
-    gpu = *plugin;
-    const int n = gpu->device_count();
-    if (n == 0) {
-      return Fatal(absl::FailedPreconditionError("--device cuda: no CUDA device is present"));
-    }
-    if (f.gpu + f.tp > n) {
-      return Fatal(absl::FailedPreconditionError(
-          f.tp == 1
-              ? absl::StrCat("--gpu: device ", f.gpu, " does not exist (", n, " CUDA devices)")
-              : absl::StrCat("--tp ", f.tp, " from --gpu ", f.gpu, ": needs devices ", f.gpu, "..",
-                             f.gpu + f.tp - 1, ", ", n, " present")));
-    }
-  }
-
+  auto gpu = OpenDevice(f);
+  if (!gpu.ok()) return CannotStart("worker", gpu.status());
   const absl::Time t0 = absl::Now();
-  ModelOptions mo;
-  mo.num_threads = static_cast<int>(f.threads);
-  // CUDA: the full weights are loaded once and sharded while they are uploaded to the GPUs.
-  mo.tp = f.device == "cuda" ? 1 : static_cast<int>(f.tp);
-  auto loaded = Model::Load(f.model, mo);
-  if (!loaded.ok()) return Fatal(loaded.status());
+  auto loaded = LoadModel(f);
+  if (!loaded.ok()) return CannotStart("worker", loaded.status());
   std::unique_ptr<Model> model = *std::move(loaded);
-  const ModelConfig cfg = model->config();
-  SchedulerOptions so;
-  so.max_running = f.max_running;
-  so.max_context = f.max_context == 0 ? cfg.max_position_embeddings : f.max_context;
-  if (so.max_context > cfg.max_position_embeddings) {
-    return Fatal(absl::InvalidArgumentError(absl::StrCat(
-        "--max-context: ", so.max_context, " exceeds the model's ", cfg.max_position_embeddings)));
-  }
-  so.state_budget_bytes = f.state_memory_mib << 20;
-  so.prefill_chunk = f.prefill_chunk;
-  so.lease = absl::Seconds(f.lease_timeout);
-  std::unique_ptr<EngineBackend> engine;
-  if (gpu != nullptr) {
-    // One state slot per admitted sequence; the global K/V pool sized by the state budget
-    // (bf16 blocks: the scheduler's fp32 accounting never admits more than it holds).
-    GpuBackendOptions go;
-    for (int64_t d = 0; d < f.tp; ++d) go.devices.push_back(static_cast<int>(f.gpu + d));
-    go.max_slots = static_cast<int>(f.max_running);
-    go.max_context = so.max_context;
-    go.max_chunk = so.prefill_chunk;
-    go.max_logits_rows = std::max<int64_t>(64, f.max_running);
-    go.cuda_graphs = f.cuda_graphs;
-    const int64_t block_bytes = go.block_tokens * cfg.kv_dim() * 2 * 2;
-    const int64_t per_seq = (so.max_context + go.block_tokens - 1) / go.block_tokens;
-    go.kv_blocks = std::clamp<int64_t>((so.state_budget_bytes + block_bytes - 1) / block_bytes,
-                                       per_seq, per_seq * go.max_slots);
-    auto gpu_engine = gpu->create(*model, go);
-    if (!gpu_engine.ok()) return Fatal(gpu_engine.status());
-    engine = *std::move(gpu_engine);
-  } else {
-    engine = std::make_unique<CpuBackend>(*model);
-  }
-  if (engine == nullptr) return Fatal(absl::InternalError("no engine backend"));
+  auto so = MakeSchedulerOptions(f, model->config());
+  if (!so.ok()) return CannotStart("worker", so.status());
+  auto made = MakeBackend(f, *gpu, *model, *so);
+  if (!made.ok()) return CannotStart("worker", made.status());
+  std::unique_ptr<EngineBackend> engine = *std::move(made);
   Log(LogLevel::kInfo, "worker", "model loaded",
       {{"fingerprint", engine->fingerprint()},
        {"seconds", absl::ToDoubleSeconds(absl::Now() - t0)},
        {"device", engine->device_name()},
        {"threads", model->num_threads()},
        {"tp", engine->tp_size()},
-       {"max_context", so.max_context}});
+       {"max_context", so->max_context}});
   if (f.device == "cuda") model.reset();  // the weights live on the GPU now
 
   WorkerMetrics metrics(engine->fingerprint(), f.role, SAMBAY_VERSION);
   auto metrics_port = metrics.Serve(f.server.metrics_host, static_cast<int>(f.server.metrics_port));
-  if (!metrics_port.ok()) return Fatal(metrics_port.status());
-
+  if (!metrics_port.ok()) return CannotStart("worker", metrics_port.status());
   RpcLimits limits = ServerRpcLimits(f.server);
   limits.max_message_bytes = f.max_message_mib << 20;
-
-  Scheduler scheduler(*engine, so, &metrics);
-  WorkerServiceOptions wo;
-  wo.push_allow = *PushAllowList::Parse(f.push_allow);  // checked by CheckFlags
-  wo.push_first_chunk_timeout = absl::Seconds(f.push_first_chunk_timeout);
-  wo.push_chunk_timeout = absl::Seconds(f.push_chunk_timeout);
-  wo.max_push_streams = f.max_push_streams == 0 ? f.max_running : f.max_push_streams;
-  WorkerService service(*engine, scheduler, metrics, roles, limits, SAMBAY_VERSION, wo);
-
-  grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  grpc::ServerBuilder builder;
-  int grpc_port = 0;
-  builder.AddListeningPort(absl::StrCat(f.server.host, ":", f.server.port),
-                           grpc::InsecureServerCredentials(), &grpc_port);
-  builder.RegisterService(&service);
-  ConfigureServer(builder, limits);
-  CapUnownedStreams(builder);  // reflection streams (each holds a thread)
-  // Each streaming call holds a thread: two per admitted sequence (Decode + PushState, capped
-  // by --max-push-streams) plus room for probes, reflection (capped) and load queries. Beyond
-  // this, calls fail fast with RESOURCE_EXHAUSTED.
-  grpc::ResourceQuota quota("sambay-worker");
-  quota.SetMaxThreads(static_cast<int>(2 * f.max_running + 32));
-  builder.SetResourceQuota(quota);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || grpc_port == 0) {
-    return Fatal(absl::UnavailableError(
-        absl::StrCat("--port: cannot listen on ", f.server.host, ":", f.server.port)));
-  }
-  grpc::HealthCheckServiceInterface* health = server->GetHealthCheckService();
+  Scheduler scheduler(*engine, *so, &metrics);
+  WorkerService service(*engine, scheduler, metrics, roles, limits, SAMBAY_VERSION,
+                        MakeServiceOptions(f));
+  auto started = StartServer(f, limits, service);
+  if (!started.ok()) return CannotStart("worker", started.status());
+  grpc::Server& server = *started->server;
+  grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kReadinessService, true);
-  if (!f.server.port_file.empty()) {
-    if (absl::Status s = WritePortFile(f.server.port_file, grpc_port, *metrics_port); !s.ok()) {
-      return Fatal(s);
-    }
+  if (absl::Status s =
+          AnnounceServing("worker", f.server, started->port, *metrics_port, {{"role", f.role}});
+      !s.ok()) {
+    return CannotStart("worker", s);
   }
-  Log(LogLevel::kInfo, "worker", "serving",
-      {{"address", absl::StrCat(f.server.host, ":", grpc_port)},
-       {"metrics", absl::StrCat(f.server.metrics_host, ":", *metrics_port)},
-       {"role", f.role}});
-
-  const std::string sig = WaitForTerminationSignal();
-  // Drain: stop admitting, let admitted sequences finish, then stop the server.
-  Log(LogLevel::kInfo, "worker", "draining",
-      {{"signal", sig},
-       {"active", scheduler.active()},
-       {"drain_timeout_seconds", f.server.drain_timeout}});
-  health->SetServingStatus(kReadinessService, false);
-  scheduler.StartDrain();
-  const absl::Time drain_deadline = absl::Now() + absl::Seconds(f.server.drain_timeout);
-  while (scheduler.active() > 0 && absl::Now() < drain_deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  const int64_t left = scheduler.active();
-  if (left > 0) {
-    Log(LogLevel::kWarning, "worker", "drain timeout: ending sequences", {{"active", left}});
-  }
-  // Handlers of finished sequences are writing their last message: let them (up to 5 s), then
-  // stop; anything still running after that is cancelled.
-  const absl::Time calls_deadline = absl::Now() + absl::Seconds(5);
-  while (service.inflight() > 0 && absl::Now() < calls_deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
-  server->Wait();
-  Log(LogLevel::kInfo, "worker", "stopped", {{"unfinished", left}});
+  Drain(f, WaitForTerminationSignal(), server, scheduler, service);
   return 0;
 }
 

@@ -112,11 +112,7 @@ WorkerMetrics::WorkerMetrics(const std::string& fingerprint, const std::string& 
 }
 
 absl::StatusOr<int> WorkerMetrics::Serve(const std::string& host, int port) {
-  if (http_ != nullptr) return absl::FailedPreconditionError("metrics are already served");
-  auto http = std::make_unique<MetricsHttpServer>(registry_);
-  absl::StatusOr<int> bound = http->Start(host, port);
-  if (bound.ok()) http_ = std::move(http);
-  return bound;
+  return ServeMetrics(registry_, host, port, &http_);
 }
 
 void WorkerMetrics::Reject(RejectReason reason) { rejections_.at(reason)->Increment(); }

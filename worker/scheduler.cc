@@ -70,6 +70,72 @@ absl::Status CheckIds(absl::Span<const int32_t> ids, int64_t vocab, const char* 
   return absl::OkStatus();
 }
 
+// Validate's checks of what to generate: max_new_tokens, sampling, stop ids, top_logprobs and
+// rng_draws (against the context length `ctx`).
+absl::Status CheckGeneration(const SequenceRequest& r, int64_t vocab, int64_t ctx) {
+  if (r.max_new_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_new_tokens: must be >= 1, got ", r.max_new_tokens));
+  }
+  if (absl::Status s = ValidateSamplingParams(r.sampling); !s.ok()) {
+    return absl::InvalidArgumentError(absl::StrCat("sampling.", s.message()));
+  }
+  if (r.stop_ids.size() > kMaxStopTokenIds) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("stop_token_ids: ", r.stop_ids.size(), " ids, at most ", kMaxStopTokenIds));
+  }
+  if (absl::Status s = CheckIds(r.stop_ids, vocab, "stop_token_ids"); !s.ok()) return s;
+  if (r.top_logprobs < 0 || r.top_logprobs > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_logprobs: must be in [0, ", kMaxTopLogprobs, "], got ", r.top_logprobs));
+  }
+  // A sequence draws at most one number per token it made, so more draws than the context are
+  // impossible; skipping them (Sampler::Advance, one step each on the engine thread) would hang
+  // the engine for 2^64 steps.
+  if (r.rng_draws > static_cast<uint64_t>(ctx)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("rng_draws: ", r.rng_draws, " exceeds the context limit ", ctx));
+  }
+  return absl::OkStatus();
+}
+
+// Validate's checks of the prompt for r.mode (a pushed state's handle, prompt_tokens and
+// history, or the prompt's ids). On success *tokens is the sequence's length before its first
+// new token is made (a pushed state's pending token included).
+absl::Status CheckPrompt(const SequenceRequest& r, int64_t vocab, int64_t* tokens) {
+  if (r.mode == SeqMode::kImported) {
+    if (r.handle.empty() || r.handle.size() > kMaxHandleBytes) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("handle: must be 1 to ", kMaxHandleBytes, " bytes, got ", r.handle.size()));
+    }
+    if (r.prompt_tokens < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt_tokens: must be >= 1, got ", r.prompt_tokens));
+    }
+    if (!r.history.empty() && static_cast<int64_t>(r.history.size()) != r.prompt_tokens) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("history: must have prompt_tokens = ", r.prompt_tokens, " entries, got ",
+                       r.history.size()));
+    }
+    if (r.history.empty() && HasPenalties(r.sampling)) {
+      return absl::InvalidArgumentError(
+          "history: required when repetition_penalty or presence_penalty is set");
+    }
+    if (absl::Status s = CheckIds(r.history, vocab, "history"); !s.ok()) return s;
+    // The pushed state holds prompt_tokens consumed plus one pending token.
+    *tokens = r.prompt_tokens + 1;
+    return absl::OkStatus();
+  }
+  if (r.prompt.empty()) {
+    return absl::InvalidArgumentError(r.mode == SeqMode::kLocal ? "local_prompt: must not be empty"
+                                                                : "token_ids: must not be empty");
+  }
+  const char* field = r.mode == SeqMode::kLocal ? "local_prompt" : "token_ids";
+  if (absl::Status s = CheckIds(r.prompt, vocab, field); !s.ok()) return s;
+  *tokens = static_cast<int64_t>(r.prompt.size());
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 Scheduler::Scheduler(Model& model, const SchedulerOptions& options, WorkerMetrics* metrics)
@@ -122,61 +188,9 @@ int64_t Scheduler::StateBytesFor(int64_t tokens) const {
 absl::Status Scheduler::Validate(const SequenceRequest& r) const {
   const int64_t vocab = model_.config().vocab_size;
   const int64_t ctx = options_.max_context;
-  if (r.max_new_tokens < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_new_tokens: must be >= 1, got ", r.max_new_tokens));
-  }
-  if (absl::Status s = ValidateSamplingParams(r.sampling); !s.ok()) {
-    return absl::InvalidArgumentError(absl::StrCat("sampling.", s.message()));
-  }
-  if (r.stop_ids.size() > kMaxStopTokenIds) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("stop_token_ids: ", r.stop_ids.size(), " ids, at most ", kMaxStopTokenIds));
-  }
-  if (absl::Status s = CheckIds(r.stop_ids, vocab, "stop_token_ids"); !s.ok()) return s;
-  if (r.top_logprobs < 0 || r.top_logprobs > kMaxTopLogprobs) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("top_logprobs: must be in [0, ", kMaxTopLogprobs, "], got ", r.top_logprobs));
-  }
-  // A sequence draws at most one number per token it made, so more draws than the context are
-  // impossible; skipping them (Sampler::Advance, one step each on the engine thread) would hang
-  // the engine for 2^64 steps.
-  if (r.rng_draws > static_cast<uint64_t>(ctx)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("rng_draws: ", r.rng_draws, " exceeds the context limit ", ctx));
-  }
-  int64_t tokens;
-  if (r.mode == SeqMode::kImported) {
-    if (r.handle.empty() || r.handle.size() > kMaxHandleBytes) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("handle: must be 1 to ", kMaxHandleBytes, " bytes, got ", r.handle.size()));
-    }
-    if (r.prompt_tokens < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("prompt_tokens: must be >= 1, got ", r.prompt_tokens));
-    }
-    if (!r.history.empty() && static_cast<int64_t>(r.history.size()) != r.prompt_tokens) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("history: must have prompt_tokens = ", r.prompt_tokens, " entries, got ",
-                       r.history.size()));
-    }
-    if (r.history.empty() && HasPenalties(r.sampling)) {
-      return absl::InvalidArgumentError(
-          "history: required when repetition_penalty or presence_penalty is set");
-    }
-    if (absl::Status s = CheckIds(r.history, vocab, "history"); !s.ok()) return s;
-    // The pushed state holds prompt_tokens consumed plus one pending token.
-    tokens = r.prompt_tokens + 1;
-  } else {
-    if (r.prompt.empty()) {
-      return absl::InvalidArgumentError(r.mode == SeqMode::kLocal
-                                            ? "local_prompt: must not be empty"
-                                            : "token_ids: must not be empty");
-    }
-    const char* field = r.mode == SeqMode::kLocal ? "local_prompt" : "token_ids";
-    if (absl::Status s = CheckIds(r.prompt, vocab, field); !s.ok()) return s;
-    tokens = static_cast<int64_t>(r.prompt.size());
-  }
+  if (absl::Status s = CheckGeneration(r, vocab, ctx); !s.ok()) return s;
+  int64_t tokens = 0;
+  if (absl::Status s = CheckPrompt(r, vocab, &tokens); !s.ok()) return s;
   // The whole sequence (prompt, then every new token; with a pushed state its pending token
   // counts as new) must fit in the context.
   if (r.mode == SeqMode::kPrefillOnly && tokens + 1 > ctx) {
@@ -515,118 +529,115 @@ bool Scheduler::Emit(Sequence& seq, int32_t tok, absl::Span<const float> row, Se
 }
 
 void Scheduler::Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) {
-  const absl::Time start = absl::Now();
-  const int64_t vocab = model_.config().vocab_size;
-  std::vector<ForwardSegment> segs;
-  segs.reserve(decode.size() + 1);
+  StepWork w;
+  BuildStep(decode, prefill, &w);
+  RunStep(decode, prefill, &w);
+  SampleStep(decode, prefill, &w);
+  RecordStepMetrics(decode, w);
+  MutexLock lock(&mu_);
+  CommitStepLocked(decode, prefill, w);
+}
+
+void Scheduler::BuildStep(const std::vector<SeqPtr>& decode, const SeqPtr& prefill, StepWork* w) {
+  w->start = absl::Now();
+  w->segs.reserve(decode.size() + 1);
   for (const SeqPtr& s : decode) {
-    segs.push_back({s->engine.state.get(), {&s->engine.pending, 1}, LogitsMode::kLast});
+    w->segs.push_back({s->engine.state.get(), {&s->engine.pending, 1}, LogitsMode::kLast});
   }
-  int64_t chunk = 0;
-  bool last_chunk = false;
-  if (prefill != nullptr) {
-    auto& eng = prefill->engine;
-    const SequenceRequest& r = prefill->request();
-    if (eng.state == nullptr) {  // first chunk
-      eng.state = model_.NewState();
-      eng.sampler = std::make_unique<Sampler>(r.sampling);
-      eng.sampler->Advance(r.rng_draws);
-      if (HasPenalties(r.sampling)) eng.history = r.prompt;
-      prefill->SetTime(&SeqTimes::first_forward, start);
-      if (metrics_) {
-        metrics_->queue_seconds.Observe(absl::ToDoubleSeconds(start - prefill->times().admitted));
-      }
+  if (prefill == nullptr) return;
+  auto& eng = prefill->engine;
+  const SequenceRequest& r = prefill->request();
+  if (eng.state == nullptr) {  // first chunk
+    eng.state = model_.NewState();
+    eng.sampler = std::make_unique<Sampler>(r.sampling);
+    eng.sampler->Advance(r.rng_draws);
+    if (HasPenalties(r.sampling)) eng.history = r.prompt;
+    prefill->SetTime(&SeqTimes::first_forward, w->start);
+    if (metrics_) {
+      metrics_->queue_seconds.Observe(absl::ToDoubleSeconds(w->start - prefill->times().admitted));
     }
-    const int64_t n = static_cast<int64_t>(r.prompt.size());
-    chunk = std::min(options_.prefill_chunk, n - eng.prefill_pos);
-    last_chunk = eng.prefill_pos + chunk == n;
-    segs.push_back({eng.state.get(), absl::MakeConstSpan(r.prompt.data() + eng.prefill_pos, chunk),
-                    last_chunk ? LogitsMode::kLast : LogitsMode::kNone});
   }
+  const int64_t n = static_cast<int64_t>(r.prompt.size());
+  w->chunk = std::min(options_.prefill_chunk, n - eng.prefill_pos);
+  w->last_chunk = eng.prefill_pos + w->chunk == n;
+  w->segs.push_back({eng.state.get(),
+                     absl::MakeConstSpan(r.prompt.data() + eng.prefill_pos, w->chunk),
+                     w->last_chunk ? LogitsMode::kLast : LogitsMode::kNone});
+}
+
+void Scheduler::RunStep(const std::vector<SeqPtr>& decode, const SeqPtr& prefill, StepWork* w) {
   // Two forward calls, decode batch then prefill chunk, so that neither changes the other's
   // arithmetic (Model::Forward's batch invariance): tokens never depend on what else runs.
-  std::vector<float> logits, prefill_logits;
-  absl::Status st = absl::OkStatus();
-  absl::Time decode_end = start;
+  w->decode_end = w->start;
   // On a device backend, plain greedy rows come back as token ids only (no logits copy).
-  const bool select = model_.argmax_on_device() && !decode.empty();
-  std::vector<bool> want;
-  std::vector<int32_t> greedy;
-  if (select) {
-    for (const SeqPtr& s : decode) want.push_back(NeedsLogits(s->request()));
+  w->select = model_.argmax_on_device() && !decode.empty();
+  if (w->select) {
+    for (const SeqPtr& s : decode) w->want.push_back(NeedsLogits(s->request()));
   }
   if (!decode.empty()) {
-    const auto batch = absl::MakeConstSpan(segs.data(), decode.size());
-    st = select ? model_.ForwardArgmax(batch, want, &logits, &greedy)
-                : model_.Forward(batch, &logits);
-    decode_end = absl::Now();
+    const auto batch = absl::MakeConstSpan(w->segs.data(), decode.size());
+    w->status = w->select ? model_.ForwardArgmax(batch, w->want, &w->logits, &w->greedy)
+                          : model_.Forward(batch, &w->logits);
+    w->decode_end = absl::Now();
   }
-  if (st.ok() && prefill != nullptr) {
-    st = model_.Forward(absl::MakeConstSpan(segs.data() + decode.size(), 1), &prefill_logits);
+  if (w->status.ok() && prefill != nullptr) {
+    w->status =
+        model_.Forward(absl::MakeConstSpan(w->segs.data() + decode.size(), 1), &w->prefill_logits);
   }
-  const absl::Time end = absl::Now();
+  w->end = absl::Now();
+}
 
-  std::vector<std::pair<SeqPtr, SeqFinish>> finished;
-  if (st.ok()) {
-    size_t row = 0;  // next logits row
-    for (size_t i = 0; i < decode.size(); ++i) {
-      SeqFinish f;
-      bool done;
-      if (select && !want[i]) {
-        decode[i]->engine.sampler->Advance(1);  // Sample's one draw per token, kept in step
-        done = Emit(*decode[i], greedy[i], {}, &f);
-      } else {
-        done = SampleAndEmit(*decode[i], absl::MakeConstSpan(logits.data() + row++ * vocab, vocab),
-                             &f);
-      }
-      if (done) finished.emplace_back(decode[i], f);
+void Scheduler::SampleStep(const std::vector<SeqPtr>& decode, const SeqPtr& prefill, StepWork* w) {
+  if (!w->status.ok()) return;
+  const int64_t vocab = model_.config().vocab_size;
+  size_t row = 0;  // next logits row
+  for (size_t i = 0; i < decode.size(); ++i) {
+    SeqFinish f;
+    bool done;
+    if (w->select && !w->want[i]) {
+      decode[i]->engine.sampler->Advance(1);  // Sample's one draw per token, kept in step
+      done = Emit(*decode[i], w->greedy[i], {}, &f);
+    } else {
+      done = SampleAndEmit(*decode[i], absl::MakeConstSpan(w->logits.data() + row++ * vocab, vocab),
+                           &f);
     }
-    if (prefill != nullptr) {
-      if (last_chunk) {
-        SeqFinish f;
-        prefill->SetTime(&SeqTimes::prefilled, end);  // before the token event is visible
-        const bool done =
-            SampleAndEmit(*prefill, absl::MakeConstSpan(prefill_logits.data(), vocab), &f);
-        if (metrics_) {
-          metrics_->prefill_seconds.Observe(
-              absl::ToDoubleSeconds(end - prefill->times().first_forward));
-        }
-        if (done && prefill->request().mode == SeqMode::kLocal) finished.emplace_back(prefill, f);
-      }
-    }
+    if (done) w->finished.emplace_back(decode[i], f);
   }
-  if (metrics_) {
-    metrics_->batch_size.Observe(static_cast<double>(segs.size()));
-    if (!decode.empty()) {
-      metrics_->decode_step_seconds.Observe(absl::ToDoubleSeconds(decode_end - start));
-      metrics_->decode_tokens.Increment(static_cast<double>(decode.size()));
+  if (prefill != nullptr && w->last_chunk) {
+    SeqFinish f;
+    prefill->SetTime(&SeqTimes::prefilled, w->end);  // before the token event is visible
+    const bool done =
+        SampleAndEmit(*prefill, absl::MakeConstSpan(w->prefill_logits.data(), vocab), &f);
+    if (metrics_) {
+      metrics_->prefill_seconds.Observe(
+          absl::ToDoubleSeconds(w->end - prefill->times().first_forward));
     }
-    if (chunk > 0) metrics_->prefill_tokens.Increment(static_cast<double>(chunk));
+    if (done && prefill->request().mode == SeqMode::kLocal) w->finished.emplace_back(prefill, f);
   }
+}
 
-  MutexLock lock(&mu_);
+void Scheduler::RecordStepMetrics(const std::vector<SeqPtr>& decode, const StepWork& w) {
+  if (!metrics_) return;
+  metrics_->batch_size.Observe(static_cast<double>(w.segs.size()));
+  if (!decode.empty()) {
+    metrics_->decode_step_seconds.Observe(absl::ToDoubleSeconds(w.decode_end - w.start));
+    metrics_->decode_tokens.Increment(static_cast<double>(decode.size()));
+  }
+  if (w.chunk > 0) metrics_->prefill_tokens.Increment(static_cast<double>(w.chunk));
+}
+
+void Scheduler::CommitStepLocked(const std::vector<SeqPtr>& decode, const SeqPtr& prefill,
+                                 const StepWork& w) {
   // Written under mu_ (Load reads it there); only this thread writes it, so its unlocked reads
   // here are safe.
-  if (st.ok() && prefill != nullptr) prefill->engine.prefill_pos += chunk;
-  if (!st.ok()) {
-    // Requests are validated at admission, so this is an engine fault: fail the step's
-    // sequences, keep serving the others.
-    Log(LogLevel::kError, "scheduler", "forward failed", {{"error", st.ToString()}});
-    auto fail = [&](const SeqPtr& s) {
-      mu_.AssertHeld();  // called only below, with mu_ held
-      if (metrics_) metrics_->Failure("internal");
-      running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
-      prefill_queue_.erase(std::remove(prefill_queue_.begin(), prefill_queue_.end(), s),
-                           prefill_queue_.end());
-      EndLocked(s, absl::InternalError(st.message()), FinishKind::kError);
-    };
-    for (const SeqPtr& s : decode) fail(s);
-    if (prefill) fail(prefill);
+  if (w.status.ok() && prefill != nullptr) prefill->engine.prefill_pos += w.chunk;
+  if (!w.status.ok()) {
+    FailStepLocked(decode, prefill, w.status);
     return;
   }
-  if (prefill != nullptr && last_chunk) {
+  if (prefill != nullptr && w.last_chunk) {
     prefill_queue_.pop_front();
-    const bool done_here = !finished.empty() && finished.back().first == prefill;
+    const bool done_here = !w.finished.empty() && w.finished.back().first == prefill;
     if (prefill->sched.end_requested) {
       // Ended while prefilling: ReapLocked would no longer see it.
       EndLocked(prefill, prefill->sched.end_request_status,
@@ -640,15 +651,32 @@ void Scheduler::Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) {
       prefill->Push(std::move(ev));
     } else if (!done_here) {
       prefill->sched.phase = Phase::kRunning;
-      prefill->SetTime(&SeqTimes::running, end);
+      prefill->SetTime(&SeqTimes::running, w.end);
       running_.push_back(prefill);
     }
   }
-  for (auto& [s, f] : finished) {
+  for (const auto& [s, f] : w.finished) {
     running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
     EndLocked(s, absl::OkStatus(), f == SeqFinish::kStop ? FinishKind::kStop : FinishKind::kLength);
   }
   UpdateGaugesLocked();
+}
+
+void Scheduler::FailStepLocked(const std::vector<SeqPtr>& decode, const SeqPtr& prefill,
+                               const absl::Status& st) {
+  // Requests are validated at admission, so this is an engine fault: fail the step's
+  // sequences, keep serving the others.
+  Log(LogLevel::kError, "scheduler", "forward failed", {{"error", st.ToString()}});
+  auto fail = [&](const SeqPtr& s) {
+    mu_.AssertHeld();  // called only below, with mu_ held
+    if (metrics_) metrics_->Failure("internal");
+    running_.erase(std::remove(running_.begin(), running_.end(), s), running_.end());
+    prefill_queue_.erase(std::remove(prefill_queue_.begin(), prefill_queue_.end(), s),
+                         prefill_queue_.end());
+    EndLocked(s, absl::InternalError(st.message()), FinishKind::kError);
+  };
+  for (const SeqPtr& s : decode) fail(s);
+  if (prefill) fail(prefill);
 }
 
 }  // namespace sambay

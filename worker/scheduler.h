@@ -35,6 +35,7 @@
 #include <memory>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
@@ -129,9 +130,50 @@ class Scheduler {
 
   void Start();  // constructor body: sizes, gauges, the engine thread
   void Loop() ABSL_LOCKS_EXCLUDED(mu_);
-  // Runs one forward step over `decode` and the next chunk of `prefill` (may be null), then
-  // samples, and ends the sequences that finished (or all of them, if the forward failed).
+  // What one engine step carries from phase to phase (engine thread only).
+  struct StepWork {
+    absl::Time start;                  // the step began
+    std::vector<ForwardSegment> segs;  // the decode rows, then the prefill chunk if any
+    int64_t chunk = 0;                 // prompt tokens in the prefill chunk
+    bool last_chunk = false;           // the chunk ends the prompt
+    bool select = false;               // the decode batch ran ForwardArgmax
+    std::vector<bool> want;            // with select: which decode rows need their logits
+    std::vector<int32_t> greedy;       // with select: each decode row's greedy token
+    std::vector<float> logits, prefill_logits;
+    absl::Status status;    // the first failed forward's error, else OK
+    absl::Time decode_end;  // the decode forward returned (start if none ran)
+    absl::Time end;         // the forwards returned
+    std::vector<std::pair<SeqPtr, SeqFinish>> finished;  // those that finished (stop id or length)
+  };
+
+  // One engine step over `decode` (the running batch) and the next chunk of `prefill` (the
+  // oldest queued prompt; may be null). With mu_ released it builds the segments, runs the decode
+  // batch and then the prefill chunk, emits a token for each decode row and for a prompt's last
+  // chunk, and observes the step's metrics; then, under mu_, it ends the sequences that finished
+  // and hands over or starts running a fully prefilled prompt, or, if a forward failed, ends
+  // every sequence of the step with INTERNAL.
   void Step(const std::vector<SeqPtr>& decode, const SeqPtr& prefill) ABSL_LOCKS_EXCLUDED(mu_);
+  // Step's phases, in order. BuildStep: the forward segments, and a prompt's state and sampler
+  // on its first chunk.
+  void BuildStep(const std::vector<SeqPtr>& decode, const SeqPtr& prefill, StepWork* w)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Runs the decode batch, then (if that succeeded) the prefill chunk.
+  void RunStep(const std::vector<SeqPtr>& decode, const SeqPtr& prefill, StepWork* w)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // After a successful forward: emits each decode row's token and, on the last chunk, the
+  // prompt's first token; collects the sequences that finished.
+  void SampleStep(const std::vector<SeqPtr>& decode, const SeqPtr& prefill, StepWork* w)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // Observes the step's batch size, decode time and token counts.
+  void RecordStepMetrics(const std::vector<SeqPtr>& decode, const StepWork& w)
+      ABSL_LOCKS_EXCLUDED(mu_);
+  // With mu_ held: advances the prompt, moves a fully prefilled one on, ends the finished
+  // sequences (or, if a forward failed, the step's sequences).
+  void CommitStepLocked(const std::vector<SeqPtr>& decode, const SeqPtr& prefill, const StepWork& w)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // With mu_ held: ends every sequence of a step whose forward failed with `st`.
+  void FailStepLocked(const std::vector<SeqPtr>& decode, const SeqPtr& prefill,
+                      const absl::Status& st) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Samples the next token of `seq` from `row`, pushes it; true if the sequence is finished.
   bool SampleAndEmit(Sequence& seq, absl::Span<const float> row, SeqFinish* finish);
   // Emits `tok` (drawn from `row`, or the backend's greedy token with `row` empty); true when

@@ -46,6 +46,13 @@ absl::StatusOr<DeviceBuffer> UploadVec(const std::vector<float>& v) {
   return b;
 }
 
+// b = a new device buffer of `bytes` bytes (at least 16).
+absl::Status AllocBuffer(DeviceBuffer& b, int64_t bytes) {
+  SAMBAY_ASSIGN_OR_RETURN(b,
+                          DeviceBuffer::Alloc(static_cast<size_t>(std::max<int64_t>(bytes, 16))));
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 CudaModel::~CudaModel() = default;
@@ -189,26 +196,35 @@ absl::Status CudaModel::AllocState() {
   const ModelConfig& c = config_;
   Impl& im = *impl_;
   const int64_t S = options_.max_slots;
-  const int64_t di = c.d_inner, K = c.d_conv, W = c.sliding_window, kvd = c.kv_dim();
-  const int64_t h = c.hidden_size, qd = c.q_dim(), F = c.intermediate_size;
-  const int64_t ld = qd + 2 * kvd;
   max_blocks_ = (options_.max_context + options_.block_tokens - 1) / options_.block_tokens;
   const int64_t nblocks = options_.kv_blocks > 0 ? options_.kv_blocks : S * max_blocks_;
   max_rows_ = std::max<int64_t>(options_.max_chunk, S);
   const int64_t R = max_rows_;
-  auto alloc = [](DeviceBuffer& b, int64_t bytes) -> absl::Status {
-    SAMBAY_ASSIGN_OR_RETURN(b,
-                            DeviceBuffer::Alloc(static_cast<size_t>(std::max<int64_t>(bytes, 16))));
-    return absl::OkStatus();
-  };
+  SAMBAY_RETURN_IF_ERROR(AllocSlotState(nblocks));
+  im.logits_cap = options_.max_logits_rows;
+  SAMBAY_RETURN_IF_ERROR(AllocActivations());
+  if (has_tp_) SAMBAY_RETURN_IF_ERROR(AllocTpBuffers());
+  const int64_t partial =
+      std::max(DiffAttentionWorkspaceBytes(R, c.num_heads, static_cast<int>(c.head_dim), 1),
+               DiffAttentionWorkspaceBytes(S, c.num_heads, static_cast<int>(c.head_dim), 64));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.partial, partial));
+  SAMBAY_RETURN_IF_ERROR(AllocMetadata());
+  return ctx_->Synchronize();
+}
+
+absl::Status CudaModel::AllocSlotState(int64_t nblocks) {
+  const ModelConfig& c = config_;
+  Impl& im = *impl_;
+  const int64_t S = options_.max_slots;
+  const int64_t di = c.d_inner, K = c.d_conv, W = c.sliding_window, kvd = c.kv_dim();
   const int64_t ssm_elem = options_.ssm_state_bf16 ? 2 : 4;
-  SAMBAY_RETURN_IF_ERROR(alloc(im.conv, im.n_mamba * S * (K - 1) * di * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.ssm, im.n_mamba * S * di * c.d_state * ssm_elem));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.ring_k, im.n_swa * S * W * kvd * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.ring_v, im.n_swa * S * W * kvd * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.kpool, nblocks * options_.block_tokens * kvd * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.vpool, nblocks * options_.block_tokens * kvd * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.block_table, S * max_blocks_ * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.conv, im.n_mamba * S * (K - 1) * di * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.ssm, im.n_mamba * S * di * c.d_state * ssm_elem));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.ring_k, im.n_swa * S * W * kvd * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.ring_v, im.n_swa * S * W * kvd * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.kpool, nblocks * options_.block_tokens * kvd * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.vpool, nblocks * options_.block_tokens * kvd * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.block_table, S * max_blocks_ * 4));
   SAMBAY_RETURN_IF_ERROR(im.conv.Zero());
   SAMBAY_RETURN_IF_ERROR(im.ssm.Zero());
   SAMBAY_RETURN_IF_ERROR(im.block_table.Zero());
@@ -218,49 +234,63 @@ absl::Status CudaModel::AllocState() {
   for (int64_t b = nblocks - 1; b >= 0; --b) free_blocks_.push_back(static_cast<int32_t>(b));
   slot_used_.assign(static_cast<size_t>(S), false);
   slot_tokens_.assign(static_cast<size_t>(S), 0);
+  return absl::OkStatus();
+}
 
-  im.logits_cap = options_.max_logits_rows;
-  SAMBAY_RETURN_IF_ERROR(alloc(im.x, R * h * 4));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.u, R * h * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.xz, R * 2 * di * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.xc, R * di * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.xdbl, R * c.x_proj_dim() * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.dt, R * di * 4));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.yg, R * di * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.mem, R * di * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.qkv_f, R * ld * 4));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.qkv, R * ld * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.attn, R * qd * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.g, R * std::max(2 * F, di) * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.act, R * std::max(F, di) * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.xs, im.logits_cap * h * 4));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.ms, im.logits_cap * di * 2));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.logits, im.logits_cap * c.vocab_size * 4));
-  if (has_tp_) {
-    const int n = tp_.comm->size();
-    int64_t widest = 0;
-    for (int r = 0; r < n; ++r) {
-      widest = std::max(widest, tp_.vocab_bounds[r + 1] - tp_.vocab_bounds[r]);
-    }
-    im.vocab_pad = (widest + 7) / 8 * 8;  // 32-byte rows for the GEMM output
-    SAMBAY_RETURN_IF_ERROR(alloc(im.xdbl_f, R * c.x_proj_dim() * 4));
-    SAMBAY_RETURN_IF_ERROR(alloc(im.logits_send, im.logits_cap * im.vocab_pad * 4));
-    SAMBAY_RETURN_IF_ERROR(alloc(im.logits_recv, n * im.logits_cap * im.vocab_pad * 4));
+absl::Status CudaModel::AllocActivations() {
+  const ModelConfig& c = config_;
+  Impl& im = *impl_;
+  const int64_t di = c.d_inner, kvd = c.kv_dim();
+  const int64_t h = c.hidden_size, qd = c.q_dim(), F = c.intermediate_size;
+  const int64_t ld = qd + 2 * kvd;
+  const int64_t R = max_rows_;
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.x, R * h * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.u, R * h * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.xz, R * 2 * di * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.xc, R * di * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.xdbl, R * c.x_proj_dim() * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.dt, R * di * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.yg, R * di * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.mem, R * di * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.qkv_f, R * ld * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.qkv, R * ld * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.attn, R * qd * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.g, R * std::max(2 * F, di) * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.act, R * std::max(F, di) * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.xs, im.logits_cap * h * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.ms, im.logits_cap * di * 2));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.logits, im.logits_cap * c.vocab_size * 4));
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::AllocTpBuffers() {
+  Impl& im = *impl_;
+  const int64_t R = max_rows_;
+  const int n = tp_.comm->size();
+  int64_t widest = 0;
+  for (int r = 0; r < n; ++r) {
+    widest = std::max(widest, tp_.vocab_bounds[r + 1] - tp_.vocab_bounds[r]);
   }
-  const int64_t partial =
-      std::max(DiffAttentionWorkspaceBytes(R, c.num_heads, static_cast<int>(c.head_dim), 1),
-               DiffAttentionWorkspaceBytes(S, c.num_heads, static_cast<int>(c.head_dim), 64));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.partial, partial));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.segs, R * static_cast<int64_t>(sizeof(SegDev))));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.row_seg, R * 4));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.ids, R * 4));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.slots, R * 4));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.sel, R * 4));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.cross_segs, R * static_cast<int64_t>(sizeof(SegDev))));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.cross_row_seg, R * 4));
-  SAMBAY_RETURN_IF_ERROR(alloc(im.next_ids, R * 4));
+  im.vocab_pad = (widest + 7) / 8 * 8;  // 32-byte rows for the GEMM output
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.xdbl_f, R * config_.x_proj_dim() * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.logits_send, im.logits_cap * im.vocab_pad * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.logits_recv, n * im.logits_cap * im.vocab_pad * 4));
+  return absl::OkStatus();
+}
+
+absl::Status CudaModel::AllocMetadata() {
+  Impl& im = *impl_;
+  const int64_t R = max_rows_;
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.segs, R * static_cast<int64_t>(sizeof(SegDev))));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.row_seg, R * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.ids, R * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.slots, R * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.sel, R * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.cross_segs, R * static_cast<int64_t>(sizeof(SegDev))));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.cross_row_seg, R * 4));
+  SAMBAY_RETURN_IF_ERROR(AllocBuffer(im.next_ids, R * 4));
   for (DeviceBuffer* b : {&im.samp_t, &im.samp_k, &im.samp_p, &im.samp_u}) {
-    SAMBAY_RETURN_IF_ERROR(alloc(*b, im.logits_cap * 4));
+    SAMBAY_RETURN_IF_ERROR(AllocBuffer(*b, im.logits_cap * 4));
   }
   // Pinned staging for every metadata upload, allocated here and never inside a pass:
   // cudaMallocHost synchronizes the device, which would wait on other TP ranks' collectives.
@@ -269,7 +299,7 @@ absl::Status CudaModel::AllocState() {
         &im.cross_row_seg, &im.samp_t, &im.samp_k, &im.samp_p, &im.samp_u}) {
     SAMBAY_RETURN_IF_ERROR(im.Pin(*b));
   }
-  return ctx_->Synchronize();
+  return absl::OkStatus();
 }
 
 absl::Status CudaModel::CheckSlot(int slot, const char* what) const {
@@ -452,10 +482,16 @@ absl::Status CudaModel::SampleLast(const SampleParamsHost& params, std::vector<i
   SAMBAY_RETURN_IF_ERROR(im.Stage(im.samp_k, params.top_k, st));
   SAMBAY_RETURN_IF_ERROR(im.Stage(im.samp_p, params.top_p, st));
   SAMBAY_RETURN_IF_ERROR(im.Stage(im.samp_u, params.uniform, st));
-  SAMBAY_RETURN_IF_ERROR(SampleTopKTopP(st, im.logits.as<float>(), n, config_.vocab_size, params,
-                                        im.samp_t.as<float>(), im.samp_k.as<int32_t>(),
-                                        im.samp_p.as<float>(), im.samp_u.as<float>(),
-                                        im.next_ids.as<int32_t>()));
+  SampleArgs a;
+  a.logits = im.logits.as<float>();
+  a.rows = n;
+  a.vocab = config_.vocab_size;
+  a.temperature = im.samp_t.as<float>();
+  a.top_k = im.samp_k.as<int32_t>();
+  a.top_p = im.samp_p.as<float>();
+  a.uniform = im.samp_u.as<float>();
+  a.out = im.next_ids.as<int32_t>();
+  SAMBAY_RETURN_IF_ERROR(SampleTopKTopP(st, a, params));
   out->resize(static_cast<size_t>(n));
   SAMBAY_CUDA_RETURN_IF_ERROR(
       cudaMemcpyAsync(out->data(), im.next_ids.data(), n * 4, cudaMemcpyDeviceToHost, st));

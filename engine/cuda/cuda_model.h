@@ -158,14 +158,32 @@ class CudaModel {
   CudaModel() = default;
   absl::Status Upload(const ModelWeights& w);
   absl::Status AllocState();
+  // AllocState's steps: slot state, the K/V pool and the host slot tables; the activation
+  // scratch; the tensor-parallel buffers; the batch metadata and its pinned staging.
+  absl::Status AllocSlotState(int64_t nblocks);
+  absl::Status AllocActivations();
+  absl::Status AllocTpBuffers();
+  absl::Status AllocMetadata();
   absl::Status CheckSlot(int slot, const char* what) const;
   struct ForwardCounts {
     int64_t rows = 0;     // self-decoder rows
     bool decode = false;  // one token per segment
   };
   absl::Status CountForward(absl::Span<const CudaSegment> segments, ForwardCounts* counts) const;
+  // Forward's steps (cuda_forward.cc). AssignBlocks gives every segment the K/V blocks its new
+  // tokens reach (true when the block table changed); PlanRows and PlanCrossRows lay out the
+  // self-decoder rows and the cross-decoder (YOCO) rows; StageMetadata waits for the stream,
+  // then uploads the plan; EnqueueOrReplay runs the kernels (a decode graph or Enqueue).
+  bool AssignBlocks(absl::Span<const CudaSegment> segments);
+  void PlanRows(absl::Span<const CudaSegment> segments, const ForwardCounts& counts,
+                ForwardPlan* plan) const;
+  void PlanCrossRows(absl::Span<const CudaSegment> segments, ForwardPlan* plan) const;
+  absl::Status StageMetadata(const ForwardPlan& plan, bool table_dirty);
+  absl::Status EnqueueOrReplay(ForwardPlan& plan);
   // Enqueues every kernel of one forward pass on the context's stream (no sync, no host copy).
   absl::Status Enqueue(const ForwardPlan& plan);
+  // The kernels of one pass, one method per layer kind (cuda_forward.cc).
+  class Pass;
   // Captures one decode pass of `plan` (split-K fixed for max_context) as a graph; an error
   // leaves the stream out of capture mode and nothing enqueued.
   absl::StatusOr<cudaGraphExec_t> Capture(ForwardPlan& plan);

@@ -47,18 +47,30 @@ cudaError_t LaunchLayerNorm(const float* x, int64_t rows, int64_t dim, const flo
 cudaError_t LaunchEmbedding(const bf16* table, int64_t dim, const int32_t* ids, int64_t rows,
                             float* x, cudaStream_t stream);
 
-// Causal depthwise conv (kernel K, bias) + SiLU over segments (docs/model-spec.md "Mamba-1 mixer"
-// step 2), then the conv state update. x: bf16 rows with stride ldx (the first di columns are
-// read); conv_state bf16 [slots, K-1, di] (row 0 oldest); w fp32 [di, K] (w[c*K + K-1] multiplies
-// the current token); y bf16 [rows, di].
-cudaError_t LaunchCausalConv1d(const bf16* x, int64_t ldx, const SegDev* segs,
-                               const int32_t* row_seg, int64_t rows, int64_t nsegs,
-                               bf16* conv_state, const float* w, const float* bias, int64_t di,
-                               int K, bf16* y, cudaStream_t stream);
-// One token per row: row r belongs to slot slots[r] (decode). Same layouts as above.
-cudaError_t LaunchCausalConv1dUpdate(const bf16* x, int64_t ldx, const int32_t* slots, int64_t rows,
-                                     bf16* conv_state, const float* w, const float* bias,
-                                     int64_t di, int K, bf16* y, cudaStream_t stream);
+// Causal depthwise conv (kernel K, bias) + SiLU (docs/model-spec.md "Mamba-1 mixer" step 2),
+// then the conv state update. x: bf16 rows with stride ldx (the first di columns are read);
+// conv_state bf16 [slots, K-1, di] (row 0 oldest); w fp32 [di, K] (w[c*K + K-1] multiplies the
+// current token); y bf16 [rows, di].
+// LaunchCausalConv1d runs over segments (segs/row_seg/nsegs describe the rows; slots is
+// ignored). LaunchCausalConv1dUpdate takes one token per row: row r belongs to slot slots[r]
+// (decode; segs/row_seg/nsegs are ignored).
+struct ConvArgs {
+  const bf16* x = nullptr;
+  int64_t ldx = 0;
+  const SegDev* segs = nullptr;
+  const int32_t* row_seg = nullptr;
+  int64_t nsegs = 0;
+  const int32_t* slots = nullptr;
+  int64_t rows = 0;
+  bf16* conv_state = nullptr;
+  const float* w = nullptr;
+  const float* bias = nullptr;
+  int64_t di = 0;
+  int K = 0;
+  bf16* y = nullptr;
+};
+cudaError_t LaunchCausalConv1d(const ConvArgs& a, cudaStream_t stream);
+cudaError_t LaunchCausalConv1dUpdate(const ConvArgs& a, cudaStream_t stream);
 
 // Selective scan (docs/model-spec.md "Mamba-1 mixer" steps 4-7), sequential over each
 // segment's tokens.
@@ -109,19 +121,32 @@ cudaError_t LaunchAddBias(float* x, int64_t rows, int64_t cols, const float* bia
 cudaError_t LaunchGatherRows(const void* src, int64_t cols, bool elem4, const int32_t* idx,
                              int64_t n, void* dst, cudaStream_t stream);
 
-// Stores the K/V of every row into the global layer's block pool: position p = start + t goes
-// to block block_table[slot * max_blocks + p / block_tokens], row p % block_tokens.
-// K of row r = qkv[r*ld + k_off .. + kvd), V follows at k_off + kvd. Pools bf16
-// [num_blocks, block_tokens, kvd].
-cudaError_t LaunchStoreKvBlocks(const bf16* qkv, int64_t ld, int64_t k_off, int64_t kvd,
-                                const SegDev* segs, const int32_t* row_seg, int64_t rows,
-                                bf16* k_pool, bf16* v_pool, const int32_t* block_table,
-                                int64_t max_blocks, int block_tokens, cudaStream_t stream);
-// Stores the last min(len, window) rows of each segment into the SWA ring, slot p % window.
-// Rings bf16 [slots, window, kvd].
-cudaError_t LaunchStoreKvRing(const bf16* qkv, int64_t ld, int64_t k_off, int64_t kvd,
-                              const SegDev* segs, const int32_t* row_seg, int64_t rows,
-                              bf16* k_ring, bf16* v_ring, int64_t window, cudaStream_t stream);
+// K/V stores: K of row r = qkv[r*ld + k_off .. + kvd), V follows at k_off + kvd; segs/row_seg
+// describe the rows.
+// LaunchStoreKvBlocks stores every row into the global layer's block pool: position
+// p = start + t goes to block block_table[slot * max_blocks + p / block_tokens], row
+// p % block_tokens. Pools bf16 [num_blocks, block_tokens, kvd].
+// LaunchStoreKvRing stores the last min(len, window) rows of each segment into the SWA ring,
+// slot p % window. Rings bf16 [slots, window, kvd].
+struct KvStoreArgs {
+  const bf16* qkv = nullptr;
+  int64_t ld = 0;
+  int64_t k_off = 0;
+  int64_t kvd = 0;
+  const SegDev* segs = nullptr;
+  const int32_t* row_seg = nullptr;
+  int64_t rows = 0;
+  bf16* k_pool = nullptr;  // LaunchStoreKvBlocks only
+  bf16* v_pool = nullptr;
+  const int32_t* block_table = nullptr;
+  int64_t max_blocks = 0;
+  int block_tokens = 0;
+  bf16* k_ring = nullptr;  // LaunchStoreKvRing only
+  bf16* v_ring = nullptr;
+  int64_t window = 0;
+};
+cudaError_t LaunchStoreKvBlocks(const KvStoreArgs& a, cudaStream_t stream);
+cudaError_t LaunchStoreKvRing(const KvStoreArgs& a, cudaStream_t stream);
 
 // Differential attention (docs/model-spec.md "Differential attention core" to "Cross-decoder
 // differential attention") with the 128-wide V trick: per pair i and stripe s, one softmax of
@@ -181,10 +206,18 @@ cudaError_t LaunchArgmax(const float* logits, int64_t rows, int64_t vocab, int32
 // temperature[r] <= 0 means greedy. top_k[r] <= 0 or >= vocab means off; top_p[r] >= 1 off.
 // Keeps tokens whose logit is >= the k-th largest (ties kept) and, of those, the highest
 // whose probability mass reaches top_p (ties kept); draws with uniform[r] in [0, 1) by
-// walking the kept tokens in id order.
-cudaError_t LaunchSampleTopKTopP(const float* logits, int64_t rows, int64_t vocab,
-                                 const float* temperature, const int32_t* top_k, const float* top_p,
-                                 const float* uniform, int32_t* out, cudaStream_t stream);
+// walking the kept tokens in id order. logits fp32 [rows, vocab]; out [rows].
+struct SampleArgs {
+  const float* logits = nullptr;
+  int64_t rows = 0;
+  int64_t vocab = 0;
+  const float* temperature = nullptr;
+  const int32_t* top_k = nullptr;
+  const float* top_p = nullptr;
+  const float* uniform = nullptr;
+  int32_t* out = nullptr;
+};
+cudaError_t LaunchSampleTopKTopP(const SampleArgs& a, cudaStream_t stream);
 
 }  // namespace sambay::cuda
 

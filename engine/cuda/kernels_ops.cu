@@ -137,6 +137,14 @@ __device__ __forceinline__ ScanRows BlockScanRows(const ScanArgs& a) {
   return {static_cast<int64_t>(blockIdx.x), 1, a.slots[blockIdx.x]};
 }
 
+// Writes the scan's outputs for row r, channel c from y = C.h + D x: the memory (when wanted)
+// and the gated output.
+__device__ __forceinline__ void StoreScanOutput(const ScanArgs& a, int64_t r, int64_t c, float y) {
+  if (a.memory != nullptr) a.memory[r * a.di + c] = __float2bfloat16(y);
+  const float zv = __bfloat162float(a.z[r * a.ldz + c]);
+  a.y_gated[r * a.di + c] = __float2bfloat16(y * SiluF(zv));
+}
+
 // The scan with d_state = 16 (the model's): 16 lanes per channel, one state element each, two
 // channels per warp; y is a 16-lane sum. Sixteen times the threads of ScanKernel, so a
 // single-sequence prefill (one segment, di channels) fills the chip; the arithmetic per state
@@ -170,9 +178,7 @@ __global__ void __launch_bounds__(kScanLaneThreads) ScanLanesKernel(ScanArgs a) 
     for (int o = kScanLanes / 2; o > 0; o >>= 1) y += __shfl_xor_sync(0xffffffffu, y, o);
     if (live && n == 0) {
       y += Dc * xv;
-      if (a.memory != nullptr) a.memory[r * a.di + c] = __float2bfloat16(y);
-      const float zv = __bfloat162float(a.z[r * a.ldz + c]);
-      a.y_gated[r * a.di + c] = __float2bfloat16(y * SiluF(zv));
+      StoreScanOutput(a, r, c, y);
     }
   }
   if (!live) return;
@@ -221,9 +227,7 @@ __global__ void ScanKernel(ScanArgs a) {
       }
     }
     y += Dc * xv;
-    if (a.memory != nullptr) a.memory[r * a.di + c] = __float2bfloat16(y);
-    const float zv = __bfloat162float(a.z[r * a.ldz + c]);
-    a.y_gated[r * a.di + c] = __float2bfloat16(y * SiluF(zv));
+    StoreScanOutput(a, r, c, y);
   }
 #pragma unroll
   for (int n = 0; n < kArr; ++n) {
@@ -333,24 +337,19 @@ cudaError_t LaunchEmbedding(const bf16* table, int64_t dim, const int32_t* ids, 
   return cudaGetLastError();
 }
 
-cudaError_t LaunchCausalConv1d(const bf16* x, int64_t ldx, const SegDev* segs,
-                               const int32_t* row_seg, int64_t rows, int64_t nsegs,
-                               bf16* conv_state, const float* w, const float* bias, int64_t di,
-                               int K, bf16* y, cudaStream_t stream) {
-  Conv1dKernel<<<ChanGrid(rows, di), kChanThreads, 0, stream>>>(x, ldx, segs, row_seg, conv_state,
-                                                                w, bias, di, K, y);
+cudaError_t LaunchCausalConv1d(const ConvArgs& a, cudaStream_t stream) {
+  Conv1dKernel<<<ChanGrid(a.rows, a.di), kChanThreads, 0, stream>>>(
+      a.x, a.ldx, a.segs, a.row_seg, a.conv_state, a.w, a.bias, a.di, a.K, a.y);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess) return e;
-  ConvStateKernel<<<ChanGrid(nsegs, di), kChanThreads, 0, stream>>>(x, ldx, segs, conv_state, di,
-                                                                    K);
+  ConvStateKernel<<<ChanGrid(a.nsegs, a.di), kChanThreads, 0, stream>>>(a.x, a.ldx, a.segs,
+                                                                        a.conv_state, a.di, a.K);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchCausalConv1dUpdate(const bf16* x, int64_t ldx, const int32_t* slots, int64_t rows,
-                                     bf16* conv_state, const float* w, const float* bias,
-                                     int64_t di, int K, bf16* y, cudaStream_t stream) {
-  Conv1dUpdateKernel<<<ChanGrid(rows, di), kChanThreads, 0, stream>>>(x, ldx, slots, conv_state, w,
-                                                                      bias, di, K, y);
+cudaError_t LaunchCausalConv1dUpdate(const ConvArgs& a, cudaStream_t stream) {
+  Conv1dUpdateKernel<<<ChanGrid(a.rows, a.di), kChanThreads, 0, stream>>>(
+      a.x, a.ldx, a.slots, a.conv_state, a.w, a.bias, a.di, a.K, a.y);
   return cudaGetLastError();
 }
 
@@ -403,20 +402,16 @@ cudaError_t LaunchGatherRows(const void* src, int64_t cols, bool elem4, const in
   return cudaGetLastError();
 }
 
-cudaError_t LaunchStoreKvBlocks(const bf16* qkv, int64_t ld, int64_t k_off, int64_t kvd,
-                                const SegDev* segs, const int32_t* row_seg, int64_t rows,
-                                bf16* k_pool, bf16* v_pool, const int32_t* block_table,
-                                int64_t max_blocks, int block_tokens, cudaStream_t stream) {
-  StoreKvBlocksKernel<<<static_cast<unsigned>(rows), kChanThreads, 0, stream>>>(
-      qkv, ld, k_off, kvd, segs, row_seg, k_pool, v_pool, block_table, max_blocks, block_tokens);
+cudaError_t LaunchStoreKvBlocks(const KvStoreArgs& a, cudaStream_t stream) {
+  StoreKvBlocksKernel<<<static_cast<unsigned>(a.rows), kChanThreads, 0, stream>>>(
+      a.qkv, a.ld, a.k_off, a.kvd, a.segs, a.row_seg, a.k_pool, a.v_pool, a.block_table,
+      a.max_blocks, a.block_tokens);
   return cudaGetLastError();
 }
 
-cudaError_t LaunchStoreKvRing(const bf16* qkv, int64_t ld, int64_t k_off, int64_t kvd,
-                              const SegDev* segs, const int32_t* row_seg, int64_t rows,
-                              bf16* k_ring, bf16* v_ring, int64_t window, cudaStream_t stream) {
-  StoreKvRingKernel<<<static_cast<unsigned>(rows), kChanThreads, 0, stream>>>(
-      qkv, ld, k_off, kvd, segs, row_seg, k_ring, v_ring, window);
+cudaError_t LaunchStoreKvRing(const KvStoreArgs& a, cudaStream_t stream) {
+  StoreKvRingKernel<<<static_cast<unsigned>(a.rows), kChanThreads, 0, stream>>>(
+      a.qkv, a.ld, a.k_off, a.kvd, a.segs, a.row_seg, a.k_ring, a.v_ring, a.window);
   return cudaGetLastError();
 }
 

@@ -19,6 +19,23 @@ __device__ __forceinline__ uint32_t OrderKey(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// Warp argmax of every lane's (best, id): all lanes get the largest value and, among equal
+// values, the lowest id; id < 0 (nothing seen) never wins.
+__device__ __forceinline__ void WarpArgmax(float* best_io, int32_t* id_io) {
+  float best = *best_io;
+  int32_t id = *id_io;
+  for (int o = 16; o > 0; o >>= 1) {
+    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
+    const int32_t oi = __shfl_xor_sync(0xffffffffu, id, o);
+    if (oi >= 0 && (id < 0 || ov > best || (ov == best && oi < id))) {
+      best = ov;
+      id = oi;
+    }
+  }
+  *best_io = best;
+  *id_io = id;
+}
+
 // Block argmax of x[0, vocab), the host's GreedyToken rule: the first maximum (ties -> lowest
 // id), NaN never wins, 0 when every value is NaN or -inf. All threads get the id.
 __device__ int32_t BlockArgmax(const float* x, int64_t vocab) {
@@ -53,14 +70,7 @@ __device__ int32_t BlockArgmax(const float* x, int64_t vocab) {
       id = static_cast<int32_t>(i);
     }
   }
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int32_t oi = __shfl_xor_sync(0xffffffffu, id, o);
-    if (oi >= 0 && (id < 0 || ov > best || (ov == best && oi < id))) {
-      best = ov;
-      id = oi;
-    }
-  }
+  WarpArgmax(&best, &id);
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   __syncthreads();
@@ -72,14 +82,7 @@ __device__ int32_t BlockArgmax(const float* x, int64_t vocab) {
   const int nw = blockDim.x >> 5;
   best = lane < nw ? sv[lane] : -INFINITY;
   id = lane < nw ? si[lane] : -1;
-  for (int o = 16; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xffffffffu, best, o);
-    const int32_t oi = __shfl_xor_sync(0xffffffffu, id, o);
-    if (oi >= 0 && (id < 0 || ov > best || (ov == best && oi < id))) {
-      best = ov;
-      id = oi;
-    }
-  }
+  WarpArgmax(&best, &id);
   return id < 0 ? 0 : id;
 }
 
@@ -183,11 +186,9 @@ cudaError_t LaunchArgmax(const float* logits, int64_t rows, int64_t vocab, int32
   return cudaGetLastError();
 }
 
-cudaError_t LaunchSampleTopKTopP(const float* logits, int64_t rows, int64_t vocab,
-                                 const float* temperature, const int32_t* top_k, const float* top_p,
-                                 const float* uniform, int32_t* out, cudaStream_t stream) {
-  SampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, temperature,
-                                                                     top_k, top_p, uniform, out);
+cudaError_t LaunchSampleTopKTopP(const SampleArgs& a, cudaStream_t stream) {
+  SampleKernel<<<static_cast<unsigned>(a.rows), kThreads, 0, stream>>>(
+      a.logits, a.vocab, a.temperature, a.top_k, a.top_p, a.uniform, a.out);
   return cudaGetLastError();
 }
 

@@ -107,41 +107,38 @@ absl::Status Embedding(cudaStream_t stream, const bf16* table, int64_t vocab, in
       LaunchEmbedding(table, dim, dev_ids, static_cast<int64_t>(host_ids.size()), x, stream), op);
 }
 
-absl::Status CausalConv1d(cudaStream_t stream, const bf16* x, int64_t ldx, const Segments& segs,
-                          int64_t num_slots, bf16* conv_state, const float* w, const float* bias,
-                          int64_t di, int K, bf16* y) {
+absl::Status CausalConv1d(cudaStream_t stream, ConvArgs a, const Segments& segs,
+                          int64_t num_slots) {
   constexpr const char* op = "CausalConv1d";
-  SAMBAY_CHECK_ARG(
-      x != nullptr && conv_state != nullptr && w != nullptr && bias != nullptr && y != nullptr, op,
-      "x/conv_state/w/bias/y", "must not be null");
-  SAMBAY_CHECK_ARG(di > 0 && (di + 127) / 128 <= kMaxGridY, op, "di", di, " is out of range");
-  SAMBAY_CHECK_ARG(ldx >= di, op, "ldx", ldx, " < di ", di);
-  SAMBAY_CHECK_ARG(K >= 2 && K <= 16, op, "K", K, " must be in [2, 16]");
+  SAMBAY_CHECK_ARG(a.x != nullptr && a.conv_state != nullptr && a.w != nullptr &&
+                       a.bias != nullptr && a.y != nullptr,
+                   op, "x/conv_state/w/bias/y", "must not be null");
+  SAMBAY_CHECK_ARG(a.di > 0 && (a.di + 127) / 128 <= kMaxGridY, op, "di", a.di, " is out of range");
+  SAMBAY_CHECK_ARG(a.ldx >= a.di, op, "ldx", a.ldx, " < di ", a.di);
+  SAMBAY_CHECK_ARG(a.K >= 2 && a.K <= 16, op, "K", a.K, " must be in [2, 16]");
   absl::Status s = ValidateSegments(op, segs, num_slots);
   if (!s.ok()) return s;
-  return Launched(LaunchCausalConv1d(x, ldx, segs.dev, segs.dev_row_seg, segs.rows(), segs.size(),
-                                     conv_state, w, bias, di, K, y, stream),
-                  op);
+  a.segs = segs.dev;
+  a.row_seg = segs.dev_row_seg;
+  a.rows = segs.rows();
+  a.nsegs = segs.size();
+  return Launched(LaunchCausalConv1d(a, stream), op);
 }
 
-absl::Status CausalConv1dUpdate(cudaStream_t stream, const bf16* x, int64_t ldx,
-                                absl::Span<const int32_t> host_slots, const int32_t* dev_slots,
-                                int64_t num_slots, bf16* conv_state, const float* w,
-                                const float* bias, int64_t di, int K, bf16* y) {
+absl::Status CausalConv1dUpdate(cudaStream_t stream, ConvArgs a,
+                                absl::Span<const int32_t> host_slots, int64_t num_slots) {
   constexpr const char* op = "CausalConv1dUpdate";
-  SAMBAY_CHECK_ARG(x != nullptr && dev_slots != nullptr && conv_state != nullptr && w != nullptr &&
-                       bias != nullptr && y != nullptr,
+  SAMBAY_CHECK_ARG(a.x != nullptr && a.slots != nullptr && a.conv_state != nullptr &&
+                       a.w != nullptr && a.bias != nullptr && a.y != nullptr,
                    op, "x/slots/conv_state/w/bias/y", "must not be null");
   SAMBAY_CHECK_ARG(!host_slots.empty(), op, "slots", "is empty");
-  SAMBAY_CHECK_ARG(di > 0 && (di + 127) / 128 <= kMaxGridY, op, "di", di, " is out of range");
-  SAMBAY_CHECK_ARG(ldx >= di, op, "ldx", ldx, " < di ", di);
-  SAMBAY_CHECK_ARG(K >= 2 && K <= 16, op, "K", K, " must be in [2, 16]");
+  SAMBAY_CHECK_ARG(a.di > 0 && (a.di + 127) / 128 <= kMaxGridY, op, "di", a.di, " is out of range");
+  SAMBAY_CHECK_ARG(a.ldx >= a.di, op, "ldx", a.ldx, " < di ", a.di);
+  SAMBAY_CHECK_ARG(a.K >= 2 && a.K <= 16, op, "K", a.K, " must be in [2, 16]");
   absl::Status s = CheckSlots(op, host_slots, num_slots);
   if (!s.ok()) return s;
-  return Launched(
-      LaunchCausalConv1dUpdate(x, ldx, dev_slots, static_cast<int64_t>(host_slots.size()),
-                               conv_state, w, bias, di, K, y, stream),
-      op);
+  a.rows = static_cast<int64_t>(host_slots.size());
+  return Launched(LaunchCausalConv1dUpdate(a, stream), op);
 }
 
 absl::Status SelectiveScan(cudaStream_t stream, ScanArgs a, const Segments* segs,
@@ -224,54 +221,52 @@ absl::Status GatherRows(cudaStream_t stream, const void* src, int64_t src_rows, 
                   op);
 }
 
-absl::Status StoreKvBlocks(cudaStream_t stream, const bf16* qkv, int64_t ld, int64_t k_off,
-                           int64_t kvd, const Segments& segs, int64_t num_slots, bf16* k_pool,
-                           bf16* v_pool, int64_t num_blocks, const int32_t* block_table,
-                           absl::Span<const int32_t> host_block_table, int64_t max_blocks,
-                           int block_tokens) {
+absl::Status StoreKvBlocks(cudaStream_t stream, KvStoreArgs a, const Segments& segs,
+                           int64_t num_slots, absl::Span<const int32_t> host_block_table,
+                           int64_t num_blocks) {
   constexpr const char* op = "StoreKvBlocks";
   SAMBAY_CHECK_ARG(
-      qkv != nullptr && k_pool != nullptr && v_pool != nullptr && block_table != nullptr, op,
-      "qkv/k_pool/v_pool/block_table", "must not be null");
-  SAMBAY_CHECK_ARG(kvd > 0 && k_off >= 0 && ld >= k_off + 2 * kvd, op, "ld", ld,
-                   " < k_off + 2 kvd = ", k_off + 2 * kvd);
-  SAMBAY_CHECK_ARG(block_tokens > 0 && max_blocks > 0, op, "block_tokens/max_blocks", block_tokens,
-                   "/", max_blocks, " must be positive");
-  SAMBAY_CHECK_ARG(static_cast<int64_t>(host_block_table.size()) == num_slots * max_blocks, op,
+      a.qkv != nullptr && a.k_pool != nullptr && a.v_pool != nullptr && a.block_table != nullptr,
+      op, "qkv/k_pool/v_pool/block_table", "must not be null");
+  SAMBAY_CHECK_ARG(a.kvd > 0 && a.k_off >= 0 && a.ld >= a.k_off + 2 * a.kvd, op, "ld", a.ld,
+                   " < k_off + 2 kvd = ", a.k_off + 2 * a.kvd);
+  SAMBAY_CHECK_ARG(a.block_tokens > 0 && a.max_blocks > 0, op, "block_tokens/max_blocks",
+                   a.block_tokens, "/", a.max_blocks, " must be positive");
+  SAMBAY_CHECK_ARG(static_cast<int64_t>(host_block_table.size()) == num_slots * a.max_blocks, op,
                    "host_block_table", "has ", host_block_table.size(), " entries, expected ",
-                   num_slots * max_blocks);
+                   num_slots * a.max_blocks);
   absl::Status s = ValidateSegments(op, segs, num_slots);
   if (!s.ok()) return s;
   for (const SegDev& d : segs.host) {
-    const int64_t last_block = (d.start + d.len - 1) / block_tokens;
-    SAMBAY_CHECK_ARG(last_block < max_blocks, op, "segment", "of slot ", d.slot, " reaches block ",
-                     last_block, " >= max_blocks ", max_blocks);
-    for (int64_t b = d.start / block_tokens; b <= last_block; ++b) {
-      const int32_t id = host_block_table[d.slot * max_blocks + b];
+    const int64_t last_block = (d.start + d.len - 1) / a.block_tokens;
+    SAMBAY_CHECK_ARG(last_block < a.max_blocks, op, "segment", "of slot ", d.slot,
+                     " reaches block ", last_block, " >= max_blocks ", a.max_blocks);
+    for (int64_t b = d.start / a.block_tokens; b <= last_block; ++b) {
+      const int32_t id = host_block_table[d.slot * a.max_blocks + b];
       SAMBAY_CHECK_ARG(id >= 0 && id < num_blocks, op, "block_table", "[", d.slot, ", ", b,
                        "] = ", id, " is outside [0, ", num_blocks, ")");
     }
   }
-  return Launched(
-      LaunchStoreKvBlocks(qkv, ld, k_off, kvd, segs.dev, segs.dev_row_seg, segs.rows(), k_pool,
-                          v_pool, block_table, max_blocks, block_tokens, stream),
-      op);
+  a.segs = segs.dev;
+  a.row_seg = segs.dev_row_seg;
+  a.rows = segs.rows();
+  return Launched(LaunchStoreKvBlocks(a, stream), op);
 }
 
-absl::Status StoreKvRing(cudaStream_t stream, const bf16* qkv, int64_t ld, int64_t k_off,
-                         int64_t kvd, const Segments& segs, int64_t num_slots, bf16* k_ring,
-                         bf16* v_ring, int64_t window) {
+absl::Status StoreKvRing(cudaStream_t stream, KvStoreArgs a, const Segments& segs,
+                         int64_t num_slots) {
   constexpr const char* op = "StoreKvRing";
-  SAMBAY_CHECK_ARG(qkv != nullptr && k_ring != nullptr && v_ring != nullptr, op,
+  SAMBAY_CHECK_ARG(a.qkv != nullptr && a.k_ring != nullptr && a.v_ring != nullptr, op,
                    "qkv/k_ring/v_ring", "must not be null");
-  SAMBAY_CHECK_ARG(kvd > 0 && k_off >= 0 && ld >= k_off + 2 * kvd, op, "ld", ld,
-                   " < k_off + 2 kvd = ", k_off + 2 * kvd);
-  SAMBAY_CHECK_ARG(window > 0, op, "window", window, " must be positive");
+  SAMBAY_CHECK_ARG(a.kvd > 0 && a.k_off >= 0 && a.ld >= a.k_off + 2 * a.kvd, op, "ld", a.ld,
+                   " < k_off + 2 kvd = ", a.k_off + 2 * a.kvd);
+  SAMBAY_CHECK_ARG(a.window > 0, op, "window", a.window, " must be positive");
   absl::Status s = ValidateSegments(op, segs, num_slots);
   if (!s.ok()) return s;
-  return Launched(LaunchStoreKvRing(qkv, ld, k_off, kvd, segs.dev, segs.dev_row_seg, segs.rows(),
-                                    k_ring, v_ring, window, stream),
-                  op);
+  a.segs = segs.dev;
+  a.row_seg = segs.dev_row_seg;
+  a.rows = segs.rows();
+  return Launched(LaunchStoreKvRing(a, stream), op);
 }
 
 int64_t DiffAttentionWorkspaceBytes(int64_t rows, int num_heads, int head_dim, int splits) {
@@ -349,18 +344,16 @@ absl::Status Argmax(cudaStream_t stream, const float* logits, int64_t rows, int6
   return Launched(LaunchArgmax(logits, rows, vocab, out, stream), op);
 }
 
-absl::Status SampleTopKTopP(cudaStream_t stream, const float* logits, int64_t rows, int64_t vocab,
-                            const SampleParamsHost& host, const float* dev_temperature,
-                            const int32_t* dev_top_k, const float* dev_top_p,
-                            const float* dev_uniform, int32_t* out) {
+absl::Status SampleTopKTopP(cudaStream_t stream, const SampleArgs& a,
+                            const SampleParamsHost& host) {
   constexpr const char* op = "SampleTopKTopP";
-  SAMBAY_CHECK_ARG(logits != nullptr && out != nullptr && dev_temperature != nullptr &&
-                       dev_top_k != nullptr && dev_top_p != nullptr && dev_uniform != nullptr,
+  SAMBAY_CHECK_ARG(a.logits != nullptr && a.out != nullptr && a.temperature != nullptr &&
+                       a.top_k != nullptr && a.top_p != nullptr && a.uniform != nullptr,
                    op, "logits/out/params", "must not be null");
-  SAMBAY_CHECK_ARG(rows > 0 && rows <= kMaxGrid, op, "rows", rows, " is out of range");
-  SAMBAY_CHECK_ARG(vocab > 0 && vocab < (int64_t{1} << 24), op, "vocab", vocab,
+  SAMBAY_CHECK_ARG(a.rows > 0 && a.rows <= kMaxGrid, op, "rows", a.rows, " is out of range");
+  SAMBAY_CHECK_ARG(a.vocab > 0 && a.vocab < (int64_t{1} << 24), op, "vocab", a.vocab,
                    " must be in [1, 2^24)");
-  const size_t n = static_cast<size_t>(rows);
+  const size_t n = static_cast<size_t>(a.rows);
   SAMBAY_CHECK_ARG(host.temperature.size() == n && host.top_k.size() == n &&
                        host.top_p.size() == n && host.uniform.size() == n,
                    op, "params", "must have one entry per row");
@@ -375,9 +368,7 @@ absl::Status SampleTopKTopP(cudaStream_t stream, const float* logits, int64_t ro
     SAMBAY_CHECK_ARG(host.uniform[i] >= 0 && host.uniform[i] < 1, op, "uniform", "[", i,
                      "] = ", host.uniform[i], " must be in [0, 1)");
   }
-  return Launched(LaunchSampleTopKTopP(logits, rows, vocab, dev_temperature, dev_top_k, dev_top_p,
-                                       dev_uniform, out, stream),
-                  op);
+  return Launched(LaunchSampleTopKTopP(a, stream), op);
 }
 
 }  // namespace sambay::cuda

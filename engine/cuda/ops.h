@@ -46,13 +46,11 @@ absl::Status LayerNorm(cudaStream_t stream, const float* x, int64_t rows, int64_
 absl::Status Embedding(cudaStream_t stream, const bf16* table, int64_t vocab, int64_t dim,
                        absl::Span<const int32_t> host_ids, const int32_t* dev_ids, float* x);
 
-absl::Status CausalConv1d(cudaStream_t stream, const bf16* x, int64_t ldx, const Segments& segs,
-                          int64_t num_slots, bf16* conv_state, const float* w, const float* bias,
-                          int64_t di, int K, bf16* y);
-absl::Status CausalConv1dUpdate(cudaStream_t stream, const bf16* x, int64_t ldx,
-                                absl::Span<const int32_t> host_slots, const int32_t* dev_slots,
-                                int64_t num_slots, bf16* conv_state, const float* w,
-                                const float* bias, int64_t di, int K, bf16* y);
+// Prefill: a.segs / a.row_seg / a.nsegs / a.rows come from `segs`.
+absl::Status CausalConv1d(cudaStream_t stream, ConvArgs a, const Segments& segs, int64_t num_slots);
+// Decode update: a.slots is the device copy of host_slots; a.rows comes from host_slots.
+absl::Status CausalConv1dUpdate(cudaStream_t stream, ConvArgs a,
+                                absl::Span<const int32_t> host_slots, int64_t num_slots);
 
 // Prefill: a.segs/a.nsegs from `segs`; decode update: segs == nullptr, a.slots with host_slots.
 absl::Status SelectiveScan(cudaStream_t stream, ScanArgs a, const Segments* segs,
@@ -67,16 +65,14 @@ absl::Status GatherRows(cudaStream_t stream, const void* src, int64_t src_rows, 
                         bool elem4, absl::Span<const int32_t> host_idx, const int32_t* dev_idx,
                         void* dst);
 
-// host_block_table: mirror of block_table [num_slots, max_blocks]; every position written must
-// map to a block id in [0, num_blocks).
-absl::Status StoreKvBlocks(cudaStream_t stream, const bf16* qkv, int64_t ld, int64_t k_off,
-                           int64_t kvd, const Segments& segs, int64_t num_slots, bf16* k_pool,
-                           bf16* v_pool, int64_t num_blocks, const int32_t* block_table,
-                           absl::Span<const int32_t> host_block_table, int64_t max_blocks,
-                           int block_tokens);
-absl::Status StoreKvRing(cudaStream_t stream, const bf16* qkv, int64_t ld, int64_t k_off,
-                         int64_t kvd, const Segments& segs, int64_t num_slots, bf16* k_ring,
-                         bf16* v_ring, int64_t window);
+// a.segs / a.row_seg / a.rows come from `segs`. host_block_table: mirror of a.block_table
+// [num_slots, a.max_blocks]; every position written must map to a block id in [0, num_blocks).
+absl::Status StoreKvBlocks(cudaStream_t stream, KvStoreArgs a, const Segments& segs,
+                           int64_t num_slots, absl::Span<const int32_t> host_block_table,
+                           int64_t num_blocks);
+// a.segs / a.row_seg / a.rows come from `segs`.
+absl::Status StoreKvRing(cudaStream_t stream, KvStoreArgs a, const Segments& segs,
+                         int64_t num_slots);
 
 // Bytes of `partial` workspace DiffAttention needs.
 int64_t DiffAttentionWorkspaceBytes(int64_t rows, int num_heads, int head_dim, int splits);
@@ -89,17 +85,14 @@ absl::Status DiffAttention(cudaStream_t stream, AttnArgs a, const Segments& segs
 absl::Status Argmax(cudaStream_t stream, const float* logits, int64_t rows, int64_t vocab,
                     int32_t* out);
 // Host mirrors of the per-row parameters are checked (temperature finite >= 0, top_p in (0, 1],
-// uniform in [0, 1)); the dev_* arrays are their device copies.
+// uniform in [0, 1)); a.temperature / a.top_k / a.top_p / a.uniform are their device copies.
 struct SampleParamsHost {
   std::vector<float> temperature;
   std::vector<int32_t> top_k;
   std::vector<float> top_p;
   std::vector<float> uniform;
 };
-absl::Status SampleTopKTopP(cudaStream_t stream, const float* logits, int64_t rows, int64_t vocab,
-                            const SampleParamsHost& host, const float* dev_temperature,
-                            const int32_t* dev_top_k, const float* dev_top_p,
-                            const float* dev_uniform, int32_t* out);
+absl::Status SampleTopKTopP(cudaStream_t stream, const SampleArgs& a, const SampleParamsHost& host);
 
 }  // namespace sambay::cuda
 

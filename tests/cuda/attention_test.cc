@@ -224,13 +224,23 @@ TEST(CudaAttentionTest, KvStoresPutRowsWhereTheBelong) {
   DeviceBuffer dq = Upload(qb), dt = Upload(table);
   DeviceBuffer kpool = Poisoned<uint16_t>(nblocks * BT * kvd),
                vpool = Poisoned<uint16_t>(nblocks * BT * kvd);
-  ASSERT_TRUE(StoreKvBlocks(nullptr, Bf(dq), ld, k_off, kvd, ds.s, slots, Bf(kpool), Bf(vpool),
-                            nblocks, dt.as<int32_t>(), table, max_blocks, BT)
-                  .ok());
+  KvStoreArgs a;
+  a.qkv = Bf(dq);
+  a.ld = ld;
+  a.k_off = k_off;
+  a.kvd = kvd;
+  a.k_pool = Bf(kpool);
+  a.v_pool = Bf(vpool);
+  a.block_table = dt.as<int32_t>();
+  a.max_blocks = max_blocks;
+  a.block_tokens = BT;
+  ASSERT_TRUE(StoreKvBlocks(nullptr, a, ds.s, slots, table, nblocks).ok());
   DeviceBuffer kring = Poisoned<uint16_t>(slots * W * kvd),
                vring = Poisoned<uint16_t>(slots * W * kvd);
-  ASSERT_TRUE(
-      StoreKvRing(nullptr, Bf(dq), ld, k_off, kvd, ds.s, slots, Bf(kring), Bf(vring), W).ok());
+  a.k_ring = Bf(kring);
+  a.v_ring = Bf(vring);
+  a.window = W;
+  ASSERT_TRUE(StoreKvRing(nullptr, a, ds.s, slots).ok());
   const std::vector<float> kp = DownloadBf16(kpool, nblocks * BT * kvd);
   const std::vector<float> vp = DownloadBf16(vpool, nblocks * BT * kvd);
   const std::vector<float> kr = DownloadBf16(kring, slots * W * kvd);
@@ -342,9 +352,16 @@ std::vector<int32_t> DeviceSample(const std::vector<float>& x, int64_t rows, int
                                   const SampleParamsHost& p) {
   DeviceBuffer dx = Upload(x), dT = Upload(p.temperature), dk = Upload(p.top_k),
                dp = Upload(p.top_p), du = Upload(p.uniform), dout = Poisoned<int32_t>(rows);
-  const absl::Status st =
-      SampleTopKTopP(nullptr, dx.as<float>(), rows, vocab, p, dT.as<float>(), dk.as<int32_t>(),
-                     dp.as<float>(), du.as<float>(), dout.as<int32_t>());
+  SampleArgs a;
+  a.logits = dx.as<float>();
+  a.rows = rows;
+  a.vocab = vocab;
+  a.temperature = dT.as<float>();
+  a.top_k = dk.as<int32_t>();
+  a.top_p = dp.as<float>();
+  a.uniform = du.as<float>();
+  a.out = dout.as<int32_t>();
+  const absl::Status st = SampleTopKTopP(nullptr, a, p);
   EXPECT_TRUE(st.ok()) << st;
   return st.ok() ? Download<int32_t>(dout, rows) : std::vector<int32_t>{};
 }

@@ -129,14 +129,20 @@ TEST(CudaOpsTest, CausalConv1dPrefillAndUpdateMatchReference) {
     std::vector<int32_t> sl;
     for (const SegDev& d : ds.s.host) sl.push_back(d.slot);
     DeviceBuffer dsl = Upload(sl);
+    ConvArgs a;
+    a.x = Bf(dx);
+    a.ldx = ldx;
+    a.conv_state = Bf(dst);
+    a.w = dw.as<float>();
+    a.bias = dbias.as<float>();
+    a.di = di;
+    a.K = K;
+    a.y = Bf(dy);
     if (update) {
-      ASSERT_TRUE(CausalConv1dUpdate(nullptr, Bf(dx), ldx, sl, dsl.as<int32_t>(), slots, Bf(dst),
-                                     dw.as<float>(), dbias.as<float>(), di, K, Bf(dy))
-                      .ok());
+      a.slots = dsl.as<int32_t>();
+      ASSERT_TRUE(CausalConv1dUpdate(nullptr, a, sl, slots).ok());
     } else {
-      ASSERT_TRUE(CausalConv1d(nullptr, Bf(dx), ldx, ds.s, slots, Bf(dst), dw.as<float>(),
-                               dbias.as<float>(), di, K, Bf(dy))
-                      .ok());
+      ASSERT_TRUE(CausalConv1d(nullptr, a, ds.s, slots).ok());
     }
     std::vector<float> ref_y(rows * di);
     RefConv(x, ldx, ds.s, st, w, b, di, K, ref_y);

@@ -118,8 +118,16 @@ TEST(CudaValidationTest, SamplingParametersAreChecked) {
   p.top_k = {0};
   p.top_p = {1.5f};
   p.uniform = {0.2f};
-  absl::Status s = SampleTopKTopP(nullptr, Fake<float>(), 1, 100, p, Fake<float>(), Fake<int32_t>(),
-                                  Fake<float>(), Fake<float>(), Fake<int32_t>());
+  SampleArgs a;
+  a.logits = Fake<float>();
+  a.rows = 1;
+  a.vocab = 100;
+  a.temperature = Fake<float>();
+  a.top_k = Fake<int32_t>();
+  a.top_p = Fake<float>();
+  a.uniform = Fake<float>();
+  a.out = Fake<int32_t>();
+  absl::Status s = SampleTopKTopP(nullptr, a, p);
   EXPECT_TRUE(Mentions(s, "top_p [0] = 1.5")) << s;
 }
 

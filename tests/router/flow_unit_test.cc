@@ -53,9 +53,8 @@ class FakeHost : public FlowHost {
 class FlowUnitTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto tok = LoadTokenizer(testing::TinyModelDir());
-    ASSERT_TRUE(tok.ok()) << tok.status();
-    tokenizer_ = *std::move(tok);
+    tokenizer_ = testing::TinyTokenizer();
+    ASSERT_NE(tokenizer_, nullptr);
     auto policy = MakePlacementPolicy("least-loaded");
     ASSERT_TRUE(policy.ok());
     policy_ = *std::move(policy);

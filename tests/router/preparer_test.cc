@@ -20,9 +20,8 @@ namespace v1 = sambay::v1;
 class PreparerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    auto tok = LoadTokenizer(testing::TinyModelDir());
-    ASSERT_TRUE(tok.ok()) << tok.status();
-    tokenizer_ = *std::move(tok);
+    tokenizer_ = testing::TinyTokenizer();
+    ASSERT_NE(tokenizer_, nullptr);
     limits_.vocab_size = 320;  // the tiny model's
     limits_.max_context = 4096;
     limits_.eos_ids = {2};

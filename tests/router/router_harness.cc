@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/grpc_channel.h"
+#include "gtest/gtest.h"
 #include "tests/worker/http_get.h"
 
 namespace sambay::testing {
@@ -427,6 +428,15 @@ std::string RunNodeScript(const std::string& script, const std::vector<std::stri
     pclose(p);
   }
   return out;
+}
+
+std::unique_ptr<Tokenizer> TinyTokenizer() {
+  auto tok = LoadTokenizer(TinyModelDir());
+  if (!tok.ok()) {
+    ADD_FAILURE() << "the tiny model's tokenizer: " << tok.status();
+    return nullptr;
+  }
+  return *std::move(tok);
 }
 
 }  // namespace sambay::testing

@@ -34,6 +34,7 @@
 #include "sambay/v1/generate.grpc.pb.h"
 #include "tests/worker/process.h"
 #include "tests/worker/worker_harness.h"
+#include "tokenizer/tokenizer.h"
 
 namespace sambay::testing {
 
@@ -222,6 +223,10 @@ bool WaitFor(const std::function<bool()>& pred, absl::Duration timeout);
 
 // The status of a grpc call as a string ("OK" or "CODE: message").
 inline std::string Str(const grpc::Status& s) { return StatusString(s); }
+
+// The tiny model's tokenizer (TinyModelDir()); nullptr, with a test failure, when it cannot be
+// loaded.
+std::unique_ptr<Tokenizer> TinyTokenizer();
 
 // A TCP port on 127.0.0.1 that was free a moment ago (bound and closed).
 absl::StatusOr<int> FreePort();
