@@ -1,7 +1,6 @@
 #include "router/client_writer.h"
 
 #include "absl/time/clock.h"
-#include "common/grpc_status.h"
 #include "common/tsan.h"
 
 namespace sambay {
@@ -40,12 +39,12 @@ bool ClientWriter::Pump(bool ended, const absl::Status& status, const std::strin
     pending_bytes_ = 0;
     writing_ = true;
     write_started_ = absl::Now();
-    writer_->Write(inflight_, HandOff(write_tag_));
+    client_->Write(inflight_, HandOff(write_tag_));
     return true;
   }
   if (!ended) return false;
   finish_called_ = true;
-  writer_->Finish(ToGrpcStatus(status), HandOff(finish_tag_));
+  client_->Finish(status, HandOff(finish_tag_));
   return true;
 }
 

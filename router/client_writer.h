@@ -4,29 +4,27 @@
 // fewer, larger messages, never a reordering. Once the stream ended and nothing is pending,
 // Pump finishes the call with the stream's status.
 //
-// Ownership: borrows the server call's writer and the flow's write/finish tags (the flow owns
-// them and outlives every operation started here). Thread-safety: none; used only from the
-// owning flow's serial queue.
+// Ownership: borrows the client's stream (client_stream.h) and the flow's write/finish tags (the
+// flow owns them and outlives every operation started here). Thread-safety: none; used only from
+// the owning flow's serial queue.
 #ifndef SAMBAY_ROUTER_CLIENT_WRITER_H_
 #define SAMBAY_ROUTER_CLIENT_WRITER_H_
-
-#include <grpcpp/support/async_stream.h>
 
 #include <cstdint>
 #include <string>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
+#include "router/client_stream.h"
 #include "router/worker_call.h"
-#include "sambay/v1/generate.grpc.pb.h"
+#include "sambay/v1/generate.pb.h"
 
 namespace sambay {
 
 class ClientWriter {
  public:
-  ClientWriter(grpc::ServerAsyncWriter<sambay::v1::GenerateResponse>* writer, FlowTag* write_tag,
-               FlowTag* finish_tag)
-      : writer_(writer), write_tag_(write_tag), finish_tag_(finish_tag) {}
+  ClientWriter(ClientStream* client, FlowTag* write_tag, FlowTag* finish_tag)
+      : client_(client), write_tag_(write_tag), finish_tag_(finish_tag) {}
 
   // Merges `msg` into the pending message (nothing once the call is finishing). Returns the bytes
   // now pending (approximate: the merged messages' sizes).
@@ -47,7 +45,7 @@ class ClientWriter {
   bool finish_called() const { return finish_called_; }
 
  private:
-  grpc::ServerAsyncWriter<sambay::v1::GenerateResponse>* const writer_;
+  ClientStream* const client_;
   FlowTag* const write_tag_;
   FlowTag* const finish_tag_;
   sambay::v1::GenerateResponse pending_, inflight_;

@@ -31,7 +31,8 @@ pb::FinishReason FromDecodeFinish(const pb::DecodeResponse& msg) {
 
 }  // namespace
 
-RequestFlow::RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq)
+RequestFlow::RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq,
+                         std::unique_ptr<ClientStream> client)
     : deps_(deps),
       host_(*deps.host),
       registry_(*deps.registry),
@@ -39,6 +40,7 @@ RequestFlow::RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq)
       metrics_(*deps.metrics),
       options_(deps.options),
       cq_(cq),
+      client_(std::move(client)),
       accept_tag_{this, 0, FlowTag::kAccept},
       done_tag_{this, 0, FlowTag::kDone},
       write_tag_{this, 0, FlowTag::kWrite},
@@ -54,14 +56,27 @@ RequestFlow::~RequestFlow() {
 }
 
 void RequestFlow::Listen(const FlowDeps& deps, grpc::ServerCompletionQueue* cq) {
-  std::shared_ptr<RequestFlow> flow(new RequestFlow(deps, cq));
+  auto owned = std::make_unique<GrpcClientStream>();
+  GrpcClientStream* call = owned.get();
+  std::shared_ptr<RequestFlow> flow(new RequestFlow(deps, cq, std::move(owned)));
   flow->self_ = flow;
   RequestFlow* f = flow.get();
+  f->listening_ = true;
   // The done tag returns once the call is over (finished or cancelled), if it is ever accepted.
-  f->sctx_.AsyncNotifyWhenDone(HandOff(&f->done_tag_));
+  call->NotifyWhenDone(HandOff(&f->done_tag_));
   f->server_pending_ = 1;
-  deps.service->RequestGenerate(&f->sctx_, &f->request_, &f->writer_, cq, cq,
-                                HandOff(&f->accept_tag_));
+  call->Accept(deps.service, &f->request_, cq, HandOff(&f->accept_tag_));
+}
+
+void RequestFlow::Submit(const FlowDeps& deps, grpc::ServerCompletionQueue* cq,
+                         std::unique_ptr<ClientStream> client, pb::GenerateRequest request) {
+  std::shared_ptr<RequestFlow> flow(new RequestFlow(deps, cq, std::move(client)));
+  flow->self_ = flow;
+  RequestFlow* f = flow.get();
+  f->request_ = std::move(request);
+  f->client_->NotifyWhenDone(HandOff(&f->done_tag_));
+  f->server_pending_ = 1;
+  Dispatch(HandOff(&f->accept_tag_), true);
 }
 
 void RequestFlow::Dispatch(void* tag, bool ok) {
@@ -107,15 +122,15 @@ void RequestFlow::OnAccept(bool ok) {
   ++server_pending_;  // the done tag
   received_ = absl::Now();
   // The next call on this queue.
-  Listen(deps_, cq_);
+  if (listening_) Listen(deps_, cq_);
   host_.FlowAccepted(shared_from_this());
 }
 
 void RequestFlow::OnServerDone() {
-  if (!sctx_.IsCancelled() || out_.finish_called()) return;
+  if (!client_->cancelled() || out_.finish_called()) return;
   server_cancelled_ = true;
   if (ended_) return;
-  const bool deadline = absl::FromChrono(sctx_.deadline()) <= absl::Now();
+  const bool deadline = client_->deadline() <= absl::Now();
   if (!started_) {
     host_.FlowDequeue(this);
     status_ = deadline ? absl::DeadlineExceededError("the request's deadline passed while queued")
@@ -228,8 +243,8 @@ void RequestFlow::Reject(absl::Status status) {
 std::unique_ptr<grpc::ClientContext> RequestFlow::NewContext() {
   auto ctx = std::make_unique<grpc::ClientContext>();
   // The client's deadline applies to the worker calls too (its cancel: OnServerDone).
-  if (gpr_time_cmp(sctx_.raw_deadline(), gpr_inf_future(sctx_.raw_deadline().clock_type)) != 0) {
-    ctx->set_deadline(sctx_.deadline());
+  if (client_->deadline() != absl::InfiniteFuture()) {
+    ctx->set_deadline(absl::ToChronoTime(client_->deadline()));
   }
   // gRPC aborts on a value it cannot send: only a valid id travels (common/request_id.h).
   if (IsValidRequestId(req_.request_id)) ctx->AddMetadata("x-request-id", req_.request_id);
@@ -582,7 +597,7 @@ RequestFlow::Outcome RequestFlow::WorkerError(const grpc::Status& st, const std:
   }
   if (!status_.ok()) return Outcome::kStop;  // e.g. the client went away
   if (server_cancelled_) {
-    status_ = absl::FromChrono(sctx_.deadline()) <= absl::Now()
+    status_ = client_->deadline() <= absl::Now()
                   ? absl::DeadlineExceededError("the request's deadline passed")
                   : absl::CancelledError("the client cancelled");
     metrics_.Failure(status_.code() == absl::StatusCode::kDeadlineExceeded ? "deadline"
@@ -590,7 +605,7 @@ RequestFlow::Outcome RequestFlow::WorkerError(const grpc::Status& st, const std:
     return Outcome::kStop;
   }
   if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
-      absl::FromChrono(sctx_.deadline()) <= absl::Now() + absl::Milliseconds(50)) {
+      client_->deadline() <= absl::Now() + absl::Milliseconds(50)) {
     status_ = absl::DeadlineExceededError("the request's deadline passed");
     metrics_.Failure("deadline");
     return Outcome::kStop;

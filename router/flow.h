@@ -42,14 +42,15 @@
 //
 // The pieces: RequestPreparer (preparer.h) prepares the request before the flow starts; the
 // worker requests are built by worker_requests.h; each worker call is a WorkerCall
-// (worker_call.h) started by StartCall; the client's side is a ClientWriter (client_writer.h).
+// (worker_call.h) started by StartCall; the client's side is a ClientWriter (client_writer.h)
+// over a ClientStream (client_stream.h): the gRPC Generate call (Listen), or an HTTP request
+// (Submit, http_api.h), driven the same way.
 #ifndef SAMBAY_ROUTER_FLOW_H_
 #define SAMBAY_ROUTER_FLOW_H_
 
 #include <grpcpp/alarm.h>
+#include <grpcpp/client_context.h>
 #include <grpcpp/completion_queue.h>
-#include <grpcpp/server_context.h>
-#include <grpcpp/support/async_stream.h>
 
 #include <atomic>
 #include <cstdint>
@@ -65,6 +66,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "common/serial_queue.h"
+#include "router/client_stream.h"
 #include "router/client_writer.h"
 #include "router/metrics.h"
 #include "router/placement.h"
@@ -107,9 +109,6 @@ class FlowHost {
   virtual void FlowGone(RequestFlow* flow) = 0;
 };
 
-using GenerationAsyncBase =
-    sambay::v1::Generation::WithAsyncMethod_Generate<sambay::v1::Generation::Service>;
-
 // The services the flow needs (all outlive it).
 struct FlowDeps {
   FlowHost* host = nullptr;
@@ -126,13 +125,17 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
  public:
   // Creates a flow waiting for the next Generate call on `cq` (it runs on `cq` from then on).
   static void Listen(const FlowDeps& deps, grpc::ServerCompletionQueue* cq);
+  // Creates a flow for a request that arrived another way (HTTP): `client` is its stream, and the
+  // flow's worker calls and timer run on `cq`. The flow is accepted at once (FlowAccepted).
+  static void Submit(const FlowDeps& deps, grpc::ServerCompletionQueue* cq,
+                     std::unique_ptr<ClientStream> client, sambay::v1::GenerateRequest request);
   // Handles one event of the completion queue (the tag is a FlowTag).
   static void Dispatch(void* tag, bool ok);
   ~RequestFlow();
 
   const std::string& request_id() const { return req_.request_id; }
   const sambay::v1::GenerateRequest& request() const { return request_; }
-  grpc::ServerContext& server_context() { return sctx_; }
+  ClientStream& client() { return *client_; }
   absl::Time received() const { return received_; }
   // Set by the host before Start.
   void SetPrepared(PreparedRequest request) {
@@ -150,7 +153,8 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   void RunOnQueue(std::function<void()> fn) { Post(std::move(fn)); }
 
  private:
-  RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq);
+  RequestFlow(const FlowDeps& deps, grpc::ServerCompletionQueue* cq,
+              std::unique_ptr<ClientStream> client);
 
   using DecodeStream = WorkerCall<sambay::v1::DecodeRequest, sambay::v1::DecodeResponse>;
   using PrefillStream = WorkerCall<sambay::v1::PrefillRequest, sambay::v1::PrefillResponse>;
@@ -231,12 +235,12 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   const FlowOptions options_;
   grpc::ServerCompletionQueue* const cq_;
 
-  // The server call.
-  grpc::ServerContext sctx_;
+  // The client's call.
+  const std::unique_ptr<ClientStream> client_;
   sambay::v1::GenerateRequest request_;
-  grpc::ServerAsyncWriter<sambay::v1::GenerateResponse> writer_{&sctx_};
+  bool listening_ = false;  // a gRPC flow: the next call is listened for once this one arrives
   FlowTag accept_tag_, done_tag_, write_tag_, finish_tag_, tick_tag_;
-  ClientWriter out_{&writer_, &write_tag_, &finish_tag_};  // writes to the client
+  ClientWriter out_{client_.get(), &write_tag_, &finish_tag_};  // writes to the client
   grpc::Alarm alarm_;
   bool ticking_ = false;    // the alarm is set (counted in server_pending_)
   int server_pending_ = 0;  // server-side operations started and not yet returned

@@ -78,7 +78,7 @@ void RequestFlow::SlowClient(const std::string& why) {
   CancelAll();
   decode_id_ = prefill_id_ = 0;
   // The write in flight returns (false) once the call is cancelled; then Finish goes out.
-  sctx_.TryCancel();
+  client_->Cancel();
   End();
 }
 

@@ -20,6 +20,8 @@
 #include "common/log.h"
 #include "common/server_util.h"
 #include "engine/config.h"
+#include "router/http_api.h"
+#include "router/http_server.h"
 #include "router/metrics.h"
 #include "router/placement.h"
 #include "router/registry.h"
@@ -62,6 +64,9 @@ struct Flags {
   int64_t max_pending_output_bytes = 1 << 20;
   bool usage_workers = false;
   double lease_renew_seconds = 5;
+  int64_t http_port = 0;
+  int64_t http_threads = 1;
+  std::string served_model_name;
 };
 
 // Where the workers are and how they are probed, checked and chosen.
@@ -119,6 +124,15 @@ void RegisterRequestFlags(FlagSet& fs, Flags& f) {
              "Report the workers' addresses in usage.workers (internal topology: off by default).");
 }
 
+// The OpenAI-compatible HTTP API (docs/openai.md).
+void RegisterHttpFlags(FlagSet& fs, Flags& f) {
+  fs.AddInt("http-port", &f.http_port, "OpenAI-compatible HTTP API port on --host (0 = off).");
+  fs.AddInt("http-threads", &f.http_threads, "Threads serving the HTTP API's connections.");
+  fs.AddString("served-model-name", &f.served_model_name,
+               "Model name of the HTTP API (/v1/models, the requests' \"model\"); empty = the "
+               "--model directory's name.");
+}
+
 void Register(FlagSet& fs, Flags& f) {
   RegisterServerFlags(
       fs, &f.server,
@@ -133,6 +147,7 @@ void Register(FlagSet& fs, Flags& f) {
   fs.AddString("model", &f.model,
                "Model directory: tokenizer, config.json, generation_config.json. Required.");
   RegisterWorkerFlags(fs, f);
+  RegisterHttpFlags(fs, f);
   RegisterRequestFlags(fs, f);
 }
 
@@ -152,6 +167,12 @@ absl::Status Check(const Flags& f) {
   if (f.max_queue < 0) return absl::InvalidArgumentError("--max-queue: must be >= 0");
   if (f.io_threads < 0 || f.io_threads > 256) {
     return absl::InvalidArgumentError("--io-threads: must be in [0, 256]");
+  }
+  if (f.http_port < 0 || f.http_port > 65535) {
+    return absl::InvalidArgumentError("--http-port: must be in [0, 65535]");
+  }
+  if (f.http_threads < 1 || f.http_threads > 64) {
+    return absl::InvalidArgumentError("--http-threads: must be in [1, 64]");
   }
   if (f.migration_limit < 0) return absl::InvalidArgumentError("--migration-limit: >= 0");
   if (f.prefill_retries < 0) return absl::InvalidArgumentError("--prefill-retries: >= 0");
@@ -264,9 +285,37 @@ absl::StatusOr<StartedServer> StartServer(
       });
 }
 
+// The HTTP API, when --http-port is set (else null).
+absl::StatusOr<std::unique_ptr<HttpServer>> StartHttp(const Flags& f, const RouterModel& model,
+                                                      GenerationService& service,
+                                                      WorkerRegistry& registry,
+                                                      std::unique_ptr<HttpApi>* api) {
+  if (f.http_port == 0) return nullptr;
+  HttpApiOptions ao;
+  std::string name = f.served_model_name;
+  if (name.empty()) {
+    std::string dir = f.model;
+    while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
+    name = dir.substr(dir.find_last_of('/') + 1);
+  }
+  ao.model_names = {name};
+  ao.created = absl::ToUnixSeconds(absl::Now());
+  *api = std::make_unique<HttpApi>(service, registry, *model.tokenizer, model.limits, ao);
+  HttpServerOptions ho;
+  ho.host = f.server.host;
+  ho.port = static_cast<int>(f.http_port);
+  ho.threads = static_cast<int>(f.http_threads);
+  ho.max_body_bytes = f.max_request_bytes;
+  auto server = std::make_unique<HttpServer>(
+      ho, [a = api->get()](std::shared_ptr<HttpExchange> ex) { a->Handle(std::move(ex)); });
+  auto port = server->Start();
+  if (!port.ok()) return port.status();
+  return server;
+}
+
 // Stops taking requests, waits up to --drain-timeout for running ones, then stops the server.
-void Drain(const Flags& f, const std::string& sig, grpc::Server& server, GenerationService& service,
-           HealthService& health, std::atomic<bool>& draining) {
+void Drain(const Flags& f, const std::string& sig, grpc::Server& server, HttpServer* http,
+           GenerationService& service, HealthService& health, std::atomic<bool>& draining) {
   draining.store(true);
   health.SetServingStatus(kReadinessService, false);
   service.StartDrain();
@@ -275,6 +324,7 @@ void Drain(const Flags& f, const std::string& sig, grpc::Server& server, Generat
             absl::Milliseconds(20));
   health.Shutdown();
   server.Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  if (http != nullptr) http->Stop();  // its unfinished streams are cut: their flows end
   service.StopServing(absl::Seconds(5));
   server.Wait();
   Log(LogLevel::kInfo, "router", "stopped", {{"unfinished", service.active()}});
@@ -308,6 +358,9 @@ int Run(int argc, char** argv) {
   auto started = StartServer(f, rpc, service, health, &cqs);
   if (!started.ok()) return CannotStart("router", started.status());
   service.Serve(std::move(cqs));
+  std::unique_ptr<HttpApi> http_api;
+  auto http = StartHttp(f, *model, service, registry, &http_api);
+  if (!http.ok()) return CannotStart("router", http.status());
   health.SetServingStatus("", true);
   health.SetServingStatus(kReadinessService, false);
   std::atomic<bool> draining{false};
@@ -316,12 +369,13 @@ int Run(int argc, char** argv) {
     Log(LogLevel::kInfo, "router", ready ? "ready" : "not ready (workers missing)");
   });
   registry.Start();
-  if (absl::Status s = AnnounceServing("router", f.server, started->port, *metrics_port,
-                                       {{"placement", (*policy)->name()}});
+  nlohmann::json fields = {{"placement", (*policy)->name()}};
+  if (*http != nullptr) fields["http_port"] = f.http_port;
+  if (absl::Status s = AnnounceServing("router", f.server, started->port, *metrics_port, fields);
       !s.ok()) {
     return CannotStart("router", s);
   }
-  Drain(f, WaitForTerminationSignal(), *started->server, service, health, draining);
+  Drain(f, WaitForTerminationSignal(), *started->server, http->get(), service, health, draining);
   return 0;
 }
 

@@ -18,13 +18,9 @@ uint64_t RandomU64() {
 // The request's id: its request_id field (validated with the request), else a valid
 // x-request-id header, else a new one. A header gRPC would refuse to send on (TAB, DEL, bytes
 // >= 0x80) is replaced, never copied into the worker calls (common/request_id.h).
-std::string RequestIdFor(const grpc::ServerContextBase& ctx, const pb::GenerateRequest& req) {
+std::string RequestIdFor(absl::string_view header_id, const pb::GenerateRequest& req) {
   if (!req.request_id().empty()) return req.request_id();
-  auto it = ctx.client_metadata().find("x-request-id");
-  if (it != ctx.client_metadata().end()) {
-    const absl::string_view v(it->second.data(), it->second.size());
-    if (IsValidRequestId(v)) return std::string(v);
-  }
+  if (!header_id.empty() && IsValidRequestId(header_id)) return std::string(header_id);
   return NewRequestId();
 }
 
@@ -37,16 +33,15 @@ Preparation PrepareWith(const pb::GenerateRequest& request, const Tokenizer& tok
 
 }  // namespace
 
-Preparation RequestPreparer::Prepare(const grpc::ServerContextBase& ctx,
+Preparation RequestPreparer::Prepare(absl::string_view header_id,
                                      const pb::GenerateRequest& request) const {
-  std::string rid = RequestIdFor(ctx, request);
+  std::string rid = RequestIdFor(header_id, request);
   return PrepareWith(request, tokenizer_, limits_, std::move(rid), RandomU64());
 }
 
-bool RequestPreparer::PrepareLater(const grpc::ServerContextBase& ctx,
-                                   const pb::GenerateRequest& request,
+bool RequestPreparer::PrepareLater(absl::string_view header_id, const pb::GenerateRequest& request,
                                    std::function<void(Preparation)> done) {
-  std::string rid = RequestIdFor(ctx, request);
+  std::string rid = RequestIdFor(header_id, request);
   const uint64_t seed = RandomU64();
   return pool_.TrySubmit([this, &request, rid = std::move(rid), seed, done = std::move(done)] {
     done(PrepareWith(request, tokenizer_, limits_, rid, seed));

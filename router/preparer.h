@@ -12,13 +12,12 @@
 #ifndef SAMBAY_ROUTER_PREPARER_H_
 #define SAMBAY_ROUTER_PREPARER_H_
 
-#include <grpcpp/server_context.h>
-
 #include <cstddef>
 #include <functional>
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "router/request.h"
 #include "router/task_pool.h"
 #include "sambay/v1/generate.pb.h"
@@ -48,13 +47,13 @@ class RequestPreparer {
   static bool Deferred(const sambay::v1::GenerateRequest& request) {
     return PromptTextBytes(request) > kInlinePromptBytes;
   }
-  // Prepares on the calling thread.
-  Preparation Prepare(const grpc::ServerContextBase& ctx,
+  // Prepares on the calling thread. `header_id`: the x-request-id header or metadata ("" = none).
+  Preparation Prepare(absl::string_view header_id,
                       const sambay::v1::GenerateRequest& request) const;
   // Picks the id and seed now, prepares on the pool and calls `done` there with the result.
   // `request` must stay unchanged and alive until `done` ran (or the preparer is destroyed).
   // Returns false (and never calls `done`) when kMaxPreparing prompts already wait.
-  bool PrepareLater(const grpc::ServerContextBase& ctx, const sambay::v1::GenerateRequest& request,
+  bool PrepareLater(absl::string_view header_id, const sambay::v1::GenerateRequest& request,
                     std::function<void(Preparation)> done);
 
  private:

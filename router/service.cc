@@ -40,17 +40,16 @@ GenerationService::GenerationService(WorkerRegistry& registry, PlacementPolicy& 
 
 void GenerationService::Serve(std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs) {
   cqs_ = std::move(cqs);
-  FlowDeps deps;
-  deps.host = this;
-  deps.registry = &registry_;
-  deps.policy = &policy_;
-  deps.metrics = &metrics_;
-  deps.tokenizer = &tokenizer_;
-  deps.service = this;
-  deps.live = &live_flows_;
-  deps.options = options_.flow;
+  deps_.host = this;
+  deps_.registry = &registry_;
+  deps_.policy = &policy_;
+  deps_.metrics = &metrics_;
+  deps_.tokenizer = &tokenizer_;
+  deps_.service = this;
+  deps_.live = &live_flows_;
+  deps_.options = options_.flow;
   for (auto& cq : cqs_) {
-    RequestFlow::Listen(deps, cq.get());
+    RequestFlow::Listen(deps_, cq.get());
     threads_.emplace_back([q = cq.get()] {
       void* tag = nullptr;
       bool ok = false;
@@ -72,7 +71,8 @@ void GenerationService::StopServing(absl::Duration timeout) {
 
 void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
   if (!RequestPreparer::Deferred(flow->request())) {
-    Admit(flow, preparer_.Prepare(flow->server_context(), flow->request()), /*pooled=*/false);
+    Admit(flow, preparer_.Prepare(flow->client().header_request_id(), flow->request()),
+          /*pooled=*/false);
     return;
   }
   // A large prompt: prepared on the pool, then admitted on the flow's queue. The request is not
@@ -81,8 +81,8 @@ void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
     MutexLock lock(&mu_);
     preparing_.insert(flow.get());
   }
-  const bool queued =
-      preparer_.PrepareLater(flow->server_context(), flow->request(), [this, flow](Preparation p) {
+  const bool queued = preparer_.PrepareLater(
+      flow->client().header_request_id(), flow->request(), [this, flow](Preparation p) {
         flow->RunOnQueue([this, flow, p = std::move(p)]() mutable {
           Admit(flow, std::move(p), /*pooled=*/true);
         });
@@ -113,7 +113,7 @@ void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, Preparat
     return;
   }
   const std::string& rid = prepared.request_id;
-  std::string caller = PeerIdentity(flow->server_context());
+  std::string caller = flow->client().peer();
   absl::Status rejected;
   bool start = false;
   {
@@ -294,6 +294,16 @@ grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* ctx,
   resp->set_tokenizer(tokenizer_.name());
   resp->set_max_new_tokens_limit(static_cast<uint32_t>(limits_.max_new_tokens_limit));
   return grpc::Status::OK;
+}
+
+void GenerationService::Submit(std::unique_ptr<ClientStream> client, pb::GenerateRequest request) {
+  grpc::ServerCompletionQueue* cq = cqs_[next_cq_.fetch_add(1) % cqs_.size()].get();
+  RequestFlow::Submit(deps_, cq, std::move(client), std::move(request));
+}
+
+bool GenerationService::draining() const {
+  MutexLock lock(&mu_);
+  return draining_;
 }
 
 void GenerationService::StartDrain() {

@@ -21,6 +21,7 @@
 #ifndef SAMBAY_ROUTER_SERVICE_H_
 #define SAMBAY_ROUTER_SERVICE_H_
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -70,8 +71,13 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
   grpc::Status GetModelInfo(grpc::ServerContext* ctx, const sambay::v1::GetModelInfoRequest* req,
                             sambay::v1::ModelInfo* resp) override;
 
+  // A request that arrived another way (HTTP): its flow runs on one of the serving queues
+  // (round robin) and is admitted as a gRPC call is. Call after Serve, before StopServing.
+  void Submit(std::unique_ptr<ClientStream> client, sambay::v1::GenerateRequest request);
+
   // New Generate calls get UNAVAILABLE; running and queued ones continue.
   void StartDrain() ABSL_LOCKS_EXCLUDED(mu_);
+  bool draining() const ABSL_LOCKS_EXCLUDED(mu_);
   // Generate calls not yet done (being tokenized, running, queued, or flushing their last
   // messages).
   int64_t active() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -100,6 +106,8 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
 
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs_;
   std::vector<std::thread> threads_;
+  FlowDeps deps_;                     // set by Serve
+  std::atomic<uint64_t> next_cq_{0};  // Submit's round robin
   std::atomic<int64_t> live_flows_{0};
 
   mutable Mutex mu_;

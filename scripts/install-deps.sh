@@ -9,7 +9,7 @@ PACKAGES=(
   libabsl-dev nlohmann-json3-dev libopenblas-dev libhwy-dev libicu-dev
   libgtest-dev libgmock-dev libbenchmark-dev clang-14 clang-format-14 libfuzzer-14-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc grpc-proto
-  prometheus-cpp-dev libevent-dev
+  prometheus-cpp-dev libevent-dev libboost-dev
   python3 python3-numpy python3-grpcio python3-protobuf curl
 )
 

@@ -2,12 +2,10 @@
 // preparation giving the same result, and which prompts go to the pool.
 #include "router/preparer.h"
 
-#include <grpcpp/server_context.h>
-
 #include <memory>
 #include <string>
 
-#include "absl/synchronization/notification.h"
+#include "common/mutex.h"
 #include "gtest/gtest.h"
 #include "tests/router/router_harness.h"
 #include "tokenizer/tokenizer.h"
@@ -31,21 +29,20 @@ class PreparerTest : public ::testing::Test {
   std::unique_ptr<Tokenizer> tokenizer_;
   RouterLimits limits_;
   std::unique_ptr<RequestPreparer> preparer_;
-  grpc::ServerContext ctx_;  // no metadata
 };
 
 TEST_F(PreparerTest, TheRequestsIdWinsElseANewOneIsMade) {
   v1::GenerateRequest req;
   req.set_text("hello");
   req.set_request_id("mine-1");
-  Preparation p = preparer_->Prepare(ctx_, req);
+  Preparation p = preparer_->Prepare("", req);
   ASSERT_TRUE(p.request.ok()) << p.request.status();
   EXPECT_EQ(p.request_id, "mine-1");
   EXPECT_EQ(p.request->request_id, "mine-1");
 
   req.clear_request_id();
-  Preparation a = preparer_->Prepare(ctx_, req);
-  Preparation b = preparer_->Prepare(ctx_, req);
+  Preparation a = preparer_->Prepare("", req);
+  Preparation b = preparer_->Prepare("", req);
   ASSERT_TRUE(a.request.ok() && b.request.ok());
   EXPECT_EQ(a.request_id.rfind("req-", 0), 0u) << a.request_id;  // common/request_id.h
   EXPECT_NE(a.request_id, b.request_id);
@@ -58,7 +55,7 @@ TEST_F(PreparerTest, AnInvalidRequestKeepsItsIdForTheLog) {
   v1::GenerateRequest req;
   req.set_request_id("bad-1");
   req.mutable_token_ids()->add_ids(100000);  // outside the vocabulary
-  Preparation p = preparer_->Prepare(ctx_, req);
+  Preparation p = preparer_->Prepare("", req);
   EXPECT_EQ(p.request_id, "bad-1");
   ASSERT_FALSE(p.request.ok());
   EXPECT_EQ(p.request.status().code(), absl::StatusCode::kInvalidArgument);
@@ -79,14 +76,14 @@ TEST_F(PreparerTest, OnlyLargePromptsGoToThePoolAndBothWaysAgree) {
   ids.mutable_token_ids()->add_ids(1);
   EXPECT_FALSE(RequestPreparer::Deferred(ids));  // nothing to tokenize
 
-  absl::Notification done;
+  Notification done;  // the project's (instrumented for TSan), not absl's
   Preparation pooled;
-  ASSERT_TRUE(preparer_->PrepareLater(ctx_, large, [&](Preparation p) {
+  ASSERT_TRUE(preparer_->PrepareLater("", large, [&](Preparation p) {
     pooled = std::move(p);
     done.Notify();
   }));
   ASSERT_TRUE(done.WaitForNotificationWithTimeout(absl::Seconds(30)));
-  Preparation inline_p = preparer_->Prepare(ctx_, large);
+  Preparation inline_p = preparer_->Prepare("", large);
   ASSERT_TRUE(pooled.request.ok()) << pooled.request.status();
   ASSERT_TRUE(inline_p.request.ok()) << inline_p.request.status();
   EXPECT_EQ(pooled.request_id, "large-1");

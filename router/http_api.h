@@ -1,0 +1,62 @@
+// HttpApi: the router's OpenAI-compatible HTTP API (docs/openai.md), on HttpServer. Routes:
+//   POST /v1/chat/completions, POST /v1/completions  (streaming as server-sent events, or not)
+//   GET  /v1/models, GET /health (live), GET /ready (ready: a worker can serve, not draining)
+//   POST /tokenize, POST /detokenize                  (vLLM's shapes)
+// A completion is translated into a GenerateRequest (openai_api.h) and submitted to the
+// GenerationService as an HTTP-backed ClientStream (HttpClientStream): the same validation,
+// admission, placement, failover, cancellation and metrics as a gRPC Generate call. A client
+// that disconnects cancels its request, as a gRPC cancel does.
+//
+// Ownership: borrows the service, registry and tokenizer (they outlive the HTTP server).
+// Thread-safety: Handle runs on the HTTP server's threads, any number at once; it keeps no state
+// of its own beyond the immutable options.
+#ifndef SAMBAY_ROUTER_HTTP_API_H_
+#define SAMBAY_ROUTER_HTTP_API_H_
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "router/http_server.h"
+#include "router/openai_api.h"
+#include "router/registry.h"
+#include "router/request.h"
+#include "router/service.h"
+#include "tokenizer/tokenizer.h"
+
+namespace sambay {
+
+struct HttpApiOptions {
+  std::vector<std::string> model_names;  // served names; the first is the default
+  int64_t created = 0;                   // unix seconds reported by /v1/models
+};
+
+class HttpApi {
+ public:
+  HttpApi(GenerationService& service, WorkerRegistry& registry, const Tokenizer& tokenizer,
+          RouterLimits limits, HttpApiOptions options);
+
+  void Handle(std::shared_ptr<HttpExchange> exchange);
+
+ private:
+  void Completion(const std::shared_ptr<HttpExchange>& ex, bool chat);
+  void Tokenize(const std::shared_ptr<HttpExchange>& ex);
+  void Detokenize(const std::shared_ptr<HttpExchange>& ex);
+  void Models(const std::shared_ptr<HttpExchange>& ex);
+  void Ready(const std::shared_ptr<HttpExchange>& ex);
+
+  GenerationService& service_;
+  WorkerRegistry& registry_;
+  const Tokenizer& tokenizer_;
+  const RouterLimits limits_;
+  const HttpApiOptions options_;
+  openai::ApiOptions api_;
+};
+
+// Sends an OpenAI error body with its status (and Retry-After on 429).
+void RespondError(HttpExchange& ex, const openai::ApiError& error);
+
+}  // namespace sambay
+
+#endif  // SAMBAY_ROUTER_HTTP_API_H_

@@ -1,0 +1,93 @@
+// HttpServer: the router's HTTP/1.1 listener (Boost.Beast on Asio). It reads requests with
+// limits (header bytes, body bytes) and timeouts (a request's header, then its body, must arrive
+// in time: a slow-loris client is cut off), answers protocol errors itself (400, 413, 431, JSON
+// bodies, then closes), and hands every well-formed request to the handler as an HttpExchange.
+// Connections are kept alive between requests. No thread per connection: `threads` threads run
+// every connection's I/O; each connection's operations are serialized on its own strand.
+//
+// HttpExchange is the handler's view of one request: a complete response (Respond), or a
+// streamed one (Send ... End, chunked transfer encoding), plus a callback when the client goes
+// away before the response ended (the connection is watched for EOF while streaming).
+//
+// Ownership: the server owns its threads and listener; connections and exchanges are reference-
+// counted (an exchange keeps its connection alive until the response ended). Stop() closes the
+// listener and every connection and joins the threads.
+// Thread-safety: HttpExchange's methods may be called from any thread (they post to the
+// connection's strand); callbacks run on the server's threads. Start/Stop from one thread.
+#ifndef SAMBAY_ROUTER_HTTP_SERVER_H_
+#define SAMBAY_ROUTER_HTTP_SERVER_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace sambay {
+
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
+
+class HttpExchange {
+ public:
+  virtual ~HttpExchange() = default;
+  virtual const std::string& method() const = 0;
+  virtual const std::string& target() const = 0;  // path and query, as sent
+  virtual const std::string& body() const = 0;
+  // The value of header `name` (case-insensitive), "" when absent.
+  virtual std::string header(const std::string& name) const = 0;
+  // "ipv4:ADDR" / "ipv6:[ADDR]" of the client (PeerHost's form, common/peer_identity.h).
+  virtual const std::string& peer() const = 0;
+
+  // A complete response; `done(ok)` runs once it was written (ok) or could not be (optional).
+  virtual void Respond(int status, const std::string& content_type, std::string body,
+                       HttpHeaders headers = {}, std::function<void(bool)> done = nullptr) = 0;
+  // A streamed response: the first Send writes the head (status 200, `content_type`) and each
+  // Send one chunk; End writes `data` (if any) and the last chunk. `done(ok)` per call.
+  virtual void Send(const std::string& content_type, std::string data,
+                    std::function<void(bool)> done) = 0;
+  virtual void End(std::string data, std::function<void(bool)> done) = 0;
+  // `fn` runs once if the client goes away (or Abort is called) before the response ended.
+  virtual void OnClientGone(std::function<void()> fn) = 0;
+  // Closes the connection (a write in flight fails).
+  virtual void Abort() = 0;
+};
+
+using HttpHandler = std::function<void(std::shared_ptr<HttpExchange>)>;
+
+struct HttpServerOptions {
+  std::string host = "0.0.0.0";
+  int port = 0;  // 0: any free port (Start returns it)
+  int threads = 1;
+  size_t max_header_bytes = 16 << 10;
+  int64_t max_body_bytes = 4 << 20;
+  int max_connections = 4096;                         // beyond: 503 and close
+  absl::Duration header_timeout = absl::Seconds(10);  // also the keep-alive idle limit
+  absl::Duration body_timeout = absl::Seconds(30);
+};
+
+class HttpServer {
+ public:
+  HttpServer(HttpServerOptions options, HttpHandler handler);
+  ~HttpServer();
+  HttpServer(const HttpServer&) = delete;
+  HttpServer& operator=(const HttpServer&) = delete;
+
+  // Binds and starts serving; returns the bound port ("--http-port: ..." errors).
+  absl::StatusOr<int> Start();
+  // Stops accepting, closes every connection and joins the threads. Idempotent.
+  void Stop();
+  // Open connections now.
+  int connections() const;
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace sambay
+
+#endif  // SAMBAY_ROUTER_HTTP_SERVER_H_
