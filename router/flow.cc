@@ -296,7 +296,7 @@ void RequestFlow::Place() {
     status_ = absl::UnavailableError(absl::StrCat(
         "no healthy ", di < 0 ? "decode" : "prefill", " worker can take the request",
         generated_.empty() ? "" : absl::StrCat(" (after ", generated_.size(), " tokens)")));
-    metrics_.Failure("no_worker");
+    metrics_.Failure("no_worker", client_->api());
     End();
     return;
   }
@@ -550,7 +550,7 @@ void RequestFlow::HandleOutcome(Outcome o) {
     case Outcome::kRetryPrefill:
       if (++prefill_failures_ > options_.prefill_retries) {
         status_ = absl::UnavailableError("prefill failed on every worker tried");
-        metrics_.Failure("prefill_failed");
+        metrics_.Failure("prefill_failed", client_->api());
         End();
         return;
       }
@@ -560,7 +560,7 @@ void RequestFlow::HandleOutcome(Outcome o) {
         status_ = absl::UnavailableError(
             absl::StrCat("the decode worker failed and the migration limit (",
                          options_.migration_limit, ") is reached"));
-        metrics_.Failure("migration_limit");
+        metrics_.Failure("migration_limit", client_->api());
         End();
         return;
       }
@@ -600,14 +600,15 @@ RequestFlow::Outcome RequestFlow::WorkerError(const grpc::Status& st, const std:
     status_ = client_->deadline() <= absl::Now()
                   ? absl::DeadlineExceededError("the request's deadline passed")
                   : absl::CancelledError("the client cancelled");
-    metrics_.Failure(status_.code() == absl::StatusCode::kDeadlineExceeded ? "deadline"
-                                                                           : "cancelled");
+    metrics_.Failure(
+        status_.code() == absl::StatusCode::kDeadlineExceeded ? "deadline" : "cancelled",
+        client_->api());
     return Outcome::kStop;
   }
   if (st.error_code() == grpc::StatusCode::DEADLINE_EXCEEDED &&
       client_->deadline() <= absl::Now() + absl::Milliseconds(50)) {
     status_ = absl::DeadlineExceededError("the request's deadline passed");
-    metrics_.Failure("deadline");
+    metrics_.Failure("deadline", client_->api());
     return Outcome::kStop;
   }
   Log(LogLevel::kWarning, "router", decode_side ? "decode worker failed" : "prefill worker failed",
@@ -624,7 +625,7 @@ RequestFlow::Outcome RequestFlow::WorkerError(const grpc::Status& st, const std:
   if (!Retryable(st.error_code())) {
     // The worker judged the request itself wrong: no other worker would do better.
     status_ = FromGrpcStatus(st);
-    metrics_.Failure("internal");
+    metrics_.Failure("internal", client_->api());
     return Outcome::kStop;
   }
   if (st.error_code() == grpc::StatusCode::UNAVAILABLE)

@@ -71,7 +71,7 @@ void RequestFlow::Queue(const pb::GenerateResponse& msg) {
 
 void RequestFlow::SlowClient(const std::string& why) {
   status_ = absl::ResourceExhaustedError(absl::StrCat("the client reads too slowly: ", why));
-  metrics_.Failure("slow_client");
+  metrics_.Failure("slow_client", client_->api());
   Log(LogLevel::kWarning, "router", "client cut off",
       {{"request_id", req_.request_id}, {"reason", why}});
   out_.DropPending();
@@ -91,7 +91,7 @@ void RequestFlow::OnWriteDone(bool ok) {
   if (!ok && !ended_) {
     // The client is gone: stop the workers and end.
     status_ = absl::CancelledError("the client went away");
-    metrics_.Failure("cancelled");
+    metrics_.Failure("cancelled", client_->api());
     out_.DropPending();
     CancelAll();
     decode_id_ = prefill_id_ = 0;
@@ -126,14 +126,15 @@ void RequestFlow::End() {
     *msg.mutable_usage() = usage_;
     Queue(msg);
   } else if (sent_first_ && !status_.ok() && status_.code() != absl::StatusCode::kCancelled) {
-    metrics_.Finished("error");
+    metrics_.Finished("error", client_->api());
   }
   if (started_) {
     metrics_.e2e.Observe(absl::ToDoubleSeconds(absl::Now() - received_));
     if (status_.ok()) {
       metrics_.Finished(finish_ == pb::FINISH_REASON_STOP    ? "stop"
                         : finish_ == pb::FINISH_REASON_ABORT ? "abort"
-                                                             : "length");
+                                                             : "length",
+                        client_->api());
     }
   }
   // Rejected calls were logged by the admission (and have no request id yet when invalid).

@@ -64,17 +64,26 @@ RouterMetrics::RouterMetrics()
                   .Name("sambay_router_requests_total")
                   .Help("Finished requests by finish reason.")
                   .Register(*registry_);
-  for (const char* r : kFinishReasons) finished_[r] = &fin.Add({{"finish_reason", r}});
+  for (const char* api : kApis) {
+    for (const char* r : kFinishReasons)
+      finished_[{r, api}] = &fin.Add({{"finish_reason", r}, {"api", api}});
+  }
   auto& fail = BuildCounter()
                    .Name("sambay_router_request_failures_total")
                    .Help("Requests that ended with an error status, by reason.")
                    .Register(*registry_);
-  for (const char* r : kFailureReasons) failures_[r] = &fail.Add({{"reason", r}});
+  for (const char* api : kApis) {
+    for (const char* r : kFailureReasons)
+      failures_[{r, api}] = &fail.Add({{"reason", r}, {"api", api}});
+  }
   auto& rej = BuildCounter()
                   .Name("sambay_router_rejections_total")
                   .Help("Requests refused before reaching a worker, by reason.")
                   .Register(*registry_);
-  for (const char* r : kRejectReasons) rejections_[r] = &rej.Add({{"reason", r}});
+  for (const char* api : kApis) {
+    for (const char* r : kRejectReasons)
+      rejections_[{r, api}] = &rej.Add({{"reason", r}, {"api", api}});
+  }
   worker_up_family_ = &BuildGauge()
                            .Name("sambay_router_worker_up")
                            .Help("1 if the worker is healthy and serving the cluster's model.")
@@ -85,16 +94,17 @@ absl::StatusOr<int> RouterMetrics::Serve(const std::string& host, int port) {
   return ServeMetrics(registry_, host, port, &http_);
 }
 
-void RouterMetrics::Finished(const std::string& r) {
-  auto it = finished_.find(r);
+void RouterMetrics::Finished(const std::string& r, const std::string& api) {
+  auto it = finished_.find({r, api});
   if (it != finished_.end()) it->second->Increment();
 }
-void RouterMetrics::Failure(const std::string& r) {
-  auto it = failures_.find(r);
-  (it == failures_.end() ? failures_.at("internal") : it->second)->Increment();
+void RouterMetrics::Failure(const std::string& r, const std::string& api) {
+  auto it = failures_.find({r, api});
+  if (it == failures_.end()) it = failures_.find({"internal", api});
+  if (it != failures_.end()) it->second->Increment();
 }
-void RouterMetrics::Reject(const std::string& r) {
-  auto it = rejections_.find(r);
+void RouterMetrics::Reject(const std::string& r, const std::string& api) {
+  auto it = rejections_.find({r, api});
   if (it != rejections_.end()) it->second->Increment();
 }
 

@@ -8,9 +8,10 @@
 //   sambay_router_request_queue_time_seconds       histogram  time in the router's queue
 //   sambay_router_prompt_tokens_total              counter
 //   sambay_router_generation_tokens_total          counter
-//   sambay_router_requests_total{finish_reason=stop|length|abort|error}  counter  ended streams
-//   sambay_router_request_failures_total{reason=...}   counter  see kFailureReasons
-//   sambay_router_rejections_total{reason=queue_full|invalid|draining|no_worker}  counter
+//   sambay_router_requests_total{finish_reason=stop|length|abort|error,api}  counter  ended streams
+//   sambay_router_request_failures_total{reason=...,api}   counter  see kFailureReasons
+//   sambay_router_rejections_total{reason=queue_full|invalid|draining,api}  counter
+//     (api: grpc|http, the wire format the request came in; kApis)
 //   sambay_router_migrations_total                 counter  sequences moved to another decode
 //   worker sambay_router_running_requests / _waiting_requests  gauge
 //   sambay_router_worker_up{worker,role}           gauge  1 healthy, 0 not (removed with the
@@ -44,6 +45,7 @@ class RouterMetrics {
       "deadline",  "cancelled",      "internal",      "slow_client"};
   static constexpr const char* kRejectReasons[] = {"queue_full", "invalid", "draining"};
   static constexpr const char* kFinishReasons[] = {"stop", "length", "abort", "error"};
+  static constexpr const char* kApis[] = {"grpc", "http"};
 
   RouterMetrics();
   absl::StatusOr<int> Serve(const std::string& host, int port);
@@ -62,15 +64,17 @@ class RouterMetrics {
   prometheus::Gauge& running;
   prometheus::Gauge& waiting;
 
-  void Finished(const std::string& finish_reason);
-  void Failure(const std::string& reason);
-  void Reject(const std::string& reason);
+  // `api`: one of kApis (ClientStream::api()).
+  void Finished(const std::string& finish_reason, const std::string& api);
+  void Failure(const std::string& reason, const std::string& api);
+  void Reject(const std::string& reason, const std::string& api);
   void WorkerUp(const std::string& address, const std::string& role, bool up);
   void WorkerRemoved(const std::string& address);
 
  private:
-  std::unique_ptr<MetricsHttpServer> http_;  // null until Serve
-  std::map<std::string, prometheus::Counter*> finished_, failures_, rejections_;
+  std::unique_ptr<MetricsHttpServer> http_;         // null until Serve
+  using Key = std::pair<std::string, std::string>;  // {reason, api}
+  std::map<Key, prometheus::Counter*> finished_, failures_, rejections_;
   prometheus::Family<prometheus::Gauge>* worker_up_family_;
   Mutex mu_;
   std::map<std::string, prometheus::Gauge*> worker_up_ ABSL_GUARDED_BY(mu_);

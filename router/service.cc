@@ -92,7 +92,7 @@ void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
       MutexLock lock(&mu_);
       preparing_.erase(flow.get());
     }
-    metrics_.Reject("queue_full");
+    metrics_.Reject("queue_full", flow->client().api());
     flow->Reject(absl::ResourceExhaustedError(
         absl::StrCat("the router is tokenizing ", kMaxPreparing, " large prompts: retry later")));
   }
@@ -106,7 +106,7 @@ void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, Preparat
     if (preparing_.erase(flow.get()) == 0) return;
   }
   if (!prepared.request.ok()) {
-    metrics_.Reject("invalid");
+    metrics_.Reject("invalid", flow->client().api());
     Log(LogLevel::kInfo, "router", "request rejected",
         {{"request_id", prepared.request_id}, {"error", prepared.request.status().ToString()}});
     flow->Reject(prepared.request.status());
@@ -122,7 +122,7 @@ void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, Preparat
     flow->SetPrepared(*std::move(prepared.request));
     flows_.emplace(rid, FlowRef{flow.get(), flow, std::move(caller)});
     if (draining_) {
-      metrics_.Reject("draining");
+      metrics_.Reject("draining", flow->client().api());
       rejected = absl::UnavailableError("the router is draining: retry on another replica");
     } else if (running_ < options_.max_concurrent) {
       ++running_;
@@ -130,7 +130,7 @@ void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, Preparat
     } else if (static_cast<int64_t>(waiting_.size()) < options_.max_queue) {
       waiting_.push_back(flow);
     } else {
-      metrics_.Reject("queue_full");
+      metrics_.Reject("queue_full", flow->client().api());
       rejected = absl::ResourceExhaustedError(
           absl::StrCat("the router's queue is full (", options_.max_concurrent, " running, ",
                        options_.max_queue, " waiting): retry later"));

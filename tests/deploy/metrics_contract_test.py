@@ -432,6 +432,10 @@ class MetricsContractTest(unittest.TestCase):
                 if family in want:
                     got = {dict(k[1])[label] for k in s.samples if k[0] == family}
                     self.assertEqual(got, values, family)
+        for family in ("sambay_router_requests_total", "sambay_router_rejections_total",
+                       "sambay_router_request_failures_total"):
+            self.assertEqual({dict(k[1])["api"] for k in self.router.samples if k[0] == family},
+                             {"grpc", "http"}, family)
         self.assertEqual({dict(k[1])["reason"] for k in self.router.samples
                           if k[0] == "sambay_router_request_failures_total"},
                          {"no_worker", "prefill_failed", "decode_failed", "migration_limit",
@@ -467,15 +471,15 @@ class MetricsContractTest(unittest.TestCase):
         self.assertEqual(r.get("sambay_router_e2e_request_latency_seconds_count"), admitted)
         self.assertEqual(r.get("sambay_router_request_queue_time_seconds_count"), admitted)
         self.assertEqual(r.get("sambay_router_time_to_first_token_seconds_count"), admitted)
-        self.assertEqual(r.get("sambay_router_requests_total", finish_reason="length"), served)
+        self.assertEqual(r.get("sambay_router_requests_total", finish_reason="length", api="grpc"), served)
         self.assertEqual(r.sum("sambay_router_requests_total"), served)
-        self.assertEqual(r.get("sambay_router_rejections_total", reason="invalid"), 1)
+        self.assertEqual(r.get("sambay_router_rejections_total", reason="invalid", api="grpc"), 1)
         self.assertEqual(r.sum("sambay_router_rejections_total"), 1)
         self.assertEqual(r.get("sambay_router_migrations_total"), 0)
         # The client that went away is counted as "cancelled" once; nothing else failed.
-        self.assertEqual(r.get("sambay_router_request_failures_total", reason="cancelled"), 1)
+        self.assertEqual(r.sum("sambay_router_request_failures_total", reason="cancelled"), 1)
         self.assertEqual(r.sum("sambay_router_request_failures_total") -
-                         r.get("sambay_router_request_failures_total", reason="cancelled"), 0)
+                         r.sum("sambay_router_request_failures_total", reason="cancelled"), 0)
         prompt = sum(u["prompt_tokens"] for u in self.usages) + len(CANCELLED_IDS.split(","))
         self.assertEqual(r.get("sambay_router_prompt_tokens_total"), prompt)
         completion = sum(u["completion_tokens"] for u in self.usages)
