@@ -157,6 +157,18 @@ HttpApi::HttpApi(GenerationService& service, WorkerRegistry& registry, const Tok
 }
 
 void HttpApi::Handle(std::shared_ptr<HttpExchange> ex) {
+  if (ex->body().size() <= kInlineBodyBytes) {
+    Route(ex);
+    return;
+  }
+  if (!pool_.TrySubmit([this, ex] { Route(ex); })) {
+    RespondError(*ex, openai::MakeError(429, "",
+                                        absl::StrCat("the router is parsing ", kMaxQueuedBodies,
+                                                     " large request bodies: retry later")));
+  }
+}
+
+void HttpApi::Route(const std::shared_ptr<HttpExchange>& ex) {
   const std::string path = PathOf(ex->target());
   const std::string& m = ex->method();
   struct Route {

@@ -7,9 +7,13 @@
 // admission, placement, failover, cancellation and metrics as a gRPC Generate call. A client
 // that disconnects cancels its request, as a gRPC cancel does.
 //
-// Ownership: borrows the service, registry and tokenizer (they outlive the HTTP server).
-// Thread-safety: Handle runs on the HTTP server's threads, any number at once; it keeps no state
-// of its own beyond the immutable options.
+// A request with a large body (over kInlineBodyBytes: parsing the JSON and, for /tokenize,
+// tokenizing it would stall every connection of that HTTP thread) is handled on a small pool
+// instead; when kMaxQueuedBodies already wait there, 429.
+//
+// Ownership: borrows the service, registry and tokenizer (they outlive the HTTP server); owns
+// the pool (destroyed first). Thread-safety: Handle runs on the HTTP server's threads, any number
+// at once; beyond the pool (thread-safe) it keeps no state but the immutable options.
 #ifndef SAMBAY_ROUTER_HTTP_API_H_
 #define SAMBAY_ROUTER_HTTP_API_H_
 
@@ -23,9 +27,13 @@
 #include "router/registry.h"
 #include "router/request.h"
 #include "router/service.h"
+#include "router/task_pool.h"
 #include "tokenizer/tokenizer.h"
 
 namespace sambay {
+
+inline constexpr size_t kInlineBodyBytes = 64 << 10;
+inline constexpr size_t kMaxQueuedBodies = 64;
 
 struct HttpApiOptions {
   std::vector<std::string> model_names;  // served names; the first is the default
@@ -40,6 +48,7 @@ class HttpApi {
   void Handle(std::shared_ptr<HttpExchange> exchange);
 
  private:
+  void Route(const std::shared_ptr<HttpExchange>& ex);
   void Completion(const std::shared_ptr<HttpExchange>& ex, bool chat);
   void Tokenize(const std::shared_ptr<HttpExchange>& ex);
   void Detokenize(const std::shared_ptr<HttpExchange>& ex);
@@ -52,6 +61,8 @@ class HttpApi {
   const RouterLimits limits_;
   const HttpApiOptions options_;
   openai::ApiOptions api_;
+  // Last member: destroyed (joined) first, while what its tasks use still exists.
+  TaskPool pool_{2, kMaxQueuedBodies};
 };
 
 // Sends an OpenAI error body with its status (and Retry-After on 429).

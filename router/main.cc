@@ -313,6 +313,15 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartHttp(const Flags& f, const Rout
   return server;
 }
 
+// Start-up failed after the server started: stop everything in order (the io threads hold the
+// completion queues; the server must not be destroyed under them) before exiting.
+void StopAfterFailedStart(grpc::Server& server, HttpServer* http, GenerationService& service) {
+  server.Shutdown(std::chrono::system_clock::now());
+  if (http != nullptr) http->Stop();
+  service.StopServing(absl::Seconds(1));
+  server.Wait();
+}
+
 // Stops taking requests, waits up to --drain-timeout for running ones, then stops the server.
 void Drain(const Flags& f, const std::string& sig, grpc::Server& server, HttpServer* http,
            GenerationService& service, HealthService& health, std::atomic<bool>& draining) {
@@ -360,7 +369,10 @@ int Run(int argc, char** argv) {
   service.Serve(std::move(cqs));
   std::unique_ptr<HttpApi> http_api;
   auto http = StartHttp(f, *model, service, registry, &http_api);
-  if (!http.ok()) return CannotStart("router", http.status());
+  if (!http.ok()) {
+    StopAfterFailedStart(*started->server, nullptr, service);
+    return CannotStart("router", http.status());
+  }
   health.SetServingStatus("", true);
   health.SetServingStatus(kReadinessService, false);
   std::atomic<bool> draining{false};
@@ -373,6 +385,7 @@ int Run(int argc, char** argv) {
   if (*http != nullptr) fields["http_port"] = f.http_port;
   if (absl::Status s = AnnounceServing("router", f.server, started->port, *metrics_port, fields);
       !s.ok()) {
+    StopAfterFailedStart(*started->server, http->get(), service);
     return CannotStart("router", s);
   }
   Drain(f, WaitForTerminationSignal(), *started->server, http->get(), service, health, draining);
