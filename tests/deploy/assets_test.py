@@ -270,6 +270,7 @@ class DockerfileTest(unittest.TestCase):
         self.assertNotEqual(int(uid), 0)
         exposed = {int(p) for l in runtime if l.startswith("EXPOSE ") for p in l.split()[1:]}
         self.assertEqual(exposed, {values["router"]["grpcPort"], values["router"]["metricsPort"],
+                                   values["router"]["http"]["port"],
                                    values["prefill"]["grpcPort"],
                                    values["prefill"]["metricsPort"]})
 

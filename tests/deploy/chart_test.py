@@ -5,8 +5,10 @@ For the default values and every helm/sambay/ci/*-values.yaml: `helm lint --stri
 rendered objects are checked: probes, GPU limits, securityContext, NetworkPolicy selectors, PDBs,
 HPAs, Service ports against container ports and flags, the router's discovery DNS names against
 the worker Services, the model volume, drain timing, the ServiceMonitor, the PrometheusRule (the
-same rules as deploy/prometheus/alerts.yml) and the dashboard ConfigMap. Invalid values files are
-rejected by values.schema.json.
+same rules as deploy/prometheus/alerts.yml) and the dashboard ConfigMap. The router's OpenAI HTTP
+API (router.http: --http-port, container and Service port "http") and its selectable probes
+(router.probes.type grpc|http) are checked for each setting. Invalid values files are rejected by
+values.schema.json.
 
 Usage: /usr/bin/python3 tests/deploy/chart_test.py --helm .tools/bin/helm [--bin build/bin]
        [unittest args]
@@ -184,6 +186,11 @@ class ChartTest(unittest.TestCase):
             ["prefill.autoscaling.enabled=true",
              "prefill.autoscaling.targetCPUUtilizationPercentage=80"],
             ["fullnameOverride=sambay", "clusterDomain=corp.internal"],
+            # The OpenAI HTTP API: off; HTTP probes; other port, threads and model name.
+            ["router.http.enabled=false"],
+            ["router.probes.type=http"],
+            ["router.http.port=8080", "router.http.threads=4",
+             "router.http.servedModelName=phi4", "router.probes.type=http"],
         ]
         for sets in variants:
             with self.subTest(sets=sets):
@@ -197,6 +204,52 @@ class ChartTest(unittest.TestCase):
                     node[parts[-1]] = yaml.safe_load(value)
                 values = merge(self.defaults, override)
                 self.check_objects(self.helm.render(sets=sets), values)
+
+    def router_objects(self, sets=()):
+        docs = self.helm.render(sets=sets)
+        name = FULLNAME + "-router"
+        dep = by_kind(docs, "Deployment")[name]
+        container = dep["spec"]["template"]["spec"]["containers"][0]
+        return (container, by_kind(docs, "Service")[name]["spec"]["ports"],
+                by_kind(docs, "NetworkPolicy")[name]["spec"]["ingress"])
+
+    def test_router_http_api(self):
+        # Literal expectations (not derived from values.yaml): defaults serve HTTP on 8000 with
+        # gRPC probes; router.http.enabled=false drops every trace of it.
+        c, sports, ingress = self.router_objects()
+        self.assertIn("--http-port=8000", c["args"])
+        self.assertIn("--http-threads=1", c["args"])
+        self.assertFalse(any(a.startswith("--served-model-name") for a in c["args"]))
+        self.assertIn({"name": "http", "containerPort": 8000, "protocol": "TCP"}, c["ports"])
+        self.assertIn({"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP",
+                       "appProtocol": "http"}, sports)
+        self.assertEqual(c["readinessProbe"]["grpc"],
+                         {"port": 50050, "service": "sambay.v1.Generation"})
+        self.assertEqual(ingress[0]["ports"], [{"port": 50050, "protocol": "TCP"},
+                                               {"port": 8000, "protocol": "TCP"}])
+
+        c, sports, ingress = self.router_objects(["router.http.enabled=false"])
+        self.assertFalse(any(a.startswith("--http-") for a in c["args"]), c["args"])
+        self.assertEqual([p["name"] for p in c["ports"]], ["grpc", "metrics"])
+        self.assertEqual([p["name"] for p in sports], ["grpc", "metrics"])
+        self.assertEqual(ingress[0]["ports"], [{"port": 50050, "protocol": "TCP"}])
+        self.assertIn("grpc", c["livenessProbe"])
+
+        c, sports, _ = self.router_objects(["router.probes.type=http", "router.http.port=8080",
+                                            "router.http.threads=3",
+                                            "router.http.servedModelName=phi4"])
+        self.assertIn("--http-port=8080", c["args"])
+        self.assertIn("--http-threads=3", c["args"])
+        self.assertIn("--served-model-name=phi4", c["args"])
+        self.assertIn({"name": "http", "port": 8080, "targetPort": "http", "protocol": "TCP",
+                       "appProtocol": "http"}, sports)
+        want = {"startupProbe": "/health", "livenessProbe": "/health", "readinessProbe": "/ready"}
+        for probe, path in want.items():
+            self.assertEqual(c[probe]["httpGet"], {"path": path, "port": 8080, "scheme": "HTTP"})
+            self.assertNotIn("grpc", c[probe])
+        self.assertEqual(c["readinessProbe"]["periodSeconds"], 5)
+        self.assertEqual(c["readinessProbe"]["failureThreshold"], 2)
+        self.assertEqual(c["startupProbe"]["failureThreshold"], 60)
 
     def test_kube_version_floor(self):
         # Native gRPC probes need Kubernetes 1.27.
@@ -297,7 +350,17 @@ class ChartTest(unittest.TestCase):
                 if e["name"].startswith("SAMBAY_"):
                     self.assertIn(e["name"][len("SAMBAY_"):].lower().replace("_", "-"), known)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-        self.assertEqual(set(ports), {"grpc", "metrics"})
+        http = component == "router" and v["http"]["enabled"]
+        self.assertEqual(set(ports), {"grpc", "metrics"} | ({"http"} if http else set()))
+        if http:
+            self.assertEqual(ports["http"], v["http"]["port"])
+            self.assertEqual(int(f["http-port"]), ports["http"])
+            self.assertEqual(f["http-threads"], str(v["http"]["threads"]))
+            self.assertEqual(f.get("served-model-name"), v["http"]["servedModelName"] or None)
+        else:
+            for flag in ("http-port", "http-threads", "served-model-name"):
+                self.assertNotIn(flag, f)
+        self.assertEqual(len(set(ports.values())), len(ports), "two container ports collide")
         self.assertEqual(ports["grpc"], v["grpcPort"])
         self.assertEqual(ports["metrics"], v["metricsPort"])
         self.assertEqual(int(f["port"]), ports["grpc"])
@@ -348,13 +411,27 @@ class ChartTest(unittest.TestCase):
             self.assertEqual(ps.get(key, ""), v[key], key)
 
         # Native gRPC probes on the gRPC port: startup and liveness on "", readiness on the
-        # component's readiness service.
-        for probe, service in (("startupProbe", ""), ("livenessProbe", ""),
-                               ("readinessProbe", READINESS[component])):
-            p = c[probe]
-            self.assertEqual(p["grpc"], {"port": ports["grpc"], "service": service}, probe)
-            self.assertNotIn("httpGet", p)
-            self.assertNotIn("exec", p)
+        # component's readiness service. The router's can be HTTP GETs on its http port instead:
+        # startup and liveness /health, readiness /ready.
+        if component == "router" and v["probes"]["type"] == "http":
+            for probe, path in (("startupProbe", "/health"), ("livenessProbe", "/health"),
+                                ("readinessProbe", "/ready")):
+                p = c[probe]
+                self.assertEqual(p["httpGet"], {"path": path, "port": ports["http"],
+                                                "scheme": "HTTP"}, probe)
+                self.assertNotIn("grpc", p)
+                self.assertNotIn("exec", p)
+        else:
+            for probe, service in (("startupProbe", ""), ("livenessProbe", ""),
+                                   ("readinessProbe", READINESS[component])):
+                p = c[probe]
+                self.assertEqual(p["grpc"], {"port": ports["grpc"], "service": service}, probe)
+                self.assertNotIn("httpGet", p)
+                self.assertNotIn("exec", p)
+        for probe, key in (("startupProbe", "startup"), ("readinessProbe", "readiness"),
+                           ("livenessProbe", "liveness")):
+            for k in ("periodSeconds", "timeoutSeconds", "failureThreshold"):
+                self.assertEqual(c[probe][k], v["probes"][key][k], "%s.%s" % (probe, k))
         sp = c["startupProbe"]
         budget = sp["periodSeconds"] * sp["failureThreshold"]
         if component != "router":
@@ -391,13 +468,21 @@ class ChartTest(unittest.TestCase):
             cports = {p["name"]: p["containerPort"] for p in container["ports"]}
             f = flags(container["args"])
             sports = {p["name"]: p for p in svc["spec"]["ports"]}
-            self.assertEqual(set(sports), {"grpc", "metrics"})
+            http = c == "router" and values["router"]["http"]["enabled"]
+            self.assertEqual(set(sports), {"grpc", "metrics"} | ({"http"} if http else set()))
+            self.assertEqual(len({p["port"] for p in sports.values()}), len(sports),
+                             "two Service ports collide")
             for name, p in sports.items():
                 self.assertIn(p["targetPort"], cports, "targetPort %s" % p["targetPort"])
                 self.assertEqual(p["protocol"], "TCP")
             self.assertEqual(cports[sports["grpc"]["targetPort"]], int(f["port"]))
             self.assertEqual(cports[sports["metrics"]["targetPort"]], int(f["metrics-port"]))
             self.assertEqual(sports["grpc"]["appProtocol"], "grpc")
+            if http:
+                self.assertEqual(sports["http"]["targetPort"], "http")
+                self.assertEqual(cports["http"], int(f["http-port"]))
+                self.assertEqual(sports["http"]["port"], values["router"]["http"]["port"])
+                self.assertEqual(sports["http"]["appProtocol"], "http")
             if c == "router":
                 self.assertEqual(svc["spec"]["type"], values["router"]["service"]["type"])
                 self.assertEqual(sports["grpc"]["port"], values["router"]["service"]["port"])
@@ -476,7 +561,14 @@ class ChartTest(unittest.TestCase):
             self.assertEqual(np["spec"]["policyTypes"], ["Ingress"])
             rules = np["spec"]["ingress"]
             allowed_ports = {p["port"] for r in rules for p in r["ports"]}
-            self.assertEqual(allowed_ports, {cports["grpc"], cports["metrics"]})
+            # The router's HTTP port (when on) is public like its gRPC port: the same rule.
+            self.assertEqual(allowed_ports, set(cports.values()))
+            if "http" in cports:
+                http_rules = [r for r in rules
+                              if any(p["port"] == cports["http"] for p in r["ports"])]
+                self.assertEqual(len(http_rules), 1)
+                self.assertEqual(sorted(p["port"] for p in http_rules[0]["ports"]),
+                                 sorted([cports["grpc"], cports["http"]]))
             grpc_rules = [r for r in rules if any(p["port"] == cports["grpc"] for p in r["ports"])]
             metrics_rules = [r for r in rules
                              if any(p["port"] == cports["metrics"] for p in r["ports"])]
@@ -648,6 +740,13 @@ class ChartTest(unittest.TestCase):
             "prometheusRule:\n  stateMemoryRatio: 1.5\n": "/prometheusRule/stateMemoryRatio",
             "router:\n  extraArgs: [\"verbose\"]\n": "/router/extraArgs",
             "prefill:\n  logLevel: trace\n": "/prefill/logLevel",
+            "router:\n  probes:\n    type: tcp\n": "/router/probes/type",
+            "router:\n  http:\n    port: 0\n": "/router/http/port",
+            "router:\n  http:\n    threads: 65\n": "/router/http/threads",
+            "router:\n  http:\n    enabled: \"yes\"\n": "/router/http/enabled",
+            "router:\n  http:\n    host: 0.0.0.0\n": "'/router/http': additional properties 'host'",
+            "prefill:\n  probes:\n    type: http\n":
+                "'/prefill/probes': additional properties 'type'",
         }
         with tempfile.TemporaryDirectory() as d:
             for i, (text, where) in enumerate(cases.items()):
@@ -665,6 +764,8 @@ class ChartTest(unittest.TestCase):
             ("model.source=hostPath",): "model.hostPath.path is required",
             ("decode.autoscaling.enabled=true",): "decode.autoscaling: give",
             ("prefill.gpus=1", "prefill.tp=2"): "prefill.gpus (1) < prefill.tp (2)",
+            ("router.probes.type=http", "router.http.enabled=false"):
+                'router.probes.type is "http" but router.http.enabled is false',
         }
         for sets, message in cases.items():
             with self.subTest(sets=sets):
@@ -693,6 +794,10 @@ class ChartTest(unittest.TestCase):
         self.assertIn("NOTES:", out.stdout)
         notes = out.stdout.split("NOTES:", 1)[1]
         self.assertIn("port-forward service/%s-router 50050:50050" % FULLNAME, notes)
+        self.assertIn("port-forward service/%s-router 8000:8000" % FULLNAME, notes)
+        self.assertIn("http://%s-router.%s.svc.cluster.local:8000/v1" % (FULLNAME, NAMESPACE),
+                      notes)
+        self.assertIn('"model": "phi-4-mini-flash-reasoning"', notes)
         self.assertIn("%s-prefill.%s.svc.cluster.local:50051" % (FULLNAME, NAMESPACE), notes)
 
 

@@ -144,6 +144,18 @@ timeoutSeconds: {{ .p.timeoutSeconds }}
 failureThreshold: {{ .p.failureThreshold }}
 {{- end }}
 
+{{/* HTTP GET probes (the router's HTTP API: /health, /ready).
+Arguments: (dict "p" <probe values> "port" N "path" P). */}}
+{{- define "sambay.httpProbe" -}}
+httpGet:
+  path: {{ .path }}
+  port: {{ .port }}
+  scheme: HTTP
+periodSeconds: {{ .p.periodSeconds }}
+timeoutSeconds: {{ .p.timeoutSeconds }}
+failureThreshold: {{ .p.failureThreshold }}
+{{- end }}
+
 {{/* The PodDisruptionBudget spec body. Argument: pdb values. */}}
 {{- define "sambay.pdbSpec" -}}
 {{- if not (kindIs "invalid" .minAvailable) -}}
