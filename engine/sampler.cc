@@ -300,6 +300,14 @@ size_t TopPFromWeights(const float* w, size_t n, const std::vector<float>& block
   return out->size();
 }
 
+// v - frequency * count, in double, then rounded to float. The product is exact in double
+// (24 bits times fewer than 29), so a fused multiply-add (-march=native with -ffp-contract)
+// gives the same value: every build and CPU penalizes identically.
+inline float FrequencyPenalized(float v, float frequency, uint32_t count) {
+  return static_cast<float>(static_cast<double>(v) -
+                            static_cast<double>(frequency) * static_cast<double>(count));
+}
+
 }  // namespace
 
 absl::Status ValidateSamplingParams(const SamplingParams& p) {
@@ -323,6 +331,10 @@ absl::Status ValidateSamplingParams(const SamplingParams& p) {
   if (!std::isfinite(p.presence_penalty)) {
     return absl::InvalidArgumentError(
         absl::StrCat("presence_penalty must be finite, got ", p.presence_penalty));
+  }
+  if (!std::isfinite(p.frequency_penalty)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("frequency_penalty must be finite, got ", p.frequency_penalty));
   }
   return absl::OkStatus();
 }
@@ -352,23 +364,39 @@ int32_t GreedyToken(absl::Span<const float> logits) {
 
 double Sampler::NextUniform() { return static_cast<double>(NextU64() >> 11) * 0x1.0p-53; }
 
+void Sampler::CountHistory(size_t n, absl::Span<const int32_t> history) {
+  counts_.resize(n);  // allocates once; every entry is zero here
+  for (const int32_t t : history) {
+    if (t >= 0 && static_cast<size_t>(t) < n) ++counts_[t];
+  }
+}
+
 const float* Sampler::Penalize(absl::Span<const float> logits, absl::Span<const int32_t> history) {
-  // Penalties, on a copy (`logits` is not modified). Each is computed from the original logit,
-  // so a token repeated in `history` is penalized once.
+  // Penalties, on a copy (`logits` is not modified). Each token's value is computed once from
+  // its original logit: repetition and presence apply once per distinct token, frequency once
+  // per occurrence (counts_, reset to zero as each token is written).
   const size_t n = logits.size();
   const float rep = params_.repetition_penalty;
   const float presence = params_.presence_penalty;
-  if ((rep != 1.0f || presence != 0.0f) && !history.empty()) {
-    scratch_.assign(logits.begin(), logits.end());
-    for (const int32_t t : history) {
-      if (t < 0 || static_cast<size_t>(t) >= n) continue;  // not a token of this vocabulary
-      float v = logits[t];
-      if (rep != 1.0f) v = v > 0.0f ? v / rep : v * rep;
-      scratch_[t] = v - presence;
-    }
-    return scratch_.data();
+  const float frequency = params_.frequency_penalty;
+  if ((rep == 1.0f && presence == 0.0f && frequency == 0.0f) || history.empty()) {
+    return logits.data();
   }
-  return logits.data();
+  scratch_.assign(logits.begin(), logits.end());
+  if (frequency != 0.0f) CountHistory(n, history);
+  for (const int32_t t : history) {
+    if (t < 0 || static_cast<size_t>(t) >= n) continue;  // not a token of this vocabulary
+    float v = logits[t];
+    if (rep != 1.0f) v = v > 0.0f ? v / rep : v * rep;
+    if (frequency != 0.0f) {
+      const uint32_t count = counts_[t];
+      if (count == 0) continue;  // an earlier occurrence wrote this token
+      counts_[t] = 0;
+      v = FrequencyPenalized(v, frequency, count);
+    }
+    scratch_[t] = v - presence;
+  }
+  return scratch_.data();
 }
 
 int32_t Sampler::SampleInfinite(const float* l, size_t n, float min_w, double u) {

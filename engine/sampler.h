@@ -1,9 +1,10 @@
 // Sampler: turns one row of logits into a token id, reproducibly.
 //
 // Order of operations (the vLLM / HF order): repetition penalty (on tokens in `history`:
-// logit > 0 ? logit / p : logit * p), then presence penalty (logit -= presence_penalty for each
-// distinct token in history), then temperature (temperature == 0 means greedy argmax, ties ->
-// lowest id), then top-k, top-p (smallest set whose probability reaches top_p), min-p (drop
+// logit > 0 ? logit / p : logit * p), then frequency penalty (logit -= frequency_penalty * count,
+// count = the token's occurrences in history), then presence penalty (logit -= presence_penalty
+// for each distinct token in history), then temperature (temperature == 0 means greedy argmax, ties
+// -> lowest id), then top-k, top-p (smallest set whose probability reaches top_p), min-p (drop
 // tokens with p < min_p * p_max), renormalize, draw one token with the RNG.
 //
 // The RNG is xoshiro256** seeded from `seed` with splitmix64; its 4x64-bit state is exported
@@ -30,6 +31,7 @@ struct SamplingParams {
   float min_p = 0.0f;               // in [0, 1]
   float repetition_penalty = 1.0f;  // > 0; 1 = off
   float presence_penalty = 0.0f;    // finite; 0 = off
+  float frequency_penalty = 0.0f;   // finite; 0 = off
   uint64_t seed = 0;
 };
 
@@ -74,6 +76,8 @@ class Sampler {
   double NextUniform();  // [0, 1)
   // The logits with the penalties applied: `logits` itself when none apply, else scratch_.
   const float* Penalize(absl::Span<const float> logits, absl::Span<const int32_t> history);
+  // Adds each in-vocabulary token of `history` to counts_ (sized n, all zero before).
+  void CountHistory(size_t n, absl::Span<const int32_t> history);
   // Draws among the +inf entries of l[0, n) (uniform, after top-k / top-p / min-p); -1 if none
   // is drawn.
   int32_t SampleInfinite(const float* l, size_t n, float min_w, double u);
@@ -81,12 +85,14 @@ class Sampler {
   SamplingParams params_;
   RngState rng_;
   // Reused buffers (no allocation per token once warm): penalized logits, then per-token weights
-  // (vocab-sized); per-block sums and maxima of the weights; top-k candidates; the top-p set.
+  // (vocab-sized); per-block sums and maxima of the weights; top-k candidates; the top-p set;
+  // occurrences per token for the frequency penalty (vocab-sized once used, zero between calls).
   std::vector<float> scratch_;
   std::vector<double> block_sums_;
   std::vector<float> block_max_;
   std::vector<sampler_internal::Candidate> candidates_;
   std::vector<sampler_internal::Candidate> selected_;
+  std::vector<uint32_t> counts_;
 };
 
 }  // namespace sambay

@@ -380,22 +380,12 @@ Check SamplingNumber(absl::string_view name, const json& v, Parse& p) {
   return std::nullopt;
 }
 
-Check PresencePenalty(absl::string_view name, const json& v, Parse& p) {
+// presence_penalty and frequency_penalty: OpenAI's range [-2, 2].
+Check Penalty(absl::string_view name, const json& v, Parse& p) {
   double x = 0;
   if (Check e = GetNumber(v, name, -2, 2, &x)) return e;
-  Sampling(p).set_presence_penalty(static_cast<float>(x));
-  return std::nullopt;
-}
-
-Check FrequencyPenalty(absl::string_view name, const json& v, Parse& p) {
-  double x = 0;
-  if (Check e = GetNumber(v, name, -2, 2, &x)) return e;
-#if SAMBAY_HAS_FREQUENCY_PENALTY
-  Sampling(p).set_frequency_penalty(static_cast<float>(x));
-#else
-  // 0 (what many clients send by default) asks for nothing.
-  if (x != 0) return Bad(name, "not supported");
-#endif
+  if (name == "presence_penalty") Sampling(p).set_presence_penalty(static_cast<float>(x));
+  if (name == "frequency_penalty") Sampling(p).set_frequency_penalty(static_cast<float>(x));
   return std::nullopt;
 }
 
@@ -584,8 +574,8 @@ constexpr FieldRule kFields[] = {
     {"repetition_penalty", SamplingNumber, kBoth},
     {"top_k", TopK, kBoth},
     {"seed", Seed, kBoth},
-    {"presence_penalty", PresencePenalty, kBoth},
-    {"frequency_penalty", FrequencyPenalty, kBoth},
+    {"presence_penalty", Penalty, kBoth},
+    {"frequency_penalty", Penalty, kBoth},
     {"stop", Stop, kBoth},
     {"stop_token_ids", StopTokenIds, kBoth},
     {"ignore_eos", IgnoreEos, kBoth},

@@ -104,6 +104,10 @@ absl::Status ValidateSampling(const pb::SamplingParams& s) {
     return Invalid(
         absl::StrCat("sampling.presence_penalty: must be finite, got ", s.presence_penalty()));
   }
+  if (!std::isfinite(s.frequency_penalty())) {
+    return Invalid(
+        absl::StrCat("sampling.frequency_penalty: must be finite, got ", s.frequency_penalty()));
+  }
   return absl::OkStatus();
 }
 

@@ -28,7 +28,7 @@ pb::DecodeRequest ReserveDecodeRequest(const PreparedRequest& req,
   const int64_t remaining = req.max_new_tokens - static_cast<int64_t>(generated.size());
   const bool penalties =
       (req.sampling.has_repetition_penalty() && req.sampling.repetition_penalty() != 1.0f) ||
-      req.sampling.presence_penalty() != 0.0f;
+      req.sampling.presence_penalty() != 0.0f || req.sampling.frequency_penalty() != 0.0f;
   pb::DecodeRequest dr;
   dr.set_request_id(req.request_id);
   dr.set_handle(handle);

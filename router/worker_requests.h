@@ -22,8 +22,8 @@ sambay::v1::DecodeRequest InPlaceDecodeRequest(const PreparedRequest& req,
 
 // Split, step 1: reserve a slot on the decode worker for the state the prefill will push to
 // `handle`. prompt_tokens = prompt + generated; the history (for penalties) only when a
-// repetition or presence penalty applies; max_new_tokens = what remains minus the prefill's one
-// token (at least 1).
+// repetition, presence or frequency penalty applies; max_new_tokens = what remains minus the
+// prefill's one token (at least 1).
 sambay::v1::DecodeRequest ReserveDecodeRequest(const PreparedRequest& req,
                                                const std::vector<int32_t>& generated,
                                                const std::string& handle);

@@ -169,6 +169,7 @@ struct Flags {
   double min_p = 0;
   double repetition_penalty = 1;
   double presence_penalty = 0;
+  double frequency_penalty = 0;
   std::string seed;
   std::string stop;
   std::string stop_ids;
@@ -199,6 +200,8 @@ void Register(FlagSet& fs, Flags& f) {
   fs.AddDouble("repetition-penalty", &f.repetition_penalty,
                "Repetition penalty (> 0); sent only when given.");
   fs.AddDouble("presence-penalty", &f.presence_penalty, "Presence penalty; 0 = off.");
+  fs.AddDouble("frequency-penalty", &f.frequency_penalty,
+               "Frequency penalty, per occurrence of a token; 0 = off.");
   fs.AddString("seed", &f.seed, "Sampler seed (unsigned 64-bit); empty = the server picks one.");
   fs.AddString(
       "stop", &f.stop,
@@ -297,6 +300,7 @@ absl::StatusOr<v1::GenerateRequest> BuildRequest(const Flags& f, const nlohmann:
     s->set_repetition_penalty(static_cast<float>(f.repetition_penalty));
   }
   s->set_presence_penalty(static_cast<float>(f.presence_penalty));
+  s->set_frequency_penalty(static_cast<float>(f.frequency_penalty));
   if (!f.seed.empty()) {
     uint64_t seed;
     if (!absl::SimpleAtoi(f.seed, &seed)) {

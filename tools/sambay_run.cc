@@ -43,6 +43,7 @@ ABSL_FLAG(double, top_p, 1.0, "top-p (nucleus) filter in (0, 1]");
 ABSL_FLAG(double, min_p, 0.0, "min-p filter in [0, 1]");
 ABSL_FLAG(double, repetition_penalty, 1.0, "repetition penalty (> 0; 1 = off)");
 ABSL_FLAG(double, presence_penalty, 0.0, "presence penalty (0 = off)");
+ABSL_FLAG(double, frequency_penalty, 0.0, "frequency penalty, per occurrence (0 = off)");
 ABSL_FLAG(uint64_t, seed, 0, "sampler seed");
 ABSL_FLAG(int64_t, prefill_chunk, 0, "prefill chunk size in tokens; 0 = whole prompt");
 ABSL_FLAG(std::string, stop_ids, "", "generate: stop after any of these token ids");
@@ -164,6 +165,7 @@ absl::Status RunGenerate() {
   g.sampling.min_p = static_cast<float>(absl::GetFlag(FLAGS_min_p));
   g.sampling.repetition_penalty = static_cast<float>(absl::GetFlag(FLAGS_repetition_penalty));
   g.sampling.presence_penalty = static_cast<float>(absl::GetFlag(FLAGS_presence_penalty));
+  g.sampling.frequency_penalty = static_cast<float>(absl::GetFlag(FLAGS_frequency_penalty));
   g.sampling.seed = absl::GetFlag(FLAGS_seed);
   SAMBAY_RETURN_IF_ERROR(ValidateSamplingParams(g.sampling));
   SAMBAY_ASSIGN_OR_RETURN(g.stop_token_ids, ParseIds(absl::GetFlag(FLAGS_stop_ids), "--stop-ids"));

@@ -15,6 +15,7 @@ SamplingParams ToSampling(const pb::SamplingParams& s) {
   p.min_p = s.min_p();
   p.repetition_penalty = s.has_repetition_penalty() ? s.repetition_penalty() : 1.0f;
   p.presence_penalty = s.presence_penalty();
+  p.frequency_penalty = s.frequency_penalty();
   p.seed = s.has_seed() ? s.seed() : 0;
   return p;
 }

@@ -51,7 +51,7 @@ std::vector<SeqEvent> Sequence::Drain() {
 namespace {
 
 bool HasPenalties(const SamplingParams& p) {
-  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f;
+  return p.repetition_penalty != 1.0f || p.presence_penalty != 0.0f || p.frequency_penalty != 0.0f;
 }
 
 // Whether a token of this request needs its logits row on the host: anything but plain greedy
@@ -119,7 +119,8 @@ absl::Status CheckPrompt(const SequenceRequest& r, int64_t vocab, int64_t* token
     }
     if (r.history.empty() && HasPenalties(r.sampling)) {
       return absl::InvalidArgumentError(
-          "history: required when repetition_penalty or presence_penalty is set");
+          "history: required when repetition_penalty, presence_penalty or frequency_penalty is "
+          "set");
     }
     if (absl::Status s = CheckIds(r.history, vocab, "history"); !s.ok()) return s;
     // The pushed state holds prompt_tokens consumed plus one pending token.

@@ -461,6 +461,123 @@ TEST(SamplerTest, PenaltiesApplyWhenSampling) {
 // ---------------------------------------------------------------------------------------------
 // Distributions.
 
+TEST(SamplerTest, FrequencyPenaltySubtractsOncePerOccurrence) {
+  SamplingParams p = Params(0.0f);
+  p.frequency_penalty = 0.25f;
+  Sampler s(p);
+  const std::vector<float> l = {0.5f, 1.0f};
+  EXPECT_EQ(s.Sample(l, {}), 1);
+  EXPECT_EQ(s.Sample(l, {1}), 1);        // 1.0 - 0.25 = 0.75 > 0.5
+  EXPECT_EQ(s.Sample(l, {1, 1}), 0);     // 1.0 - 2 * 0.25 = 0.5: a tie, lowest id wins
+  EXPECT_EQ(s.Sample(l, {1, 0, 1}), 1);  // 0.5 > 0.5 - 0.25
+  EXPECT_EQ(s.Sample(l, {1}), 1);        // counts start from zero on every call
+  EXPECT_EQ(s.Sample(l, {1, 1}), 0);
+  // Out-of-vocabulary ids in history are not counted.
+  EXPECT_EQ(s.Sample(l, {1, -1, 2, 1000000}), 1);
+  // Negative values reward per occurrence: 0.2 + 2 * 0.5 = 1.2 > 1.0, but 0.7 < 1.0.
+  p.frequency_penalty = -0.5f;
+  Sampler reward(p);
+  EXPECT_EQ(reward.Sample(std::vector<float>{1.0f, 0.2f}, {1}), 0);
+  EXPECT_EQ(reward.Sample(std::vector<float>{1.0f, 0.2f}, {1, 1}), 1);
+}
+
+TEST(SamplerTest, PenaltiesCombineRepetitionThenFrequencyThenPresence) {
+  SamplingParams p = Params(0.0f);
+  p.repetition_penalty = 2.0f;
+  p.frequency_penalty = 0.25f;
+  p.presence_penalty = 0.25f;
+  Sampler s(p);
+  // Token 1: 2.0 / 2 - 2 * 0.25 - 0.25 = 0.25 exactly. Frequency before repetition would give
+  // 0.5, presence before repetition 0.375, one frequency step instead of two 0.5.
+  EXPECT_EQ(s.Sample(std::vector<float>{0.24f, 2.0f}, {1, 1}), 1);
+  EXPECT_EQ(s.Sample(std::vector<float>{0.25f, 2.0f}, {1, 1}), 0);  // tie: lowest id
+  EXPECT_EQ(s.Sample(std::vector<float>{0.26f, 2.0f}, {1, 1}), 0);
+}
+
+// Sampling `logits` with penalties == sampling `want` (the logits penalized by hand) without
+// any, draw for draw from the same seed, at temperature 1 and with top-k.
+void ExpectSameDraws(const SamplingParams& penalized, const std::vector<float>& logits,
+                     const std::vector<int32_t>& history, const std::vector<float>& want) {
+  for (const int32_t top_k : {0, 50}) {
+    SamplingParams a = penalized;
+    a.temperature = 1.0f;
+    a.top_k = top_k;
+    SamplingParams b = Params(1.0f, a.seed);
+    b.top_k = top_k;
+    Sampler with(a), by_hand(b);
+    for (int i = 0; i < 300; ++i) {
+      ASSERT_EQ(with.Sample(logits, history), by_hand.Sample(want, {})) << "draw " << i;
+    }
+  }
+}
+
+// logit - f * count, in double (the product is exact there), then rounded to float.
+float PenalizedByCount(float logit, float f, int count) {
+  return static_cast<float>(static_cast<double>(logit) - static_cast<double>(f) * count);
+}
+
+TEST(SamplerTest, FrequencyPenaltyIsExactlyPenaltyTimesCount) {
+  const std::vector<float> l = RandomLogits(1000, 8, 2.0f);
+  // A prompt-like history: repeats, ids spread over the vocabulary, ids outside it.
+  std::vector<int32_t> history = {7, 7, 7, 3, 999, 3, -4, 1000, 7, 0};
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 200; ++i) history.push_back(static_cast<int32_t>(rng() % 40));
+  std::vector<int> count(l.size(), 0);
+  for (const int32_t t : history) {
+    if (t >= 0 && t < static_cast<int32_t>(l.size())) ++count[t];
+  }
+  for (const float f : {0.3f, -0.7f, 2.0f}) {
+    SCOPED_TRACE(absl::StrCat("frequency_penalty ", f));
+    SamplingParams p = Params(1.0f, 21);
+    p.frequency_penalty = f;
+    std::vector<float> want = l;
+    for (size_t t = 0; t < l.size(); ++t) {
+      if (count[t] > 0) want[t] = PenalizedByCount(l[t], f, count[t]);
+    }
+    ExpectSameDraws(p, l, history, want);
+    // With the repetition and presence penalties: repetition, frequency, presence.
+    p.repetition_penalty = 1.3f;
+    p.presence_penalty = 0.4f;
+    for (size_t t = 0; t < l.size(); ++t) {
+      if (count[t] == 0) continue;
+      float v = l[t] > 0.0f ? l[t] / 1.3f : l[t] * 1.3f;
+      want[t] = PenalizedByCount(v, f, count[t]) - 0.4f;
+    }
+    ExpectSameDraws(p, l, history, want);
+  }
+}
+
+TEST(SamplerTest, ZeroFrequencyPenaltyChangesNothing) {
+  const std::vector<float> l = RandomLogits(1000, 9, 2.0f);
+  const std::vector<int32_t> history = {5, 5, 5, 6, 17, 5};
+  SamplingParams p = Params(1.0f, 4);
+  p.frequency_penalty = 0.0f;
+  ExpectSameDraws(p, l, history, l);
+  // And with presence alone, it is presence's result.
+  p.presence_penalty = 0.5f;
+  std::vector<float> want = l;
+  for (const int32_t t : {5, 6, 17}) want[t] = l[t] - 0.5f;
+  ExpectSameDraws(p, l, history, want);
+}
+
+TEST(SamplerTest, FrequencyPenaltyReadsTheHistoryPresenceReads) {
+  // Over a history of distinct tokens (the prompt and generated tokens, plus ids outside the
+  // vocabulary, which both ignore), frequency f == presence f; the order of history is
+  // irrelevant.
+  const std::vector<float> l = RandomLogits(500, 10, 2.0f);
+  std::vector<int32_t> history = {499, 0, 17, 250, -1, 500, 3, 42};
+  SamplingParams freq = Params(1.0f, 77), presence = Params(1.0f, 77);
+  freq.frequency_penalty = 0.8f;
+  presence.presence_penalty = 0.8f;
+  Sampler a(freq), b(presence), c(freq);
+  std::vector<int32_t> reversed(history.rbegin(), history.rend());
+  for (int i = 0; i < 300; ++i) {
+    const int32_t want = b.Sample(l, history);
+    ASSERT_EQ(a.Sample(l, history), want) << "draw " << i;
+    ASSERT_EQ(c.Sample(l, reversed), want) << "draw " << i;
+  }
+}
+
 TEST(SamplerTest, EmpiricalDistributionMatchesSoftmax) {
   const std::vector<float> l = {1.0f, 2.0f, 0.5f, -1.0f, 1.7f, 0.0f, 2.2f, -0.3f};
   ExpectDistribution(Params(1.0f, 2024), l, Softmax(l, 1.0));
@@ -560,6 +677,9 @@ TEST(SamplerTest, ValidationAcceptsDefaultsAndEdges) {
   p.min_p = 1.0f;
   p.repetition_penalty = 1e-3f;
   p.presence_penalty = -2.0f;
+  p.frequency_penalty = 2.0f;
+  EXPECT_TRUE(ValidateSamplingParams(p).ok());
+  p.frequency_penalty = -5.0f;  // finite, as presence_penalty: the API layer checks [-2, 2]
   EXPECT_TRUE(ValidateSamplingParams(p).ok());
 }
 
@@ -611,6 +731,14 @@ TEST(SamplerTest, ValidationErrorsNameTheField) {
   ExpectInvalid(p, "presence_penalty", "-inf");
   p.presence_penalty = kNaN;
   ExpectInvalid(p, "presence_penalty", "nan");
+
+  p = SamplingParams{};
+  p.frequency_penalty = kInf;
+  ExpectInvalid(p, "frequency_penalty", "inf");
+  p.frequency_penalty = -kInf;
+  ExpectInvalid(p, "frequency_penalty", "-inf");
+  p.frequency_penalty = kNaN;
+  ExpectInvalid(p, "frequency_penalty", "nan");
 }
 
 }  // namespace

@@ -138,6 +138,8 @@ std::vector<BadCase> BadCases() {
       [](auto& r) { r.mutable_sampling()->set_repetition_penalty(0.0f); });
   add("presence_penalty inf", "sampling.presence_penalty",
       [](auto& r) { r.mutable_sampling()->set_presence_penalty(INFINITY); });
+  add("frequency_penalty NaN", "sampling.frequency_penalty",
+      [](auto& r) { r.mutable_sampling()->set_frequency_penalty(std::nanf("")); });
   add("max_new_tokens over the limit", "stopping.max_new_tokens",
       [](auto& r) { r.mutable_stopping()->set_max_new_tokens(33); });
   add("prompt + max_new_tokens over the context", "stopping.max_new_tokens", [](auto& r) {

@@ -40,10 +40,15 @@ std::vector<v1::GenerateRequest> SixteenRequests() {
       case 2:
         s = Seeded(1.0f, 1.0f, 100 + i, /*top_k=*/20);
         break;
-      case 3:
+      case 3:  // penalties: all three, or the frequency penalty alone (i == 7)
         s = Seeded(0.7f, 0.95f, 1000 + i);
-        s.repetition_penalty = 1.3f;
-        s.presence_penalty = 0.5f;
+        if (i == 7) {
+          s.frequency_penalty = 0.8f;
+        } else {
+          s.repetition_penalty = 1.3f;
+          s.presence_penalty = 0.5f;
+          s.frequency_penalty = i == 3 ? 0.3f : -0.4f;
+        }
         break;
     }
     const uint32_t max_new = 12 + 9 * i;  // 12 .. 111

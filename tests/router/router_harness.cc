@@ -306,6 +306,7 @@ Sampling FromProto(const v1::SamplingParams& p) {
   s.min_p = p.min_p();
   s.repetition_penalty = p.has_repetition_penalty() ? p.repetition_penalty() : 1.0f;
   s.presence_penalty = p.presence_penalty();
+  s.frequency_penalty = p.frequency_penalty();
   s.seed = p.seed();
   return s;
 }

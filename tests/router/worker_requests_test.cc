@@ -71,6 +71,11 @@ TEST(WorkerRequestsTest, ReservationCarriesTheHistoryOnlyForPenalties) {
   p.sampling.clear_repetition_penalty();
   p.sampling.set_presence_penalty(0.5f);
   EXPECT_EQ(ReserveDecodeRequest(p, {}, "h").history_size(), 3);
+  p.sampling.set_presence_penalty(0.0f);
+  EXPECT_EQ(ReserveDecodeRequest(p, {}, "h").history_size(), 0);
+  p.sampling.set_frequency_penalty(-0.5f);  // the frequency penalty alone
+  EXPECT_EQ(Ids(ReserveDecodeRequest(p, {11, 12}, "h").history()),
+            (std::vector<uint32_t>{5, 6, 7, 11, 12}));
 }
 
 TEST(WorkerRequestsTest, PrefillPushesToTheReservationOrNowhere) {

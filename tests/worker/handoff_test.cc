@@ -8,6 +8,8 @@
 #include <barrier>
 #include <cmath>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/state_io.h"
@@ -172,6 +174,25 @@ TEST_F(HandoffTest, PenaltiesLocalPromptMatchSambayRun) {
   GenerateResult local = LocalGenerate(*both_, spec);
   ASSERT_TRUE(local.status.ok()) << local.Describe();
   EXPECT_EQ(local.tokens, ref);
+
+  // The frequency penalty, with the others and alone (greedy, a prompt of repeated tokens: the
+  // counts over prompt and generated tokens decide).
+  spec.sampling.frequency_penalty = 1.5f;
+  GenerateSpec alone;
+  for (int i = 0; i < 3; ++i) {
+    const std::vector<uint32_t> part = PromptIds(8, 6);
+    alone.prompt.insert(alone.prompt.end(), part.begin(), part.end());
+  }
+  alone.max_new_tokens = 32;
+  const std::vector<uint32_t> plain = Reference(alone);
+  alone.sampling.frequency_penalty = 1.5f;
+  for (const auto& [s, without] : {std::pair{&spec, &ref}, std::pair{&alone, &plain}}) {
+    const std::vector<uint32_t> want = Reference(*s);
+    EXPECT_NE(want, *without) << "the frequency penalty changes nothing";
+    GenerateResult got = LocalGenerate(*both_, *s);
+    ASSERT_TRUE(got.status.ok()) << got.Describe();
+    EXPECT_EQ(got.tokens, want);
+  }
 }
 
 // 8 concurrent sequences with different prompts, lengths and sampling on one decode worker

@@ -2,6 +2,7 @@
 // engine Generate for every sequence whatever else runs, admission limits, leases, cancel,
 // handoff through export/import, and RNG resumption for migrated sequences.
 #include <atomic>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -227,7 +228,16 @@ TEST_F(SchedulerTest, HandoffThroughExportImportContinuesExactly) {
   SamplingParams penalized = s;
   penalized.repetition_penalty = 1.3f;
   penalized.presence_penalty = 0.5f;
-  for (const SamplingParams& sp : {s, penalized}) {
+  SamplingParams frequency = s;  // the frequency penalty alone: still needs the history
+  frequency.frequency_penalty = 1.5f;
+  SamplingParams all = penalized;
+  all.frequency_penalty = -0.75f;
+  // The penalty changes this sequence, so equality below is not vacuous.
+  ASSERT_NE(Reference(prompt, frequency, 20), Reference(prompt, s, 20));
+  for (const SamplingParams& sp : {s, penalized, frequency, all}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "repetition " << sp.repetition_penalty << " presence " << sp.presence_penalty
+                 << " frequency " << sp.frequency_penalty);
     const auto ref = Reference(prompt, sp, 20);
     SequenceRequest d;
     d.mode = SeqMode::kImported;
@@ -277,20 +287,25 @@ TEST_F(SchedulerTest, RngDrawsResumeAMigratedSequence) {
   // exactly as the uninterrupted run did (the router's migration path).
   Scheduler sched(model(), Options(), nullptr);
   const auto prompt = RandomIds(20, vocab(), 4);
-  const SamplingParams s = Seeded(5);
-  const auto ref = Reference(prompt, s, 12);
-  for (int k : {1, 5, 11}) {
-    SequenceRequest r;
-    r.prompt = prompt;
-    r.prompt.insert(r.prompt.end(), ref.begin(), ref.begin() + k);
-    r.sampling = s;
-    r.rng_draws = static_cast<uint64_t>(k);
-    r.max_new_tokens = 12 - k;
-    auto seq = sched.Admit(r);
-    ASSERT_TRUE(seq.ok());
-    std::vector<int32_t> got;
-    ASSERT_TRUE(Collect(**seq, &got).ok());
-    EXPECT_EQ(got, std::vector<int32_t>(ref.begin() + k, ref.end())) << "k=" << k;
+  SamplingParams frequency = Seeded(5);
+  frequency.frequency_penalty = 1.5f;  // counts over prompt + the generated tokens re-sent
+  ASSERT_NE(Reference(prompt, frequency, 12), Reference(prompt, Seeded(5), 12));
+  for (const SamplingParams& s : {Seeded(5), frequency}) {
+    const auto ref = Reference(prompt, s, 12);
+    for (int k : {1, 5, 11}) {
+      SequenceRequest r;
+      r.prompt = prompt;
+      r.prompt.insert(r.prompt.end(), ref.begin(), ref.begin() + k);
+      r.sampling = s;
+      r.rng_draws = static_cast<uint64_t>(k);
+      r.max_new_tokens = 12 - k;
+      auto seq = sched.Admit(r);
+      ASSERT_TRUE(seq.ok());
+      std::vector<int32_t> got;
+      ASSERT_TRUE(Collect(**seq, &got).ok());
+      EXPECT_EQ(got, std::vector<int32_t>(ref.begin() + k, ref.end()))
+          << "k=" << k << " frequency_penalty " << s.frequency_penalty;
+    }
   }
 }
 
@@ -491,6 +506,11 @@ TEST_F(SchedulerTest, ValidationNamesTheField) {
   r.prompt_tokens = 5;
   r.sampling.repetition_penalty = 1.2f;
   EXPECT_EQ(msg(r).rfind("history:", 0), 0u) << msg(r);
+  r.sampling.repetition_penalty = 1.0f;
+  r.sampling.frequency_penalty = 0.5f;  // alone, it needs the history too
+  EXPECT_EQ(msg(r).rfind("history:", 0), 0u) << msg(r);
+  r.sampling.frequency_penalty = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(msg(r).rfind("sampling.frequency_penalty", 0), 0u) << msg(r);
 }
 
 }  // namespace

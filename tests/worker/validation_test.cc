@@ -122,6 +122,10 @@ std::vector<SamplingCase> BadSamplings() {
        [](Sampling& s) { s.repetition_penalty = -1; }},
       {"presence_penalty NaN", "sampling.presence_penalty",
        [nan](Sampling& s) { s.presence_penalty = nan; }},
+      {"frequency_penalty NaN", "sampling.frequency_penalty",
+       [nan](Sampling& s) { s.frequency_penalty = nan; }},
+      {"frequency_penalty -inf", "sampling.frequency_penalty",
+       [inf](Sampling& s) { s.frequency_penalty = -inf; }},
   };
 }
 
@@ -202,6 +206,11 @@ TEST_F(ValidationTest, HandleDecodeBadInput) {
     for (uint32_t id : PromptIds(10, 1)) req.add_history(id);
     req.set_history(4, kTinyVocab);
     ExpectInvalid(DecodeStatus(*decode_, req), "history", "history id 320");
+    // The frequency penalty alone needs it too.
+    Sampling f = ok;
+    f.frequency_penalty = 0.5f;
+    ExpectInvalid(DecodeStatus(*decode_, MakeHandleDecode(NewHandle(), 10, f, 8)), "history",
+                  "no history, frequency_penalty");
   }
   ExpectIdle(*decode_);
   ExpectIdle(*both_);

@@ -64,6 +64,7 @@ v1::SamplingParams ToProto(const Sampling& s) {
   p.set_min_p(s.min_p);
   p.set_repetition_penalty(s.repetition_penalty);
   p.set_presence_penalty(s.presence_penalty);
+  p.set_frequency_penalty(s.frequency_penalty);
   p.set_seed(s.seed);
   return p;
 }
@@ -81,6 +82,8 @@ std::vector<std::string> SambayRunSamplingArgs(const Sampling& s) {
           absl::StrCat(s.repetition_penalty),
           "--presence-penalty",
           absl::StrCat(s.presence_penalty),
+          "--frequency-penalty",
+          absl::StrCat(s.frequency_penalty),
           "--seed",
           absl::StrCat(s.seed)};
 }
@@ -522,6 +525,7 @@ absl::StatusOr<std::vector<std::string>> LocalModel::ExportPrefilled(
   p.min_p = s.min_p;
   p.repetition_penalty = s.repetition_penalty;
   p.presence_penalty = s.presence_penalty;
+  p.frequency_penalty = s.frequency_penalty;
   p.seed = s.seed;
   Sampler sampler(p);
   const int32_t tok = sampler.Sample(logits, ids);

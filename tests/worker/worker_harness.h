@@ -59,6 +59,7 @@ struct Sampling {
   float min_p = 0.0f;
   float repetition_penalty = 1.0f;
   float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
   uint64_t seed = 0;
 };
 sambay::v1::SamplingParams ToProto(const Sampling& s);
