@@ -14,7 +14,8 @@ namespace sambay {
 namespace pb = sambay::v1;
 
 void RequestFlow::ArmTick() {
-  if (ticking_ || ended_) return;
+  // After the end the timer still watches the client's last writes, until Finish went out.
+  if (ticking_ || out_.finish_called()) return;
   ticking_ = true;
   ++server_pending_;
   alarm_.Set(cq_, absl::ToChronoTime(absl::Now() + options_.tick), HandOff(&tick_tag_));
@@ -22,11 +23,15 @@ void RequestFlow::ArmTick() {
 
 void RequestFlow::OnTick(bool ok) {
   ticking_ = false;
-  if (!ok || ended_) return;
+  if (!ok || out_.finish_called()) return;
   const absl::Time now = absl::Now();
   if (out_.writing() && now - out_.write_started() > options_.write_timeout) {
     SlowClient(
         absl::StrCat("one write waited more than ", absl::FormatDuration(options_.write_timeout)));
+    return;
+  }
+  if (ended_) {  // only the client's writes are left to watch
+    ArmTick();
     return;
   }
   if (parked_) {

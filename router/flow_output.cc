@@ -83,7 +83,9 @@ void RequestFlow::SlowClient(const std::string& why) {
 }
 
 void RequestFlow::PumpWrites() {
-  if (out_.Pump(ended_, status_, req_.request_id)) ++server_pending_;
+  if (!out_.Pump(ended_, status_, req_.request_id)) return;
+  ++server_pending_;
+  if (out_.finish_called() && ticking_) alarm_.Cancel();  // nothing left to watch
 }
 
 void RequestFlow::OnWriteDone(bool ok) {
@@ -107,7 +109,6 @@ void RequestFlow::End() {
   ended_ = true;
   stage_ = Stage::kEnded;
   parked_ = false;
-  if (ticking_) alarm_.Cancel();  // its tag returns at once (not ok)
   CancelAll();
   if (finish_ != pb::FINISH_REASON_UNSPECIFIED && status_.ok()) {
     pb::GenerateResponse msg;

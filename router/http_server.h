@@ -1,9 +1,14 @@
 // HttpServer: the router's HTTP/1.1 listener (Boost.Beast on Asio). It reads requests with
 // limits (header bytes, body bytes) and timeouts (a request's header, then its body, must arrive
-// in time: a slow-loris client is cut off), answers protocol errors itself (400, 413, 431, JSON
-// bodies, then closes), and hands every well-formed request to the handler as an HttpExchange.
-// Connections are kept alive between requests. No thread per connection: `threads` threads run
-// every connection's I/O; each connection's operations are serialized on its own strand.
+// in time: a slow-loris client is cut off; every write of a response must complete in time: a
+// client that does not read is cut off), answers protocol errors itself (400, 413, 431, JSON
+// bodies, then closes; 400 also for an HTTP/1.1 request without exactly one Host, and for a
+// Transfer-Encoding that does not end in chunked), and hands every well-formed request to the
+// handler as an HttpExchange. Connections are kept alive between requests; a response to HEAD
+// has no body. No thread per connection: `threads` threads run every connection's I/O; each
+// connection's operations are serialized on its own strand. A handler that throws gets its
+// request answered with a 500; the server keeps serving. Out of file descriptors, accepting
+// pauses between tries (it does not spin).
 //
 // HttpExchange is the handler's view of one request: a complete response (Respond), or a
 // streamed one (Send ... End, chunked transfer encoding), plus a callback when the client goes
@@ -46,13 +51,18 @@ class HttpExchange {
   virtual void Respond(int status, const std::string& content_type, std::string body,
                        HttpHeaders headers = {}, std::function<void(bool)> done = nullptr) = 0;
   // A streamed response: the first Send writes the head (status 200, `content_type`) and each
-  // Send one chunk; End writes `data` (if any) and the last chunk. `done(ok)` per call.
+  // Send one chunk; End writes `data` (if any) and the last chunk. `done(ok)` per call; one call
+  // at a time (the next after the previous one's done). (To an HTTP/1.0 client the data goes
+  // out unframed and the connection closes at the end.)
   virtual void Send(const std::string& content_type, std::string data,
                     std::function<void(bool)> done) = 0;
   virtual void End(std::string data, std::function<void(bool)> done) = 0;
-  // `fn` runs once if the client goes away (or Abort is called) before the response ended.
+  // `fn` runs once if the client goes away (or Abort is called) before the response ended;
+  // never after the response ended.
   virtual void OnClientGone(std::function<void()> fn) = 0;
-  // Closes the connection (a write in flight fails).
+  // Closes the connection (a write in flight fails); nothing once the response ended.
+  // Every method is bound to its own request: after the response ended (the connection may be
+  // serving the next request by then), Respond/Send/End only report done(false).
   virtual void Abort() = 0;
 };
 
@@ -67,6 +77,11 @@ struct HttpServerOptions {
   int max_connections = 4096;                         // beyond: 503 and close
   absl::Duration header_timeout = absl::Seconds(10);  // also the keep-alive idle limit
   absl::Duration body_timeout = absl::Seconds(30);
+  // Longest one write of a response may take (a client that does not read is cut off).
+  absl::Duration write_timeout = absl::Seconds(30);
+  // Bytes a client may send ahead (pipelined) while its response is being made; beyond, the
+  // connection is closed. At least max_header_bytes.
+  size_t max_pipelined_bytes = 64 << 10;
 };
 
 class HttpServer {
@@ -78,7 +93,8 @@ class HttpServer {
 
   // Binds and starts serving; returns the bound port ("--http-port: ..." errors).
   absl::StatusOr<int> Start();
-  // Stops accepting, closes every connection and joins the threads. Idempotent.
+  // Stops accepting, closes every connection and joins the threads. Every `done` of an
+  // exchange runs (false once stopped). Idempotent.
   void Stop();
   // Open connections now.
   int connections() const;

@@ -306,6 +306,7 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartHttp(const Flags& f, const Rout
   ho.port = static_cast<int>(f.http_port);
   ho.threads = static_cast<int>(f.http_threads);
   ho.max_body_bytes = f.max_request_bytes;
+  ho.write_timeout = absl::Seconds(f.write_timeout_seconds);
   auto server = std::make_unique<HttpServer>(
       ho, [a = api->get()](std::shared_ptr<HttpExchange> ex) { a->Handle(std::move(ex)); });
   auto port = server->Start();
