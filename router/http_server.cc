@@ -622,6 +622,10 @@ void HttpServer::Impl::OnAccept(beast::error_code ec, tcp::socket socket) {
     return;
   }
   accept_failing_ = false;
+  // Each SSE event is a small write: without TCP_NODELAY, Nagle's algorithm holds it until the
+  // client acknowledges the previous one (a delayed ACK: ~40 ms), so tokens arrive in bursts.
+  beast::error_code nec;
+  socket.set_option(tcp::no_delay(true), nec);
   const bool reject = shared_->connections.fetch_add(1) >= shared_->options.max_connections;
   auto conn = std::make_shared<Connection>(std::move(socket), shared_);
   {

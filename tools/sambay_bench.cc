@@ -1,10 +1,13 @@
 // sambay-bench: a load generator for sambay-serve. Streams many generations at once, either
-// through sambay-router (sambay.v1.Generation/Generate) or straight from a role-both
-// sambay-worker (sambay.v1.Worker/Decode with local_prompt), and reports latency percentiles,
-// throughput and goodput. Running the same load both ways measures the router's own overhead.
+// through sambay-router (sambay.v1.Generation/Generate, or with --api http its OpenAI-compatible
+// POST /v1/completions with "stream": true) or straight from a role-both sambay-worker
+// (sambay.v1.Worker/Decode with local_prompt), and reports latency percentiles, throughput and
+// goodput. Running the same load both ways measures the router's own overhead; running it
+// through both APIs measures what HTTP/SSE costs beside gRPC.
 //
 //   sambay-bench --address 127.0.0.1:50050 --concurrency 8 --requests 2000
 //       --prompt-len 16 --gen-len 256 --router-pid 1234
+//   sambay-bench --api http --address 127.0.0.1:8000 --concurrency 1000 --duration 20
 //   sambay-bench --target worker --address 127.0.0.1:40001 --concurrency 8 --duration 30
 //   sambay-bench --rate 20 --duration 60 --prompt-len 8-64 --gen-len 32-128
 //       --slo-ttft 0.5 --slo-itl 0.05 --json out.json
@@ -21,13 +24,28 @@
 // and tokens. Goodput counts the successful requests with TTFT <= --slo-ttft and mean ITL
 // (the request's (last token - first token) / (tokens - 1)) <= --slo-itl.
 //
+// --api http: the body is {"prompt": [ids], "max_tokens", "stream": true, "stream_options":
+// {"include_usage": true}, "temperature", "seed", "ignore_eos": true}. An SSE event carries
+// text, not token ids, and the router holds back the text of a token that ends inside a UTF-8
+// character, sending it with the next one; so a message is an event whose choices[0].text is
+// not empty, and the request's token count is the final usage chunk's completion_tokens. When
+// the characters (code points) of a request's events add up to that count (every token is one
+// character, as the tiny model's ASCII ids are: bench/router_overhead.sh's VOCAB=128), an event
+// of k characters is a message of k tokens, exactly as on the gRPC path; otherwise each event
+// counts as one token for TTFT and ITL (one sample per event: the ITL row then times events),
+// and "tokens per stream message" shows how many tokens an event held on average. Mean ITL per
+// request uses the true token count either way. An HTTP error status becomes the matching gRPC code
+// in the report (429 RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED, ...; an error
+// event or a broken stream after 200 INTERNAL). The HTTP client (tools/http_stream_client.h) runs
+// every stream on --http-threads threads over pooled keep-alive connections, no thread per stream.
+//
 // With --router-pid (and/or --worker-pid) the process's CPU time (utime + stime from
 // /proc/PID/stat) is read before and after the run and reported with the tokens streamed per
 // CPU-second of that process.
 //
-// Threads: main sends (and, open loop, sleeps until each arrival); gRPC's callback threads
-// record the stream events. Output: a markdown report on stdout; errors on stderr. Exit codes:
-// 0 every request succeeded, 1 some failed or a setup error, 2 bad flags.
+// Threads: main sends (and, open loop, sleeps until each arrival); gRPC's callback threads (or
+// the HTTP client's threads) record the stream events. Output: a markdown report on stdout; errors
+// on stderr. Exit codes: 0 every request succeeded, 1 some failed or a setup error, 2 bad flags.
 #include <grpcpp/client_context.h>
 #include <grpcpp/support/client_callback.h>
 #include <grpcpp/support/status.h>
@@ -65,6 +83,7 @@
 #include "nlohmann/json.hpp"
 #include "sambay/v1/generate.grpc.pb.h"
 #include "sambay/v1/worker.grpc.pb.h"
+#include "tools/http_stream_client.h"
 
 namespace sambay {
 namespace {
@@ -107,6 +126,8 @@ absl::StatusOr<Range> ParseRange(const std::string& text, const std::string& fla
 struct Flags {
   ClientFlags client;
   std::string target = "router";
+  std::string api = "grpc";
+  int64_t http_threads = 2;
   int64_t concurrency = 0;
   double rate = 0;
   int64_t requests = 0;
@@ -131,6 +152,10 @@ void Register(FlagSet& fs, Flags& f) {
   fs.AddString("target", &f.target,
                "router: sambay.v1.Generation/Generate; worker: sambay.v1.Worker/Decode with "
                "local_prompt on a role-both worker.");
+  fs.AddString("api", &f.api,
+               "grpc: the gRPC API; http: the router's OpenAI-compatible HTTP API (POST "
+               "/v1/completions, streamed; --address is the router's --http-port).");
+  fs.AddInt("http-threads", &f.http_threads, "--api http: threads running the HTTP streams.");
   fs.AddInt("concurrency", &f.concurrency,
             "Closed loop: this many streams always in flight (default 8 when --rate is not "
             "given).");
@@ -234,9 +259,8 @@ class Timing {
     r_.itl.reserve(static_cast<size_t>(requested));
   }
   void Start() { start_ = Clock::now(); }
-  void Tokens(int count) {
+  void Tokens(int64_t count, Clock::time_point now = Clock::now()) {
     if (count <= 0) return;
-    const Clock::time_point now = Clock::now();
     ++r_.messages;
     if (!r_.got_token) {
       r_.got_token = true;
@@ -251,10 +275,13 @@ class Timing {
     last_ = now;
     r_.tokens += count;
   }
-  Result Finish(const grpc::Status& s) {
+  // reported_tokens >= 0: the stream's own count of its tokens (the HTTP usage chunk), which
+  // replaces the count of the timed messages (an SSE event may hold several tokens).
+  Result Finish(const grpc::Status& s, int64_t reported_tokens = -1) {
     r_.e2e = Seconds(Clock::now() - start_);
     r_.code = s.error_code();
     r_.error = s.error_message();
+    if (reported_tokens >= 0) r_.tokens = reported_tokens;
     if (r_.got_token) r_.first_to_last = Seconds(last_ - first_);
     return std::move(r_);
   }
@@ -308,11 +335,74 @@ int WorkerTokens(const v1::DecodeResponse& r) {
 using RouterCall = StreamCall<v1::GenerateRequest, v1::GenerateResponse, RouterTokens>;
 using WorkerCall = StreamCall<v1::DecodeRequest, v1::DecodeResponse, WorkerTokens>;
 
-// Draws requests and starts them.
+// The status an HTTP stream's end maps to: OK, or the gRPC code of its HTTP status.
+grpc::Status HttpEndStatus(const SseStreamEnd& end) {
+  if (end.error.empty()) return grpc::Status::OK;
+  grpc::StatusCode code = grpc::StatusCode::UNKNOWN;
+  if (end.timed_out) {
+    code = grpc::StatusCode::DEADLINE_EXCEEDED;
+  } else {
+    static const std::map<int, grpc::StatusCode> kCodes = {
+        {0, grpc::StatusCode::UNAVAILABLE},        {200, grpc::StatusCode::INTERNAL},
+        {400, grpc::StatusCode::INVALID_ARGUMENT}, {404, grpc::StatusCode::NOT_FOUND},
+        {409, grpc::StatusCode::ABORTED},          {429, grpc::StatusCode::RESOURCE_EXHAUSTED},
+        {499, grpc::StatusCode::CANCELLED},        {501, grpc::StatusCode::UNIMPLEMENTED},
+        {503, grpc::StatusCode::UNAVAILABLE},      {504, grpc::StatusCode::DEADLINE_EXCEEDED},
+    };
+    if (auto it = kCodes.find(end.http_status); it != kCodes.end()) code = it->second;
+  }
+  return grpc::Status(code, end.error);
+}
+
+// One streamed request through the HTTP API: notes when each event that carries text arrived
+// and how many characters it held; when the stream ends, times them as messages (of as many
+// tokens as characters where the characters add up to the usage chunk's completion_tokens, as
+// when every token is one character; else of one token each) and hands the Result, with the
+// usage chunk's token count, to the Collector. It deletes itself then.
+class HttpCall final : public SseStreamObserver {
+ public:
+  HttpCall(Collector* out, Timing timing, int64_t expected_events)
+      : out_(out), timing_(std::move(timing)) {
+    events_.reserve(static_cast<size_t>(expected_events));
+    timing_.Start();
+  }
+  void OnTextEvent(int64_t characters) override {
+    events_.push_back({Clock::now(), characters});
+    characters_ += characters;
+  }
+  void OnEnd(const SseStreamEnd& end) override {
+    const bool per_character = characters_ == end.completion_tokens;
+    for (const Event& e : events_) timing_.Tokens(per_character ? e.characters : 1, e.time);
+    out_->Add(timing_.Finish(HttpEndStatus(end), end.completion_tokens));
+    delete this;
+  }
+
+ private:
+  struct Event {
+    Clock::time_point time;
+    int64_t characters;
+  };
+  Collector* out_;
+  Timing timing_;
+  std::vector<Event> events_;
+  int64_t characters_ = 0;
+};
+
+// One drawn request: its prompt, length, sampler seed and id.
+struct Draw {
+  std::vector<uint32_t> ids;
+  int64_t gen_len = 0;
+  uint64_t seed = 0;
+  std::string id;
+};
+
+// Draws requests and starts them over gRPC (router or worker) or over the router's HTTP API.
 class Sender {
  public:
-  Sender(const Flags& f, Range prompt, Range gen, std::shared_ptr<grpc::Channel> channel)
-      : f_(f), prompt_(prompt), gen_(gen), rng_(static_cast<uint64_t>(f.seed)) {
+  Sender(const Flags& f, Range prompt, Range gen, std::shared_ptr<grpc::Channel> channel,
+         HttpStreamClient* http)
+      : f_(f), prompt_(prompt), gen_(gen), rng_(static_cast<uint64_t>(f.seed)), http_(http) {
+    if (http_ != nullptr) return;
     if (f.target == "worker") {
       worker_ = v1::Worker::NewStub(channel);
     } else {
@@ -320,46 +410,70 @@ class Sender {
     }
   }
   void Send(Collector* out) {
+    Draw d;
     const int64_t plen = prompt_.Draw(rng_);
-    const int64_t glen = gen_.Draw(rng_);
+    d.gen_len = gen_.Draw(rng_);
     std::uniform_int_distribution<uint32_t> tok(0, static_cast<uint32_t>(f_.vocab - 1));
-    std::vector<uint32_t> ids(static_cast<size_t>(plen));
-    for (auto& id : ids) id = tok(rng_);
-    const uint64_t sampler_seed = rng_();
-    const std::string id = absl::StrCat("loadgen-", f_.seed, "-", counter_++);
+    d.ids.resize(static_cast<size_t>(plen));
+    for (auto& id : d.ids) id = tok(rng_);
+    d.seed = rng_();
+    d.id = absl::StrCat("loadgen-", f_.seed, "-", counter_++);
     out->Started();
-    if (worker_) {
-      v1::DecodeRequest req;
-      req.set_request_id(id);
-      req.mutable_local_prompt()->mutable_ids()->Add(ids.begin(), ids.end());
-      req.mutable_sampling()->set_temperature(static_cast<float>(f_.temperature));
-      req.mutable_sampling()->set_seed(sampler_seed);
-      req.set_max_new_tokens(static_cast<uint32_t>(glen));
-      Timing timing(req.local_prompt().ids_size(), req.max_new_tokens());
-      new WorkerCall(
-          out, std::move(req), std::move(timing), f_.client.timeout,
-          [this](auto* ctx, auto* r, auto* call) { worker_->async()->Decode(ctx, r, call); });
+    if (http_ != nullptr) {
+      SendHttp(out, d);
+    } else if (worker_) {
+      SendWorker(out, d);
     } else {
-      v1::GenerateRequest req;
-      req.set_request_id(id);
-      req.mutable_token_ids()->mutable_ids()->Add(ids.begin(), ids.end());
-      req.mutable_sampling()->set_temperature(static_cast<float>(f_.temperature));
-      req.mutable_sampling()->set_seed(sampler_seed);
-      req.mutable_stopping()->set_max_new_tokens(static_cast<uint32_t>(glen));
-      req.mutable_stopping()->set_ignore_eos(true);
-      Timing timing(req.token_ids().ids_size(), req.stopping().max_new_tokens());
-      new RouterCall(
-          out, std::move(req), std::move(timing), f_.client.timeout,
-          [this](auto* ctx, auto* r, auto* call) { router_->async()->Generate(ctx, r, call); });
+      SendRouter(out, d);
     }
   }
   std::mt19937_64& rng() { return rng_; }
 
  private:
+  void SendWorker(Collector* out, const Draw& d) {
+    v1::DecodeRequest req;
+    req.set_request_id(d.id);
+    req.mutable_local_prompt()->mutable_ids()->Add(d.ids.begin(), d.ids.end());
+    req.mutable_sampling()->set_temperature(static_cast<float>(f_.temperature));
+    req.mutable_sampling()->set_seed(d.seed);
+    req.set_max_new_tokens(static_cast<uint32_t>(d.gen_len));
+    Timing timing(req.local_prompt().ids_size(), req.max_new_tokens());
+    new WorkerCall(
+        out, std::move(req), std::move(timing), f_.client.timeout,
+        [this](auto* ctx, auto* r, auto* call) { worker_->async()->Decode(ctx, r, call); });
+  }
+  void SendRouter(Collector* out, const Draw& d) {
+    v1::GenerateRequest req;
+    req.set_request_id(d.id);
+    req.mutable_token_ids()->mutable_ids()->Add(d.ids.begin(), d.ids.end());
+    req.mutable_sampling()->set_temperature(static_cast<float>(f_.temperature));
+    req.mutable_sampling()->set_seed(d.seed);
+    req.mutable_stopping()->set_max_new_tokens(static_cast<uint32_t>(d.gen_len));
+    req.mutable_stopping()->set_ignore_eos(true);
+    Timing timing(req.token_ids().ids_size(), req.stopping().max_new_tokens());
+    new RouterCall(
+        out, std::move(req), std::move(timing), f_.client.timeout,
+        [this](auto* ctx, auto* r, auto* call) { router_->async()->Generate(ctx, r, call); });
+  }
+  // POST /v1/completions, streamed, with the usage chunk (the request id is the router's).
+  void SendHttp(Collector* out, const Draw& d) {
+    const nlohmann::json body = {{"prompt", d.ids},
+                                 {"max_tokens", d.gen_len},
+                                 {"stream", true},
+                                 {"stream_options", {{"include_usage", true}}},
+                                 {"temperature", f_.temperature},
+                                 {"seed", d.seed},
+                                 {"ignore_eos", true}};
+    auto* call =
+        new HttpCall(out, Timing(static_cast<int64_t>(d.ids.size()), d.gen_len), d.gen_len);
+    http_->Start("/v1/completions", body.dump(), f_.client.timeout, call);
+  }
+
   const Flags& f_;
   Range prompt_, gen_;
   std::mt19937_64 rng_;
   uint64_t counter_ = 0;
+  HttpStreamClient* http_;
   std::unique_ptr<v1::Generation::Stub> router_;
   std::unique_ptr<v1::Worker::Stub> worker_;
 };
@@ -452,6 +566,9 @@ std::optional<int> ParseAndCheckFlags(FlagSet& fs, Flags& f, int argc, char** ar
   };
   if (absl::Status s = CheckClientFlags(f.client); !s.ok()) return bad(std::string(s.message()));
   if (f.target != "router" && f.target != "worker") return bad("--target: router or worker");
+  if (f.api != "grpc" && f.api != "http") return bad("--api: grpc or http");
+  if (f.api == "http" && f.target != "router") return bad("--api http needs --target router");
+  if (f.http_threads < 1 || f.http_threads > 64) return bad("--http-threads: 1 .. 64");
   if (f.concurrency > 0 && f.rate > 0) return bad("give --concurrency or --rate, not both");
   if (f.concurrency < 0 || f.rate < 0) return bad("--concurrency and --rate must be >= 0");
   if (f.concurrency == 0 && f.rate == 0) f.concurrency = 8;
@@ -658,7 +775,8 @@ std::string LoadText(const Flags& f) {
 // The report's title, the run's description and the latency table.
 void PrintLatencies(const Flags& f, const Range& prompt, const Range& gen, const std::string& load,
                     int64_t sent, const Summary& s) {
-  std::printf("### sambay-bench: %s %s\n\n", f.target.c_str(), f.client.address.c_str());
+  std::printf("### sambay-bench: %s%s %s\n\n", f.target.c_str(),
+              f.api == "http" ? " (HTTP/SSE)" : "", f.client.address.c_str());
   std::printf(
       "%s; prompt %s tokens, gen %s tokens; %s; %lld requests sent", load.c_str(),
       prompt.text.c_str(), gen.text.c_str(),
@@ -770,6 +888,45 @@ bool WriteJson(const FlagSet& fs, const Flags& f, const std::string& load, int64
   return true;
 }
 
+// What the requests go through: a gRPC channel, or (--api http) the HTTP client.
+struct Connection {
+  std::shared_ptr<grpc::Channel> channel;
+  std::unique_ptr<HttpStreamClient> http;
+};
+
+// Connects to --address; nothing (error on stderr) when that fails within 10 s.
+std::optional<Connection> Connect(const Flags& f) {
+  Connection c;
+  absl::Status status;
+  if (f.api == "grpc") {
+    c.channel = MakeClientChannel(f.client);
+    if (!c.channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+      status = absl::UnavailableError(
+          absl::StrCat("cannot connect to ", f.client.address, " within 10 s"));
+    }
+  } else {
+    const size_t colon = f.client.address.rfind(':');
+    int port = 0;
+    if (colon == std::string::npos ||
+        !absl::SimpleAtoi(f.client.address.substr(colon + 1), &port)) {
+      status = absl::InvalidArgumentError("--address: host:port");
+    } else {
+      std::string host = f.client.address.substr(0, colon);
+      if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+        host = host.substr(1, host.size() - 2);
+      }
+      auto http = HttpStreamClient::Create(host, port, static_cast<int>(f.http_threads));
+      status = http.ok() ? (*http)->WaitConnectable(absl::Seconds(10)) : http.status();
+      if (http.ok()) c.http = std::move(*http);
+    }
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "%s: error: %s\n", kTool, std::string(status.message()).c_str());
+    return std::nullopt;
+  }
+  return c;
+}
+
 int Run(int argc, char** argv) {
   Flags f;
   FlagSet fs(kTool, "SAMBAY_LOADGEN_");
@@ -778,13 +935,9 @@ int Run(int argc, char** argv) {
   if (std::optional<int> code = ParseAndCheckFlags(fs, f, argc, argv, &prompt, &gen)) {
     return *code;
   }
-  std::shared_ptr<grpc::Channel> channel = MakeClientChannel(f.client);
-  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
-    std::fprintf(stderr, "%s: error: cannot connect to %s within 10 s\n", kTool,
-                 f.client.address.c_str());
-    return 1;
-  }
-  Sender sender(f, prompt, gen, channel);
+  std::optional<Connection> conn = Connect(f);
+  if (!conn) return 1;
+  Sender sender(f, prompt, gen, conn->channel, conn->http.get());
   if (f.warmup > 0) WarmUp(f, sender);
   std::optional<std::vector<ProcCpu>> procs = ReadCpuBefore(f);
   if (!procs) return 1;
