@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 A=$(realpath "$1") B=$(realpath "$2") ROUNDS=${3:-2}
 REQUESTS=${REQUESTS:-1500} CONCURRENCY=${CONCURRENCY:-8}
 OUT=${OUT:-$(mktemp -d)}
+mkdir -p "$OUT"
 run() {  # LABEL BIN
   deploy/local/cluster.sh --bin "$2" --model "$PWD/build/models/tiny" --port 0 --run -- bash -c '
     rpid=$(pgrep -n -x sambay-router || echo 0)
