@@ -67,8 +67,11 @@ class HttpClientStream final : public ClientStream {
 
   void Finish(const absl::Status& status, void* tag) override {
     auto done = [this, tag](bool ok) {
+      // Decide before dispatching: when the done tag already went back (the client left), the
+      // finish tag may be the flow's last, and the flow (and this stream) is gone after it.
+      void* const done_tag = done_fired_.exchange(true) ? nullptr : done_tag_;
       RequestFlow::Dispatch(tag, ok);
-      FireDone();
+      if (done_tag != nullptr) RequestFlow::Dispatch(done_tag, true);
     };
     if (status.ok() && stream_ && started_) {
       ex_->End(openai::ChunkWriter::Done(), std::move(done));

@@ -306,7 +306,9 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartHttp(const Flags& f, const Rout
   ho.port = static_cast<int>(f.http_port);
   ho.threads = static_cast<int>(f.http_threads);
   ho.max_body_bytes = f.max_request_bytes;
-  ho.write_timeout = absl::Seconds(f.write_timeout_seconds);
+  // A backstop: a flow cuts a slow client itself at --write-timeout-seconds (reason slow_client);
+  // the listener's own limit covers the responses no flow watches.
+  ho.write_timeout = absl::Seconds(f.write_timeout_seconds) + absl::Seconds(5);
   auto server = std::make_unique<HttpServer>(
       ho, [a = api->get()](std::shared_ptr<HttpExchange> ex) { a->Handle(std::move(ex)); });
   auto port = server->Start();
