@@ -169,9 +169,10 @@ TEST(RouterPartition, DecodeWorkerCutOffAndHealed) {
             1)
       << logs();
   const double back_after = absl::ToDoubleSeconds(absl::Now() - healed);
-  // 2 probe intervals (1 s each) plus the probe's own timeout.
-  EXPECT_LE(out_after, 3.0);
-  EXPECT_LE(back_after, 3.0);
+  // 2 probe intervals (1 s each) plus the probe's own timeout, plus 1 s for the metric polling
+  // and a loaded (sanitizer) machine: a CI run once saw 3.0095 s to come back.
+  EXPECT_LE(out_after, 4.0);
+  EXPECT_LE(back_after, 4.0);
   RecordProperty("taken_out_ms", static_cast<int>(out_after * 1000));
   RecordProperty("streams_done_ms", static_cast<int>(streams_done_after * 1000));
   RecordProperty("taken_back_ms", static_cast<int>(back_after * 1000));
