@@ -24,7 +24,13 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, const Rpc
   args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
   // Each channel gets its own connection (no sharing between caches in one process).
   args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-  return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  if (limits.credentials == nullptr) {
+    return grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args);
+  }
+  if (!limits.tls_server_name.empty()) {
+    args.SetSslTargetNameOverride(limits.tls_server_name);
+  }
+  return grpc::CreateCustomChannel(address, limits.credentials, args);
 }
 
 void ConfigureServer(grpc::ServerBuilder& builder, const RpcLimits& limits) {

@@ -7,6 +7,7 @@
 #define SAMBAY_COMMON_GRPC_CHANNEL_H_
 
 #include <grpcpp/channel.h>
+#include <grpcpp/security/credentials.h>
 #include <grpcpp/server_builder.h>
 
 #include <cstdint>
@@ -23,9 +24,14 @@ struct RpcLimits {
   int64_t max_message_bytes = 32 << 20;  // both directions
   int64_t keepalive_seconds = 20;
   int64_t keepalive_timeout_seconds = 10;
+  // The channels' credentials (common/tls.h); null = insecure (plaintext).
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
+  // When set (and credentials are TLS): the name the server's certificate must carry, instead of
+  // the host of the address (the cluster's internal certificates name the cluster, not pod IPs).
+  std::string tls_server_name;
 };
 
-// An insecure channel to `address` (host:port) with the limits and keepalive set.
+// A channel to `address` (host:port) with the limits, keepalive and credentials set.
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address, const RpcLimits& limits);
 
 // Applies message caps, keepalive (server side: pings allowed every 5 s without calls) and a

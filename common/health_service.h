@@ -58,6 +58,25 @@ class HealthService final : public grpc::health::v1::Health::Service {
   int watch_streams_ ABSL_GUARDED_BY(mu_) = 0;  // Watch calls being served
 };
 
+// The same statuses on a second server (the plaintext health-only port, common/server_util.h):
+// a gRPC service object can be registered on one server only. Check and Watch are `target`'s.
+// Ownership: does not own `target`, which must outlive it. Thread-safety: as HealthService.
+class HealthMirror final : public grpc::health::v1::Health::Service {
+ public:
+  explicit HealthMirror(HealthService* target) : target_(target) {}
+  grpc::Status Check(grpc::ServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
+                     grpc::health::v1::HealthCheckResponse* resp) override {
+    return target_->Check(ctx, req, resp);
+  }
+  grpc::Status Watch(grpc::ServerContext* ctx, const grpc::health::v1::HealthCheckRequest* req,
+                     grpc::ServerWriter<grpc::health::v1::HealthCheckResponse>* writer) override {
+    return target_->Watch(ctx, req, writer);
+  }
+
+ private:
+  HealthService* const target_;
+};
+
 }  // namespace sambay
 
 #endif  // SAMBAY_COMMON_HEALTH_SERVICE_H_

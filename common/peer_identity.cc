@@ -27,6 +27,13 @@ std::string PeerHost(absl::string_view peer) {
   return std::string(peer.substr(0, colon));
 }
 
+std::string ClientMetadata(const grpc::ServerContextBase& ctx, absl::string_view key) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find(grpc::string_ref(key.data(), key.size()));
+  if (it == md.end()) return "";
+  return std::string(it->second.data(), it->second.size());
+}
+
 std::string PeerIdentity(const grpc::ServerContextBase& ctx) {
   const std::shared_ptr<const grpc::AuthContext> auth = ctx.auth_context();
   if (auth != nullptr && auth->IsPeerAuthenticated()) {

@@ -19,6 +19,9 @@
 
 namespace sambay {
 
+// The value of the client's metadata `key` (lower case), "" when it sent none.
+std::string ClientMetadata(const grpc::ServerContextBase& ctx, absl::string_view key);
+
 // The identity of the caller of `ctx` (never empty).
 std::string PeerIdentity(const grpc::ServerContextBase& ctx);
 

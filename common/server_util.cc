@@ -1,5 +1,6 @@
 #include "common/server_util.h"
 
+#include <grpcpp/resource_quota.h>
 #include <grpcpp/security/server_credentials.h>
 #include <malloc.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
+#include "common/tls.h"
 
 namespace sambay {
 namespace {
@@ -98,6 +100,24 @@ std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface> MakeCallC
   return std::make_unique<CallCapFactory>(std::move(counters));
 }
 
+namespace {
+// Drops the reflection plugin from the builder's plugins.
+class NoReflectionOption final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->erase(
+        std::remove_if(plugins->begin(), plugins->end(),
+                       [](const auto& p) { return p->name() == "proto_server_reflection"; }),
+        plugins->end());
+  }
+};
+}  // namespace
+
+void WithoutReflection(grpc::ServerBuilder& builder) {
+  builder.SetOption(std::make_unique<NoReflectionOption>());
+}
+
 void CapUnownedStreams(grpc::ServerBuilder& builder) {
   std::vector<std::unique_ptr<grpc::experimental::ServerInterceptorFactoryInterface>> creators;
   creators.push_back(MakeCallCapInterceptor(
@@ -130,12 +150,14 @@ void TuneMallocForLargeBuffers() {
   mallopt(M_ARENA_MAX, 1);
 }
 
-absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port) {
+absl::Status WritePortFile(const std::string& path, int grpc_port, int metrics_port,
+                           int health_port) {
   const std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp);
-    out << "{\"grpc_port\":" << grpc_port << ",\"metrics_port\":" << metrics_port
-        << ",\"pid\":" << getpid() << "}\n";
+    out << "{\"grpc_port\":" << grpc_port << ",\"metrics_port\":" << metrics_port;
+    if (health_port >= 0) out << ",\"health_port\":" << health_port;
+    out << ",\"pid\":" << getpid() << "}\n";
     if (!out) return absl::InternalError(absl::StrCat("--port-file: cannot write ", tmp));
   }
   if (std::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -171,13 +193,41 @@ int CannotStart(const std::string& component, const absl::Status& status) {
   return 1;
 }
 
+namespace {
+
+void RegisterInternalTlsFlags(FlagSet& fs, ServerFlags* flags) {
+  fs.AddString("internal-tls-cert", &flags->internal_tls_cert,
+               "PEM certificate chain of this process inside the cluster: with --internal-tls-key "
+               "and --internal-tls-ca, every worker port and every call to a worker is mTLS.");
+  fs.AddString("internal-tls-key", &flags->internal_tls_key, "PEM key of --internal-tls-cert.");
+  fs.AddString("internal-tls-ca", &flags->internal_tls_ca,
+               "PEM bundle of the cluster CA: peers must present a certificate it signed.");
+  fs.AddString("internal-tls-server-name", &flags->internal_tls_server_name,
+               "Name (DNS SAN) every internal certificate carries; checked instead of the peer's "
+               "address.");
+  fs.AddInt("tls-reload-seconds", &flags->tls_reload_seconds,
+            "How often certificate, key and CA files are checked for changes (rotation without "
+            "restart).");
+}
+
+}  // namespace
+
 void RegisterServerFlags(FlagSet& fs, ServerFlags* flags, const ServerFlagSpec& spec) {
   flags->port = spec.port;
   flags->metrics_port = spec.metrics_port;
   fs.AddString("host", &flags->host, spec.host_help);
   fs.AddInt("port", &flags->port, spec.port_help);
+  fs.AddInt("health-port", &flags->health_port,
+            "Plaintext port serving only grpc.health.v1 (for probes that cannot speak TLS); -1 = "
+            "off, 0 = any free port.");
   fs.AddString("metrics-host", &flags->metrics_host, spec.metrics_host_help);
   fs.AddInt("metrics-port", &flags->metrics_port, "Prometheus /metrics port (0 = any free port).");
+  fs.AddString("metrics-tls-cert", &flags->metrics_tls_cert,
+               "PEM certificate chain: /metrics is served over HTTPS (with --metrics-tls-key).");
+  fs.AddString("metrics-tls-key", &flags->metrics_tls_key, "PEM key of --metrics-tls-cert.");
+  fs.AddString("metrics-bearer-token-file", &flags->metrics_bearer_token_file,
+               "File holding a token every scrape must send as \"Authorization: Bearer TOKEN\".");
+  RegisterInternalTlsFlags(fs, flags);
   fs.AddDouble("drain-timeout", &flags->drain_timeout, spec.drain_timeout_help);
   fs.AddInt("keepalive-seconds", &flags->keepalive_seconds, "HTTP/2 keepalive ping interval.");
   fs.AddInt("keepalive-timeout-seconds", &flags->keepalive_timeout_seconds,
@@ -199,24 +249,56 @@ absl::Status CheckServerFlags(const ServerFlags& flags) {
   if (flags.keepalive_seconds < 1 || flags.keepalive_timeout_seconds < 1) {
     return absl::InvalidArgumentError("--keepalive-seconds/--keepalive-timeout-seconds: >= 1");
   }
-  return absl::OkStatus();
+  if (flags.health_port != -1 && !port_ok(flags.health_port)) {
+    return absl::InvalidArgumentError("--health-port: must be -1 (off) or in [0, 65535]");
+  }
+  if (flags.tls_reload_seconds < 1) {
+    return absl::InvalidArgumentError("--tls-reload-seconds: must be >= 1");
+  }
+  const TlsFiles internal{flags.internal_tls_cert, flags.internal_tls_key, flags.internal_tls_ca};
+  if (!internal.empty()) {
+    if (absl::Status s = CheckTlsFiles(internal, {.identity = true, .ca = true}, "--internal-tls");
+        !s.ok()) {
+      return s;
+    }
+    if (flags.internal_tls_server_name.empty()) {
+      return absl::InvalidArgumentError("--internal-tls-server-name: required with internal TLS");
+    }
+  }
+  return CheckTlsFiles({flags.metrics_tls_cert, flags.metrics_tls_key, ""}, {}, "--metrics-tls");
 }
+
+bool InternalTls(const ServerFlags& flags) { return !flags.internal_tls_cert.empty(); }
 
 RpcLimits ServerRpcLimits(const ServerFlags& flags) {
   RpcLimits limits;
   limits.keepalive_seconds = flags.keepalive_seconds;
   limits.keepalive_timeout_seconds = flags.keepalive_timeout_seconds;
+  if (InternalTls(flags)) {
+    limits.credentials = MakeTlsChannelCredentials(
+        {flags.internal_tls_cert, flags.internal_tls_key, flags.internal_tls_ca},
+        absl::Seconds(flags.tls_reload_seconds));
+    limits.tls_server_name = flags.internal_tls_server_name;
+  }
   return limits;
+}
+
+std::shared_ptr<grpc::ServerCredentials> InternalServerCredentials(const ServerFlags& flags) {
+  if (!InternalTls(flags)) return grpc::InsecureServerCredentials();
+  return MakeTlsServerCredentials(
+      {flags.internal_tls_cert, flags.internal_tls_key, flags.internal_tls_ca},
+      absl::Seconds(flags.tls_reload_seconds));
 }
 
 absl::StatusOr<StartedServer> StartGrpcServer(
     const ServerFlags& flags, const RpcLimits& limits,
+    std::shared_ptr<grpc::ServerCredentials> credentials,
     std::initializer_list<grpc::Service*> services,
     absl::FunctionRef<void(grpc::ServerBuilder&)> configure) {
   grpc::ServerBuilder builder;
   StartedServer started;
-  builder.AddListeningPort(absl::StrCat(flags.host, ":", flags.port),
-                           grpc::InsecureServerCredentials(), &started.port);
+  builder.AddListeningPort(absl::StrCat(flags.host, ":", flags.port), std::move(credentials),
+                           &started.port);
   for (grpc::Service* service : services) builder.RegisterService(service);
   ConfigureServer(builder, limits);
   configure(builder);
@@ -228,15 +310,39 @@ absl::StatusOr<StartedServer> StartGrpcServer(
   return started;
 }
 
-absl::Status AnnounceServing(const std::string& component, const ServerFlags& flags, int grpc_port,
-                             int metrics_port, const nlohmann::json& fields) {
+absl::StatusOr<StartedServer> StartHealthServer(const ServerFlags& flags, grpc::Service* health) {
+  StartedServer started;
+  if (flags.health_port < 0) return started;
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(absl::StrCat(flags.host, ":", flags.health_port),
+                           grpc::InsecureServerCredentials(), &started.port);
+  builder.RegisterService(health);
+  RpcLimits limits = ServerRpcLimits(flags);
+  limits.max_message_bytes = 64 << 10;  // a health check is a few bytes
+  ConfigureServer(builder, limits);
+  grpc::ResourceQuota quota("health");
+  quota.SetMaxThreads(16);  // Check calls, plus the Watch streams HealthService caps
+  builder.SetResourceQuota(quota);
+  started.server = builder.BuildAndStart();
+  if (started.server == nullptr || started.port == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("--health-port: cannot listen on ", flags.host, ":", flags.health_port));
+  }
+  return started;
+}
+
+absl::Status AnnounceServing(const std::string& component, const ServerFlags& flags,
+                             ServingPorts ports, const nlohmann::json& fields) {
   if (!flags.port_file.empty()) {
-    if (absl::Status s = WritePortFile(flags.port_file, grpc_port, metrics_port); !s.ok()) {
+    if (absl::Status s = WritePortFile(flags.port_file, ports.grpc, ports.metrics, ports.health);
+        !s.ok()) {
       return s;
     }
   }
-  nlohmann::json all = {{"address", absl::StrCat(flags.host, ":", grpc_port)},
-                        {"metrics", absl::StrCat(flags.metrics_host, ":", metrics_port)}};
+  nlohmann::json all = {{"address", absl::StrCat(flags.host, ":", ports.grpc)},
+                        {"metrics", absl::StrCat(flags.metrics_host, ":", ports.metrics)},
+                        {"internal_tls", InternalTls(flags)}};
+  if (ports.health >= 0) all["health"] = absl::StrCat(flags.host, ":", ports.health);
   all.update(fields);
   Log(LogLevel::kInfo, component, "serving", all);
   return absl::OkStatus();

@@ -15,9 +15,11 @@ absl::Time GrpcClientStream::deadline() const {
 std::string GrpcClientStream::peer() const { return PeerIdentity(ctx_); }
 
 std::string GrpcClientStream::header_request_id() const {
-  auto it = ctx_.client_metadata().find("x-request-id");
-  if (it == ctx_.client_metadata().end()) return "";
-  return std::string(it->second.data(), it->second.size());
+  return ClientMetadata(ctx_, "x-request-id");
+}
+
+std::string GrpcClientStream::authorization() const {
+  return ClientMetadata(ctx_, "authorization");
 }
 
 void GrpcClientStream::Finish(const absl::Status& status, void* tag) {

@@ -33,6 +33,8 @@ class ClientStream {
   virtual bool cancelled() const = 0;
   // Who the caller is (common/peer_identity.h): Abort reaches only the caller's own requests.
   virtual std::string peer() const = 0;
+  // The authorization header or metadata value ("" when none): the API key (router/api_keys.h).
+  virtual std::string authorization() const { return ""; }
   // The x-request-id header or metadata value ("" when none; not yet validated).
   virtual std::string header_request_id() const = 0;
   // The wire format, for metrics and logs: "grpc" or "http".
@@ -61,6 +63,7 @@ class GrpcClientStream final : public ClientStream {
   bool cancelled() const override { return ctx_.IsCancelled(); }
   std::string peer() const override;
   std::string header_request_id() const override;
+  std::string authorization() const override;
   const char* api() const override { return "grpc"; }
   void NotifyWhenDone(void* tag) override { ctx_.AsyncNotifyWhenDone(tag); }
   void Write(const sambay::v1::GenerateResponse& msg, void* tag) override {

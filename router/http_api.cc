@@ -40,6 +40,7 @@ class HttpClientStream final : public ClientStream {
   bool cancelled() const override { return cancelled_.load(); }
   std::string peer() const override { return ex_->peer(); }
   std::string header_request_id() const override { return ex_->header("x-request-id"); }
+  std::string authorization() const override { return ex_->header("authorization"); }
   const char* api() const override { return "http"; }
 
   void NotifyWhenDone(void* tag) override {
@@ -100,6 +101,7 @@ class HttpClientStream final : public ClientStream {
                            std::function<void(bool)> done) {
     HttpHeaders headers;
     if (error.http_status == 429) headers.emplace_back("Retry-After", "1");
+    if (error.http_status == 401) headers.emplace_back("WWW-Authenticate", "Bearer");
     ex.Respond(error.http_status, kJson, openai::ErrorBody(error), std::move(headers),
                std::move(done));
   }
@@ -192,6 +194,15 @@ void HttpApi::Route(const std::shared_ptr<HttpExchange>& ex) {
   if (path == "/health") {
     if (m != "GET" && m != "HEAD") return MethodNotAllowed(*ex, "GET");
     return ex->Respond(200, kJson, "{}\n");
+  }
+  // Every route but the probes' needs an API key when the router has keys (before anything else,
+  // so that a stranger learns nothing, not even which routes exist).
+  if (path != "/ready") {
+    auto owner = service_.Authenticate(ex->header("authorization"), ex->peer());
+    if (!owner.ok()) {
+      return RespondError(*ex, openai::MakeError(401, "", std::string(owner.status().message()),
+                                                 "invalid_api_key"));
+    }
   }
   for (const Route& r : kRoutes) {
     if (path != r.path) continue;

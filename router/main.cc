@@ -19,7 +19,9 @@
 #include "common/health_service.h"
 #include "common/log.h"
 #include "common/server_util.h"
+#include "common/tls.h"
 #include "engine/config.h"
+#include "router/api_keys.h"
 #include "router/http_api.h"
 #include "router/http_server.h"
 #include "router/metrics.h"
@@ -67,6 +69,9 @@ struct Flags {
   int64_t http_port = 0;
   int64_t http_threads = 1;
   std::string served_model_name;
+  std::string tls_cert, tls_key, tls_client_ca;
+  std::string api_keys_file;
+  bool reflection = true;
 };
 
 // Where the workers are and how they are probed, checked and chosen.
@@ -133,6 +138,22 @@ void RegisterHttpFlags(FlagSet& fs, Flags& f) {
                "--model directory's name.");
 }
 
+// The public port's TLS and API keys (docs/security.md); the internal mTLS flags are ServerFlags.
+void RegisterSecurityFlags(FlagSet& fs, Flags& f) {
+  fs.AddString("tls-cert", &f.tls_cert,
+               "PEM certificate chain: the public gRPC port speaks TLS (with --tls-key).");
+  fs.AddString("tls-key", &f.tls_key, "PEM key of --tls-cert.");
+  fs.AddString("tls-client-ca", &f.tls_client_ca,
+               "PEM CA bundle: clients of the public port must present a certificate it signed "
+               "(mTLS).");
+  fs.AddString("api-keys-file", &f.api_keys_file,
+               "File of API keys, one per line: KEY [NAME]. Every public method but health then "
+               "needs \"authorization: Bearer KEY\"; the name owns the requests. Re-read when it "
+               "changes.");
+  fs.AddBool("reflection", &f.reflection,
+             "Serve gRPC server reflection on the public port (it needs no API key).");
+}
+
 void Register(FlagSet& fs, Flags& f) {
   RegisterServerFlags(
       fs, &f.server,
@@ -149,6 +170,7 @@ void Register(FlagSet& fs, Flags& f) {
   RegisterWorkerFlags(fs, f);
   RegisterHttpFlags(fs, f);
   RegisterRequestFlags(fs, f);
+  RegisterSecurityFlags(fs, f);
 }
 
 std::vector<std::string> List(const std::string& s) {
@@ -191,6 +213,14 @@ absl::Status Check(const Flags& f) {
   }
   if (f.max_pending_output_bytes < 4096) {
     return absl::InvalidArgumentError("--max-pending-output-bytes: must be >= 4096");
+  }
+  if (!f.tls_client_ca.empty() && f.tls_cert.empty()) {
+    return absl::InvalidArgumentError("--tls-client-ca: needs --tls-cert and --tls-key");
+  }
+  if (absl::Status s =
+          CheckTlsFiles({f.tls_cert, f.tls_key, f.tls_client_ca}, {}, "--tls", "--tls-client-ca");
+      !s.ok()) {
+    return s;
   }
   return SetLogLevel(f.server.log_level);
 }
@@ -241,8 +271,9 @@ RegistryOptions MakeRegistryOptions(const Flags& f, const RpcLimits& rpc) {
   return ro;
 }
 
-RouterServiceOptions MakeServiceOptions(const Flags& f) {
+RouterServiceOptions MakeServiceOptions(const Flags& f, const ApiKeys* keys) {
   RouterServiceOptions so;
+  so.api_keys = keys;
   so.max_concurrent = f.max_concurrent;
   so.max_queue = f.max_queue;
   so.flow.migration_limit = static_cast<int>(f.migration_limit);
@@ -260,11 +291,20 @@ RouterServiceOptions MakeServiceOptions(const Flags& f) {
 absl::StatusOr<StartedServer> StartServer(
     const Flags& f, const RpcLimits& rpc, GenerationService& service, HealthService& health,
     std::vector<std::unique_ptr<grpc::ServerCompletionQueue>>* cqs) {
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   RpcLimits server_limits = rpc;
   server_limits.max_message_bytes = std::max<int64_t>(64 << 20, 4 * f.max_request_bytes);
+  std::shared_ptr<grpc::ServerCredentials> credentials =
+      f.tls_cert.empty() ? grpc::InsecureServerCredentials()
+                         : MakeTlsServerCredentials({f.tls_cert, f.tls_key, f.tls_client_ca},
+                                                    absl::Seconds(f.server.tls_reload_seconds));
   return StartGrpcServer(
-      f.server, server_limits, {&service, &health}, [&](grpc::ServerBuilder& builder) {
+      f.server, server_limits, std::move(credentials), {&service, &health},
+      [&](grpc::ServerBuilder& builder) {
+        if (f.reflection) {
+          grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+        } else {
+          WithoutReflection(builder);
+        }
         // Requests: a little above --max-request-bytes, so that the handler rejects a request
         // slightly too large (INVALID_ARGUMENT naming the field) and gRPC refuses a far larger one
         // (RESOURCE_EXHAUSTED) before it is parsed.
@@ -362,10 +402,19 @@ int Run(int argc, char** argv) {
   auto policy = MakePlacementPolicy(f.placement);
   if (!policy.ok()) return CannotStart("router", policy.status());
   WorkerRegistry registry(MakeRegistryOptions(f, rpc), &metrics);
+  std::unique_ptr<ApiKeys> keys;
+  if (!f.api_keys_file.empty()) {
+    auto loaded = ApiKeys::Load(f.api_keys_file);
+    if (!loaded.ok()) return CannotStart("router", loaded.status());
+    keys = *std::move(loaded);
+  }
   GenerationService service(registry, **policy, metrics, *model->tokenizer, model->limits,
-                            MakeServiceOptions(f));
+                            MakeServiceOptions(f, keys.get()));
 
   HealthService health;
+  HealthMirror health_mirror(&health);
+  auto health_port = StartHealthServer(f.server, &health_mirror);
+  if (!health_port.ok()) return CannotStart("router", health_port.status());
   std::vector<std::unique_ptr<grpc::ServerCompletionQueue>> cqs;
   auto started = StartServer(f, rpc, service, health, &cqs);
   if (!started.ok()) return CannotStart("router", started.status());
@@ -384,10 +433,16 @@ int Run(int argc, char** argv) {
     Log(LogLevel::kInfo, "router", ready ? "ready" : "not ready (workers missing)");
   });
   registry.Start();
-  nlohmann::json fields = {{"placement", (*policy)->name()}};
+  nlohmann::json fields = {{"placement", (*policy)->name()},
+                           {"tls", f.tls_cert.empty()        ? "off"
+                                   : f.tls_client_ca.empty() ? "tls"
+                                                             : "mtls"},
+                           {"api_keys", keys == nullptr ? 0 : keys->size()},
+                           {"reflection", f.reflection}};
   if (*http != nullptr) fields["http_port"] = f.http_port;
-  if (absl::Status s = AnnounceServing("router", f.server, started->port, *metrics_port, fields);
-      !s.ok()) {
+  const ServingPorts ports{started->port, *metrics_port,
+                           health_port->server ? health_port->port : -1};
+  if (absl::Status s = AnnounceServing("router", f.server, ports, fields); !s.ok()) {
     StopAfterFailedStart(*started->server, http->get(), service);
     return CannotStart("router", s);
   }

@@ -43,7 +43,8 @@ class RouterMetrics {
   static constexpr const char* kFailureReasons[] = {
       "no_worker", "prefill_failed", "decode_failed", "migration_limit",
       "deadline",  "cancelled",      "internal",      "slow_client"};
-  static constexpr const char* kRejectReasons[] = {"queue_full", "invalid", "draining"};
+  static constexpr const char* kRejectReasons[] = {"queue_full", "invalid", "draining",
+                                                   "unauthenticated"};
   static constexpr const char* kFinishReasons[] = {"stop", "length", "abort", "error"};
   static constexpr const char* kApis[] = {"grpc", "http"};
 

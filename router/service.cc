@@ -69,10 +69,32 @@ void GenerationService::StopServing(absl::Duration timeout) {
   threads_.clear();
 }
 
+absl::StatusOr<std::string> GenerationService::Authenticate(absl::string_view authorization,
+                                                            std::string peer) const {
+  if (options_.api_keys == nullptr) return peer;
+  auto name = options_.api_keys->Authenticate(authorization);
+  if (!name.ok()) return name.status();
+  return absl::StrCat("key:", *name);
+}
+
+absl::StatusOr<std::string> GenerationService::CallerOf(const grpc::ServerContext* ctx) const {
+  if (ctx == nullptr) return std::string("in-process");  // the HTTP API authenticated it
+  if (options_.api_keys == nullptr) return PeerIdentity(*ctx);
+  return Authenticate(ClientMetadata(*ctx, "authorization"), "");
+}
+
 void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
+  auto caller = Authenticate(flow->client().authorization(), flow->client().peer());
+  if (!caller.ok()) {
+    metrics_.Reject("unauthenticated", flow->client().api());
+    Log(LogLevel::kInfo, "router", "request rejected",
+        {{"peer", flow->client().peer()}, {"error", caller.status().ToString()}});
+    flow->Reject(caller.status());
+    return;
+  }
   if (!RequestPreparer::Deferred(flow->request())) {
     Admit(flow, preparer_.Prepare(flow->client().header_request_id(), flow->request()),
-          /*pooled=*/false);
+          /*pooled=*/false, *std::move(caller));
     return;
   }
   // A large prompt: prepared on the pool, then admitted on the flow's queue. The request is not
@@ -81,12 +103,13 @@ void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
     MutexLock lock(&mu_);
     preparing_.insert(flow.get());
   }
-  const bool queued = preparer_.PrepareLater(
-      flow->client().header_request_id(), flow->request(), [this, flow](Preparation p) {
-        flow->RunOnQueue([this, flow, p = std::move(p)]() mutable {
-          Admit(flow, std::move(p), /*pooled=*/true);
-        });
-      });
+  const bool queued =
+      preparer_.PrepareLater(flow->client().header_request_id(), flow->request(),
+                             [this, flow, caller = *std::move(caller)](Preparation p) {
+                               flow->RunOnQueue([this, flow, p = std::move(p), caller]() mutable {
+                                 Admit(flow, std::move(p), /*pooled=*/true, std::move(caller));
+                               });
+                             });
   if (!queued) {
     {
       MutexLock lock(&mu_);
@@ -99,7 +122,7 @@ void GenerationService::FlowAccepted(const std::shared_ptr<RequestFlow>& flow) {
 }
 
 void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, Preparation prepared,
-                              bool pooled) {
+                              bool pooled, std::string caller) {
   if (pooled) {
     MutexLock lock(&mu_);
     // FlowGone took it out: gRPC is done with the call (the client went away meanwhile).
@@ -113,7 +136,6 @@ void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, Preparat
     return;
   }
   const std::string& rid = prepared.request_id;
-  std::string caller = flow->client().peer();
   absl::Status rejected;
   bool start = false;
   {
@@ -207,11 +229,13 @@ void GenerationService::FlowGone(RequestFlow* flow) {
 
 grpc::Status GenerationService::Abort(grpc::ServerContext* ctx, const pb::AbortRequest* req,
                                       pb::AbortResponse* resp) {
+  // Only the caller's own requests; anyone else's are answered as unknown ids.
+  auto owner = CallerOf(ctx);
+  if (!owner.ok()) return ToGrpcStatus(owner.status());
+  const std::string& caller = *owner;
   if (req->request_id().empty()) {
     return ToGrpcStatus(absl::InvalidArgumentError("request_id: required"));
   }
-  // Only the caller's own requests; anyone else's are answered as unknown ids.
-  const std::string caller = PeerIdentity(*ctx);
   std::vector<std::shared_ptr<RequestFlow>> found;
   {
     MutexLock lock(&mu_);
@@ -228,6 +252,7 @@ grpc::Status GenerationService::Abort(grpc::ServerContext* ctx, const pb::AbortR
 
 grpc::Status GenerationService::Tokenize(grpc::ServerContext* ctx, const pb::TokenizeRequest* req,
                                          pb::TokenizeResponse* resp) {
+  if (auto owner = CallerOf(ctx); !owner.ok()) return ToGrpcStatus(owner.status());
   const bool text = req->input_case() == pb::TokenizeRequest::kText;
   if (absl::Status s = CheckRequestBytes(*req, text ? "text" : "chat", limits_); !s.ok()) {
     return ToGrpcStatus(s);
@@ -253,6 +278,7 @@ grpc::Status GenerationService::Tokenize(grpc::ServerContext* ctx, const pb::Tok
 grpc::Status GenerationService::Detokenize(grpc::ServerContext* ctx,
                                            const pb::DetokenizeRequest* req,
                                            pb::DetokenizeResponse* resp) {
+  if (auto owner = CallerOf(ctx); !owner.ok()) return ToGrpcStatus(owner.status());
   if (static_cast<size_t>(req->token_ids_size()) > kMaxDetokenizeIds) {
     return ToGrpcStatus(absl::InvalidArgumentError(absl::StrCat(
         "token_ids: at most ", kMaxDetokenizeIds, " ids, got ", req->token_ids_size())));
@@ -286,6 +312,7 @@ grpc::Status GenerationService::Detokenize(grpc::ServerContext* ctx,
 grpc::Status GenerationService::GetModelInfo(grpc::ServerContext* ctx,
                                              const pb::GetModelInfoRequest* req,
                                              pb::ModelInfo* resp) {
+  if (auto owner = CallerOf(ctx); !owner.ok()) return ToGrpcStatus(owner.status());
   resp->set_model_type("phi4flash");
   resp->set_fingerprint(registry_.fingerprint());
   resp->set_vocab_size(static_cast<uint32_t>(limits_.vocab_size));

@@ -9,8 +9,9 @@
 // slots free; beyond that RESOURCE_EXHAUSTED at once; UNAVAILABLE while draining), then the flow
 // runs. The request id is in every log line and sent to the workers. Abort / Tokenize / Detokenize
 // / GetModelInfo (synchronous handlers) as generate.proto documents. Abort reaches only the
-// requests of the same caller (common/peer_identity.h); for anyone else's request it answers as for
-// an unknown id, so ids cannot be probed.
+// requests of the same owner: the API key's name when --api-keys-file is set (router/api_keys.h;
+// every method then needs a key), else the caller (common/peer_identity.h); for anyone else's
+// request it answers as for an unknown id, so ids cannot be probed.
 //
 // Ownership: borrows registry, policy, metrics, tokenizer (they outlive the server). Holds weak
 // references to the live flows (for Abort), strong ones to the waiting flows, and the preparer
@@ -34,6 +35,7 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/time/time.h"
 #include "common/mutex.h"
+#include "router/api_keys.h"
 #include "router/flow.h"
 #include "router/metrics.h"
 #include "router/placement.h"
@@ -49,6 +51,9 @@ struct RouterServiceOptions {
   int64_t max_concurrent = 256;
   int64_t max_queue = 1024;
   FlowOptions flow;
+  // With keys, every method needs one (UNAUTHENTICATED otherwise) and a request's owner is
+  // "key:NAME"; null = no keys, the owner is the peer. Borrowed: outlives the service.
+  const ApiKeys* api_keys = nullptr;
 };
 
 class GenerationService final : public GenerationAsyncBase, private FlowHost {
@@ -75,6 +80,10 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
   // (round robin) and is admitted as a gRPC call is. Call after Serve, before StopServing.
   void Submit(std::unique_ptr<ClientStream> client, sambay::v1::GenerateRequest request);
 
+  // The owner of a call with this authorization value from `peer` (common/peer_identity.h):
+  // "key:NAME" with API keys, UNAUTHENTICATED without a valid one; `peer` without keys.
+  absl::StatusOr<std::string> Authenticate(absl::string_view authorization, std::string peer) const;
+
   // New Generate calls get UNAVAILABLE; running and queued ones continue.
   void StartDrain() ABSL_LOCKS_EXCLUDED(mu_);
   bool draining() const ABSL_LOCKS_EXCLUDED(mu_);
@@ -94,8 +103,11 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
   void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Admits a prepared flow (or rejects it). `pooled`: it was prepared on the pool, and is
   // dropped if gRPC finished with it meanwhile (FlowGone). On the flow's queue.
-  void Admit(const std::shared_ptr<RequestFlow>& flow, Preparation prepared, bool pooled)
-      ABSL_LOCKS_EXCLUDED(mu_);
+  void Admit(const std::shared_ptr<RequestFlow>& flow, Preparation prepared, bool pooled,
+             std::string caller) ABSL_LOCKS_EXCLUDED(mu_);
+  // Authenticate for a synchronous handler: the owner, or the status to answer. A null ctx is an
+  // in-process call (the HTTP API's, which authenticated its request itself).
+  absl::StatusOr<std::string> CallerOf(const grpc::ServerContext* ctx) const;
 
   WorkerRegistry& registry_;
   PlacementPolicy& policy_;
@@ -117,7 +129,7 @@ class GenerationService final : public GenerationAsyncBase, private FlowHost {
   struct FlowRef {
     RequestFlow* flow;
     std::weak_ptr<RequestFlow> ref;
-    std::string caller;  // PeerIdentity of the Generate call
+    std::string caller;  // the Generate call's owner (Authenticate)
   };
   std::multimap<std::string, FlowRef> flows_ ABSL_GUARDED_BY(mu_);  // by request id
   // Accepted, prompt being prepared on preparer_'s pool.

@@ -1,7 +1,6 @@
 // sambay-worker: serves one model replica over gRPC (sambay.v1.Worker) in role prefill, decode
 // or both; metrics on their own port; SIGTERM drains. See docs/worker.md.
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
-#include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
 #include <grpcpp/server.h>
 #include <grpcpp/server_builder.h>
@@ -14,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "common/flags.h"
 #include "common/grpc_channel.h"
+#include "common/health_service.h"
 #include "common/log.h"
 #include "common/server_util.h"
 #include "engine/backend.h"
@@ -230,29 +230,33 @@ WorkerServiceOptions MakeServiceOptions(const Flags& f) {
   return wo;
 }
 
+// The internal port: mTLS with the --internal-tls-* files (no peer without a certificate of the
+// cluster CA gets a connection, so PushState, Decode, Release and GetLoad come only from cluster
+// members), else plaintext.
 absl::StatusOr<StartedServer> StartServer(const Flags& f, const RpcLimits& limits,
-                                          WorkerService& service) {
-  grpc::EnableDefaultHealthCheckService(true);
+                                          WorkerService& service, HealthService& health) {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
-  return StartGrpcServer(f.server, limits, {&service}, [&](grpc::ServerBuilder& builder) {
-    CapUnownedStreams(builder);  // reflection streams (each holds a thread)
-    // Each streaming call holds a thread: two per admitted sequence (Decode + PushState, capped
-    // by --max-push-streams) plus room for probes, reflection (capped) and load queries. Beyond
-    // this, calls fail fast with RESOURCE_EXHAUSTED.
-    grpc::ResourceQuota quota("sambay-worker");
-    quota.SetMaxThreads(static_cast<int>(2 * f.max_running + 32));
-    builder.SetResourceQuota(quota);
-  });
+  return StartGrpcServer(f.server, limits, InternalServerCredentials(f.server), {&service, &health},
+                         [&](grpc::ServerBuilder& builder) {
+                           CapUnownedStreams(builder);  // reflection streams (each holds a thread)
+                           // Each streaming call holds a thread: two per admitted sequence (Decode
+                           // + PushState, capped by --max-push-streams) plus room for probes,
+                           // reflection (capped) and load queries. Beyond this, calls fail fast
+                           // with RESOURCE_EXHAUSTED.
+                           grpc::ResourceQuota quota("sambay-worker");
+                           quota.SetMaxThreads(static_cast<int>(2 * f.max_running + 32));
+                           builder.SetResourceQuota(quota);
+                         });
 }
 
 // Drain: stop admitting, let admitted sequences finish, then stop the server.
 void Drain(const Flags& f, const std::string& sig, grpc::Server& server, Scheduler& scheduler,
-           WorkerService& service) {
+           WorkerService& service, HealthService& health) {
   Log(LogLevel::kInfo, "worker", "draining",
       {{"signal", sig},
        {"active", scheduler.active()},
        {"drain_timeout_seconds", f.server.drain_timeout}});
-  server.GetHealthCheckService()->SetServingStatus(kReadinessService, false);
+  health.SetServingStatus(kReadinessService, false);
   scheduler.StartDrain();
   WaitWhile([&] { return scheduler.active() > 0; }, absl::Seconds(f.server.drain_timeout),
             absl::Milliseconds(20));
@@ -263,6 +267,7 @@ void Drain(const Flags& f, const std::string& sig, grpc::Server& server, Schedul
   // Handlers of finished sequences are writing their last message: let them (up to 5 s), then
   // stop; anything still running after that is cancelled.
   WaitWhile([&] { return service.inflight() > 0; }, absl::Seconds(5), absl::Milliseconds(10));
+  health.Shutdown();
   server.Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   server.Wait();
   Log(LogLevel::kInfo, "worker", "stopped", {{"unfinished", left}});
@@ -310,18 +315,21 @@ int Run(int argc, char** argv) {
   Scheduler scheduler(*engine, *so, &metrics);
   WorkerService service(*engine, scheduler, metrics, roles, limits, SAMBAY_VERSION,
                         MakeServiceOptions(f));
-  auto started = StartServer(f, limits, service);
+  HealthService health;
+  HealthMirror health_mirror(&health);
+  auto health_port = StartHealthServer(f.server, &health_mirror);
+  if (!health_port.ok()) return CannotStart("worker", health_port.status());
+  auto started = StartServer(f, limits, service, health);
   if (!started.ok()) return CannotStart("worker", started.status());
   grpc::Server& server = *started->server;
-  grpc::HealthCheckServiceInterface* health = server.GetHealthCheckService();
-  health->SetServingStatus("", true);
-  health->SetServingStatus(kReadinessService, true);
-  if (absl::Status s =
-          AnnounceServing("worker", f.server, started->port, *metrics_port, {{"role", f.role}});
-      !s.ok()) {
+  health.SetServingStatus("", true);
+  health.SetServingStatus(kReadinessService, true);
+  const ServingPorts ports{started->port, *metrics_port,
+                           health_port->server ? health_port->port : -1};
+  if (absl::Status s = AnnounceServing("worker", f.server, ports, {{"role", f.role}}); !s.ok()) {
     return CannotStart("worker", s);
   }
-  Drain(f, WaitForTerminationSignal(), server, scheduler, service);
+  Drain(f, WaitForTerminationSignal(), server, scheduler, service, health);
   return 0;
 }
 

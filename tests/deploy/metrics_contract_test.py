@@ -92,7 +92,7 @@ WORKER_TYPES = {
 # Label values every labelled family exposes from the start (so rate() and alerts see zeros).
 LABEL_VALUES = {
     "sambay_router_requests_total": ("finish_reason", {"stop", "length", "abort", "error"}),
-    "sambay_router_rejections_total": ("reason", {"queue_full", "invalid", "draining"}),
+    "sambay_router_rejections_total": ("reason", {"queue_full", "invalid", "draining", "unauthenticated"}),
     "sambay_worker_tokens_total": ("phase", {"prefill", "decode"}),
     "sambay_worker_state_transfer_bytes_total": ("direction", {"sent", "received"}),
     "sambay_worker_sequences_finished_total": (
