@@ -268,6 +268,15 @@ absl::Status CheckServerFlags(const ServerFlags& flags) {
   return CheckTlsFiles({flags.metrics_tls_cert, flags.metrics_tls_key, ""}, {}, "--metrics-tls");
 }
 
+MetricsHttpOptions ServerMetricsOptions(const ServerFlags& flags) {
+  MetricsHttpOptions options;
+  options.tls_cert_file = flags.metrics_tls_cert;
+  options.tls_key_file = flags.metrics_tls_key;
+  options.bearer_token_file = flags.metrics_bearer_token_file;
+  options.reload_interval = absl::Seconds(flags.tls_reload_seconds);
+  return options;
+}
+
 bool InternalTls(const ServerFlags& flags) { return !flags.internal_tls_cert.empty(); }
 
 RpcLimits ServerRpcLimits(const ServerFlags& flags) {

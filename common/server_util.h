@@ -28,6 +28,7 @@
 #include "absl/time/time.h"
 #include "common/flags.h"
 #include "common/grpc_channel.h"
+#include "common/metrics_http.h"
 #include "nlohmann/json.hpp"
 
 namespace sambay {
@@ -106,6 +107,10 @@ void RegisterServerFlags(FlagSet& fs, ServerFlags* flags, const ServerFlagSpec& 
 // --tls-reload-seconds >= 1, the internal TLS files all three or none and readable (CheckTlsFiles),
 // the metrics TLS files both or neither; the error names the flag.
 absl::Status CheckServerFlags(const ServerFlags& flags);
+
+// The metrics endpoint's TLS and token files (--metrics-*) and their reload interval
+// (--tls-reload-seconds).
+MetricsHttpOptions ServerMetricsOptions(const ServerFlags& flags);
 
 // True when the --internal-tls-* files are given.
 bool InternalTls(const ServerFlags& flags);

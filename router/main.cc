@@ -397,7 +397,8 @@ int Run(int argc, char** argv) {
   if (!model.ok()) return CannotStart("router", model.status());
   const RpcLimits rpc = ServerRpcLimits(f.server);
   RouterMetrics metrics;
-  auto metrics_port = metrics.Serve(f.server.metrics_host, static_cast<int>(f.server.metrics_port));
+  auto metrics_port = metrics.Serve(f.server.metrics_host, static_cast<int>(f.server.metrics_port),
+                                    ServerMetricsOptions(f.server));
   if (!metrics_port.ok()) return CannotStart("router", metrics_port.status());
   auto policy = MakePlacementPolicy(f.placement);
   if (!policy.ok()) return CannotStart("router", policy.status());

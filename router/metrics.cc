@@ -90,8 +90,9 @@ RouterMetrics::RouterMetrics()
                            .Register(*registry_);
 }
 
-absl::StatusOr<int> RouterMetrics::Serve(const std::string& host, int port) {
-  return ServeMetrics(registry_, host, port, &http_);
+absl::StatusOr<int> RouterMetrics::Serve(const std::string& host, int port,
+                                         const MetricsHttpOptions& options) {
+  return ServeMetrics(registry_, host, port, &http_, options);
 }
 
 void RouterMetrics::Finished(const std::string& r, const std::string& api) {

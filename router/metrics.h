@@ -49,7 +49,8 @@ class RouterMetrics {
   static constexpr const char* kApis[] = {"grpc", "http"};
 
   RouterMetrics();
-  absl::StatusOr<int> Serve(const std::string& host, int port);
+  absl::StatusOr<int> Serve(const std::string& host, int port,
+                            const MetricsHttpOptions& options = {});
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;  // first: the references below point into it

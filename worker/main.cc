@@ -308,7 +308,8 @@ int Run(int argc, char** argv) {
   if (f.device == "cuda") model.reset();  // the weights live on the GPU now
 
   WorkerMetrics metrics(engine->fingerprint(), f.role, SAMBAY_VERSION);
-  auto metrics_port = metrics.Serve(f.server.metrics_host, static_cast<int>(f.server.metrics_port));
+  auto metrics_port = metrics.Serve(f.server.metrics_host, static_cast<int>(f.server.metrics_port),
+                                    ServerMetricsOptions(f.server));
   if (!metrics_port.ok()) return CannotStart("worker", metrics_port.status());
   RpcLimits limits = ServerRpcLimits(f.server);
   limits.max_message_bytes = f.max_message_mib << 20;

@@ -111,8 +111,9 @@ WorkerMetrics::WorkerMetrics(const std::string& fingerprint, const std::string& 
   for (const char* r : kFailureReasons) failures_[r] = &fail.Add({{"reason", r}});
 }
 
-absl::StatusOr<int> WorkerMetrics::Serve(const std::string& host, int port) {
-  return ServeMetrics(registry_, host, port, &http_);
+absl::StatusOr<int> WorkerMetrics::Serve(const std::string& host, int port,
+                                         const MetricsHttpOptions& options) {
+  return ServeMetrics(registry_, host, port, &http_, options);
 }
 
 void WorkerMetrics::Reject(RejectReason reason) { rejections_.at(reason)->Increment(); }

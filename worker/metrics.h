@@ -53,7 +53,8 @@ class WorkerMetrics {
                 const std::string& version);
 
   // Serves /metrics on host:port (port 0 = any free port). Returns the bound port.
-  absl::StatusOr<int> Serve(const std::string& host, int port);
+  absl::StatusOr<int> Serve(const std::string& host, int port,
+                            const MetricsHttpOptions& options = {});
 
   prometheus::Registry& registry() { return *registry_; }
 

@@ -5,13 +5,14 @@
 //
 //   node openai_client.mjs main      BASE_URL ROUTER_METRICS_URL WORKER_METRICS_URL...
 //   node openai_client.mjs ratelimit BASE_URL ROUTER_METRICS_URL WORKER_METRICS_URL...
+//   node openai_client.mjs auth      BASE_URL  (the router's API key in $SAMBAY_API_KEY)
 //
 // BASE_URL is http://127.0.0.1:PORT/v1; the metrics URLs are the router's and the decode
 // workers' /metrics. "main" runs every check below but the full queue; "ratelimit" needs a
-// router with --max-concurrent 1 --max-queue 0 and checks RateLimitError. The tiny model's
-// output is random bytes, so the checks compare structure, token counts and runs with each other,
-// never text against a fixed string. AuthenticationError is not checked: the router has no API
-// keys yet.
+// router with --max-concurrent 1 --max-queue 0 and checks RateLimitError; "auth" needs a router with
+// --api-keys-file and checks AuthenticationError. The tiny model's output is random bytes, so the
+// checks compare structure, token counts and runs with each other, never text against a fixed
+// string.
 //
 // Prints one line per check ("ok - ..."); exits 1 with "FAIL: ..." at the first failure.
 //
@@ -373,7 +374,35 @@ async function typedErrors() {
         `streaming with temperature -1: ${streamed?.constructor?.name} ${streamed}`);
   ok('typed errors: BadRequestError 400 (n: 2 with param n, messages [] with param messages, a ' +
      'stream with temperature -1), NotFoundError 404 model_not_found');
-  console.log('skip - AuthenticationError: the router has no API keys yet');
+}
+
+// Router with --api-keys-file holding $SAMBAY_API_KEY: the key works; a wrong key, and the key
+// with its case flipped, are AuthenticationError (401, authentication_error) on every route.
+async function auth() {
+  const key = process.env.SAMBAY_API_KEY || '';
+  check(key.length > 0, 'auth: no $SAMBAY_API_KEY');
+  const good = new OpenAI({ baseURL, apiKey: key, maxRetries: 0, timeout: 20000 });
+  const done = await good.chat.completions.create(
+    { model: MODEL, messages: CHAT, max_tokens: 4, temperature: 0, ignore_eos: true });
+  check(done.usage.completion_tokens === 4, `auth: the right key: ${show(done.usage)}`);
+  const flipped = key === key.toUpperCase() ? key.toLowerCase() : key.toUpperCase();
+  for (const [what, wrongKey] of [['a wrong key', 'sk-not-a-key-of-this-router'],
+                                  ['the key in another case', flipped]]) {
+    const wrong = new OpenAI({ baseURL, apiKey: wrongKey, maxRetries: 0, timeout: 20000 });
+    for (const [route, call] of [
+      ['chat', () => wrong.chat.completions.create({ model: MODEL, messages: CHAT, max_tokens: 4 })],
+      ['completions', () => wrong.completions.create({ model: MODEL, prompt: 'x', max_tokens: 4 })],
+      ['models', () => wrong.models.list()],
+    ]) {
+      const err = await errorOf(call(), `${what} on ${route}`);
+      check(err instanceof OpenAI.AuthenticationError && err.status === 401 &&
+            err.type === 'authentication_error' && err.message.includes('invalid API key') &&
+            !err.message.includes(wrongKey),
+            `${what} on ${route}: ${err?.constructor?.name} ${err}`);
+    }
+  }
+  ok('AuthenticationError 401 for a wrong key and for the key in another case (chat, ' +
+     'completions, models); the right key is served');
 }
 
 // Router with --max-concurrent 1 --max-queue 0: a second request while one streams is a 429.
@@ -409,6 +438,10 @@ async function rateLimit() {
 async function main() {
   if (mode === 'ratelimit') {
     await rateLimit();
+    return;
+  }
+  if (mode === 'auth') {
+    await auth();
     return;
   }
   check(mode === 'main', `unknown mode ${show(mode)}`);

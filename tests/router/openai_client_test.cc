@@ -117,5 +117,30 @@ TEST(OpenAiClient, SdkRateLimitErrorOnFullQueue) {
       << r.output;
 }
 
+// A router with an API key: the SDK with the key is served; with a wrong key, or the key in
+// another case, it gets AuthenticationError (401) on every route.
+TEST(OpenAiClient, SdkAuthenticationErrorWithApiKeys) {
+  if (const std::string missing = MissingTools(); !missing.empty()) GTEST_SKIP() << missing;
+  Cluster c;
+  const std::string key = "sk-local-0123456789abcdef";
+  const std::string keys_file = c.dir() + "/keys";
+  {
+    std::FILE* f = std::fopen(keys_file.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fprintf(f, "%s sdk-user\n", key.c_str());
+    std::fclose(f);
+  }
+  absl::Status started;
+  const int port = StartWithHttp(c, {"--api-keys-file", keys_file}, &started);
+  ASSERT_STARTED(started);
+  setenv("SAMBAY_API_KEY", key.c_str(), 1);
+  const ScriptResult r =
+      RunClientScript({"auth", absl::StrCat("http://127.0.0.1:", port, "/v1")});
+  unsetenv("SAMBAY_API_KEY");
+  EXPECT_EQ(r.exit_code, 0) << r.output << "\n" << c.Logs();
+  EXPECT_TRUE(absl::StrContains(r.output, "all auth checks passed")) << r.output;
+  EXPECT_FALSE(absl::StrContains(c.Logs(), key)) << "the key is in a log";
+}
+
 }  // namespace
 }  // namespace sambay::testing

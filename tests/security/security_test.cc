@@ -339,5 +339,124 @@ TEST(SecurityTest, FailoverWithMtlsIsExact) {
   EXPECT_GE((*router)->MetricSum("sambay_router_migrations_total"), 1) << (*router)->Logs();
 }
 
+// The status of a reflection stream opened and closed at once (UNIMPLEMENTED when the server has
+// no reflection).
+grpc::Status ReflectionCall(const std::shared_ptr<grpc::Channel>& ch) {
+  grpc::GenericStub stub(ch);
+  grpc::CompletionQueue cq;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  auto call =
+      stub.PrepareCall(&ctx, "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", &cq);
+  void* tag = nullptr;
+  bool ok = false;
+  call->StartCall(reinterpret_cast<void*>(1));
+  cq.Next(&tag, &ok);
+  call->WritesDone(reinterpret_cast<void*>(2));
+  cq.Next(&tag, &ok);
+  grpc::Status status;
+  call->Finish(&status, reinterpret_cast<void*>(3));
+  while (cq.Next(&tag, &ok) && tag != reinterpret_cast<void*>(3)) {
+  }
+  cq.Shutdown();
+  while (cq.Next(&tag, &ok)) {
+  }
+  return status;
+}
+
+// --reflection=false closes gRPC reflection on the public port; it is open by default.
+TEST(SecurityTest, ReflectionFollowsTheFlag) {
+  ScratchDir scratch;
+  auto worker = Worker::Start("both", {}, scratch.path(), "w");
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto open = Router::Start({"--workers", (*worker)->address()}, scratch.path(), "open");
+  ASSERT_TRUE(open.ok()) << open.status();
+  EXPECT_TRUE(ReflectionCall(Plain((*open)->address())).ok())
+      << Str(ReflectionCall(Plain((*open)->address())));
+  auto closed = Router::Start({"--workers", (*worker)->address(), "--reflection=false"},
+                              scratch.path(), "closed");
+  ASSERT_TRUE(closed.ok()) << closed.status();
+  EXPECT_EQ(ReflectionCall(Plain((*closed)->address())).error_code(),
+            grpc::StatusCode::UNIMPLEMENTED);
+}
+
+// Certificate rotation without a restart: the files are replaced (by a certificate of another
+// CA, so that the test can tell which one a handshake saw) under a running stream; within the
+// reload interval new connections get the new certificate, and the running stream finishes
+// exactly on the connection it had.
+TEST(SecurityTest, CertificateRotationUnderARunningStream) {
+  ScratchDir scratch;
+  Pki pki(scratch.path());
+  auto worker = Worker::Start("both", {}, scratch.path(), "w");
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  WriteFileAtomically(pki.Path("live.crt"), ReadWholeFile(pki.Cert("server")));
+  WriteFileAtomically(pki.Path("live.key"), ReadWholeFile(pki.Key("server")));
+  auto router =
+      Router::Start({"--workers", (*worker)->address(), "--tls-cert", pki.Path("live.crt"),
+                     "--tls-key", pki.Path("live.key"), "--tls-reload-seconds", "1"},
+                    scratch.path(), "router", 1);
+  ASSERT_TRUE(router.ok()) << router.status();
+  const std::string addr = (*router)->address();
+  const std::string old_ca = pki.Path("ca.crt"), new_ca = pki.Path("other-ca.crt");
+  ASSERT_TRUE(ModelInfo(Tls(addr, old_ca)).ok());
+  ASSERT_EQ(ModelInfo(Tls(addr, new_ca)).error_code(), grpc::StatusCode::UNAVAILABLE);
+
+  auto stub = pb::Generation::NewStub(Tls(addr, old_ca));
+  const auto request = IdsRequest(PromptIds(7, 9), Greedy(), 3000);
+  auto ref = ReferenceIds(request, scratch.path());
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  Stream stream(*stub, request, absl::Seconds(120));
+  ASSERT_TRUE(WaitFor([&] { return stream.tokens() >= 10; }, absl::Seconds(20)));
+
+  // The key first, then the certificate (a renewal swaps both; the provider reads a matching pair).
+  WriteFileAtomically(pki.Path("live.key"), ReadWholeFile(pki.Key("other-server")));
+  WriteFileAtomically(pki.Path("live.crt"), ReadWholeFile(pki.Cert("other-server")));
+  EXPECT_TRUE(WaitFor([&] { return ModelInfo(Tls(addr, new_ca)).ok(); }, absl::Seconds(10)))
+      << "new connections never saw the new certificate\n"
+      << (*router)->Logs();
+  EXPECT_EQ(ModelInfo(Tls(addr, old_ca)).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_FALSE(stream.done()) << "the stream ended before the rotation was seen: make it longer";
+  const StreamResult& res = stream.Wait();
+  ASSERT_TRUE(res.status.ok()) << res.Describe();
+  EXPECT_EQ(res.ids, *ref);
+}
+
+// The metrics endpoint's flags: HTTPS with the given certificate and a bearer token, on the
+// worker and on the router alike (curl stands in for Prometheus).
+TEST(SecurityTest, MetricsEndpointWithTlsAndToken) {
+  if (std::system("command -v curl >/dev/null 2>&1") != 0) GTEST_SKIP() << "no curl";
+  ScratchDir scratch;
+  Pki pki(scratch.path());
+  WriteFileAtomically(pki.Path("token"), "scrape-token-0123456789\n");
+  const std::vector<std::string> metrics_flags = {"--metrics-tls-cert",          pki.Cert("server"),
+                                                  "--metrics-tls-key",           pki.Key("server"),
+                                                  "--metrics-bearer-token-file", pki.Path("token")};
+  auto worker = StartWorker("both", metrics_flags, scratch.path(), "w");
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto status_of = [&](int port, const std::string& scheme, const std::string& token) {
+    std::string cmd = absl::StrCat("curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert ",
+                                   pki.Path("ca.crt"));
+    if (!token.empty()) absl::StrAppend(&cmd, " -H 'Authorization: Bearer ", token, "'");
+    absl::StrAppend(&cmd, " ", scheme, "://127.0.0.1:", port, "/metrics");
+    FILE* p = popen(cmd.c_str(), "r");
+    char buf[16] = {0};
+    const size_t n = p != nullptr ? std::fread(buf, 1, sizeof buf - 1, p) : 0;
+    if (p != nullptr) pclose(p);
+    return std::string(buf, n);
+  };
+  const int port = (*worker)->metrics_port();
+  EXPECT_EQ(status_of(port, "https", "scrape-token-0123456789"), "200");
+  EXPECT_EQ(status_of(port, "https", ""), "401");
+  EXPECT_EQ(status_of(port, "https", "SCRAPE-TOKEN-0123456789"), "401");
+  EXPECT_EQ(status_of(port, "http", "scrape-token-0123456789"), "000");  // plaintext: closed
+  // The router takes the same flags (and its registry sees the worker over the gRPC port).
+  std::vector<std::string> args = {"--workers", (*worker)->address()};
+  args.insert(args.end(), metrics_flags.begin(), metrics_flags.end());
+  auto router = Router::Start(args, scratch.path(), "router");
+  ASSERT_TRUE(router.ok()) << router.status();
+  EXPECT_EQ(status_of((*router)->metrics_port(), "https", "scrape-token-0123456789"), "200");
+  EXPECT_EQ(status_of((*router)->metrics_port(), "https", "wrong"), "401");
+}
+
 }  // namespace
 }  // namespace sambay::testing
