@@ -297,11 +297,13 @@ int64_t SseReader::Characters(std::string_view data, size_t at) {
 
 class HttpStreamClient::Impl {
  public:
-  Impl(tcp::resolver::results_type endpoints, std::string host, int threads)
+  Impl(tcp::resolver::results_type endpoints, std::string host, int threads,
+       const std::string& api_key)
       : ioc_(threads),
         work_(net::make_work_guard(ioc_)),
         pool_(ioc_, std::move(endpoints)),
-        host_(std::move(host)) {
+        host_(std::move(host)),
+        authorization_(api_key.empty() ? "" : "Bearer " + api_key) {
     for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { ioc_.run(); });
   }
   ~Impl() {
@@ -329,6 +331,7 @@ class HttpStreamClient::Impl {
     req.set(http::field::host, host_);
     req.set(http::field::content_type, "application/json");
     req.set(http::field::accept, "text/event-stream");
+    if (!authorization_.empty()) req.set(http::field::authorization, authorization_);
     req.keep_alive(true);
     req.body() = std::move(body);
     req.prepare_payload();
@@ -345,11 +348,12 @@ class HttpStreamClient::Impl {
   net::executor_work_guard<net::io_context::executor_type> work_;
   Pool pool_;  // its idle streams go before the io_context
   const std::string host_;
+  const std::string authorization_;  // "Bearer KEY", or "" without an API key
   std::vector<std::thread> threads_;
 };
 
-absl::StatusOr<std::unique_ptr<HttpStreamClient>> HttpStreamClient::Create(const std::string& host,
-                                                                           int port, int threads) {
+absl::StatusOr<std::unique_ptr<HttpStreamClient>> HttpStreamClient::Create(
+    const std::string& host, int port, int threads, const std::string& api_key) {
   net::io_context resolve_ctx;
   tcp::resolver resolver(resolve_ctx);
   beast::error_code ec;
@@ -359,7 +363,7 @@ absl::StatusOr<std::unique_ptr<HttpStreamClient>> HttpStreamClient::Create(const
         absl::StrCat("cannot resolve ", host, ":", port, ": ", ec.message()));
   }
   auto impl = std::make_unique<Impl>(std::move(endpoints), absl::StrCat(host, ":", port),
-                                     std::max(1, threads));
+                                     std::max(1, threads), api_key);
   return std::unique_ptr<HttpStreamClient>(new HttpStreamClient(std::move(impl)));
 }
 

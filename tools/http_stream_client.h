@@ -4,6 +4,9 @@
 // end, how the stream ended (the usage chunk's completion_tokens, an error event, the HTTP
 // status of an error answer, a transport error or the deadline).
 //
+// With an API key, every request carries "Authorization: Bearer KEY" (the key is never put into
+// an error). Plain HTTP only: there is no HTTPS.
+//
 // Many streams share a few I/O threads running one Boost.Asio io_context: no thread per stream.
 // Each stream runs on its own strand. Keep-alive connections are pooled and reused by later
 // streams (as an OpenAI SDK client does); a stream whose reused connection turns out closed
@@ -80,9 +83,11 @@ class SseReader {
 
 class HttpStreamClient {
  public:
-  // Resolves host:port and starts `threads` I/O threads.
+  // Resolves host:port and starts `threads` I/O threads. A non-empty `api_key` is sent as
+  // "Authorization: Bearer API_KEY" with every request.
   static absl::StatusOr<std::unique_ptr<HttpStreamClient>> Create(const std::string& host, int port,
-                                                                  int threads);
+                                                                  int threads,
+                                                                  const std::string& api_key = "");
   ~HttpStreamClient();
   HttpStreamClient(const HttpStreamClient&) = delete;
   HttpStreamClient& operator=(const HttpStreamClient&) = delete;

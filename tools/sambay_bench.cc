@@ -39,6 +39,9 @@
 // event or a broken stream after 200 INTERNAL). The HTTP client (tools/http_stream_client.h) runs
 // every stream on --http-threads threads over pooled keep-alive connections, no thread per stream.
 //
+// TLS and the API key: the flags of common/client_flags.h (gRPC only; --api http is plaintext and
+// sends --api-key as "Authorization: Bearer KEY").
+//
 // With --router-pid (and/or --worker-pid) the process's CPU time (utime + stime from
 // /proc/PID/stat) is read before and after the run and reported with the tokens streamed per
 // CPU-second of that process.
@@ -159,7 +162,8 @@ void Register(FlagSet& fs, Flags& f) {
                "local_prompt on a role-both worker.");
   fs.AddString("api", &f.api,
                "grpc: the gRPC API; http: the router's OpenAI-compatible HTTP API (POST "
-               "/v1/completions, streamed; --address is the router's --http-port).");
+               "/v1/completions, streamed; --address is the router's --http-port; plaintext "
+               "only: the TLS flags are refused, --api-key is sent as 'Authorization: Bearer').");
   fs.AddInt("http-threads", &f.http_threads, "--api http: threads running the HTTP streams.");
   fs.AddInt("concurrency", &f.concurrency,
             "Closed loop: this many streams always in flight (default 8 when --rate is not "
@@ -289,12 +293,10 @@ class StreamCall final : public grpc::ClientReadReactor<Response> {
  public:
   // start(&ctx, &req, this) begins the call (stub->async()->Method(...)).
   template <typename StartFn>
-  StreamCall(Collector* out, Request req, Timing timing, double timeout, const StartFn& start)
+  StreamCall(Collector* out, Request req, Timing timing, const ClientFlags& client,
+             const StartFn& start)
       : out_(out), req_(std::move(req)), timing_(std::move(timing)) {
-    if (timeout > 0) {
-      ctx_.set_deadline(std::chrono::system_clock::now() +
-                        std::chrono::microseconds(static_cast<int64_t>(timeout * 1e6)));
-    }
+    PrepareClientContext(client, &ctx_);  // the deadline and the API key
     timing_.Start();
     start(&ctx_, &req_, this);
     this->StartRead(&resp_);
@@ -333,11 +335,12 @@ grpc::Status HttpEndStatus(const SseStreamEnd& end) {
     code = grpc::StatusCode::DEADLINE_EXCEEDED;
   } else {
     static const std::map<int, grpc::StatusCode> kCodes = {
-        {0, grpc::StatusCode::UNAVAILABLE},        {200, grpc::StatusCode::INTERNAL},
-        {400, grpc::StatusCode::INVALID_ARGUMENT}, {404, grpc::StatusCode::NOT_FOUND},
-        {409, grpc::StatusCode::ABORTED},          {429, grpc::StatusCode::RESOURCE_EXHAUSTED},
-        {499, grpc::StatusCode::CANCELLED},        {501, grpc::StatusCode::UNIMPLEMENTED},
-        {503, grpc::StatusCode::UNAVAILABLE},      {504, grpc::StatusCode::DEADLINE_EXCEEDED},
+        {0, grpc::StatusCode::UNAVAILABLE},         {200, grpc::StatusCode::INTERNAL},
+        {400, grpc::StatusCode::INVALID_ARGUMENT},  {401, grpc::StatusCode::UNAUTHENTICATED},
+        {403, grpc::StatusCode::PERMISSION_DENIED}, {404, grpc::StatusCode::NOT_FOUND},
+        {409, grpc::StatusCode::ABORTED},           {429, grpc::StatusCode::RESOURCE_EXHAUSTED},
+        {499, grpc::StatusCode::CANCELLED},         {501, grpc::StatusCode::UNIMPLEMENTED},
+        {503, grpc::StatusCode::UNAVAILABLE},       {504, grpc::StatusCode::DEADLINE_EXCEEDED},
     };
     if (auto it = kCodes.find(end.http_status); it != kCodes.end()) code = it->second;
   }
@@ -429,7 +432,7 @@ class Sender {
     req.set_max_new_tokens(static_cast<uint32_t>(d.gen_len));
     Timing timing(req.local_prompt().ids_size(), req.max_new_tokens());
     new WorkerCall(
-        out, std::move(req), std::move(timing), f_.client.timeout,
+        out, std::move(req), std::move(timing), f_.client,
         [this](auto* ctx, auto* r, auto* call) { worker_->async()->Decode(ctx, r, call); });
   }
   void SendRouter(Collector* out, const Draw& d) {
@@ -442,7 +445,7 @@ class Sender {
     req.mutable_stopping()->set_ignore_eos(true);
     Timing timing(req.token_ids().ids_size(), req.stopping().max_new_tokens());
     new RouterCall(
-        out, std::move(req), std::move(timing), f_.client.timeout,
+        out, std::move(req), std::move(timing), f_.client,
         [this](auto* ctx, auto* r, auto* call) { router_->async()->Generate(ctx, r, call); });
   }
   // POST /v1/completions, streamed, with the usage chunk (the request id is the router's).
@@ -513,9 +516,16 @@ std::optional<int> ParseAndCheckFlags(FlagSet& fs, Flags& f, int argc, char** ar
     std::fprintf(stderr, "%s: error: %s\n", kTool, m.c_str());
     return 2;
   };
+  if (absl::Status s = ApplySharedClientEnv(fs, &f.client); !s.ok()) {
+    return bad(std::string(s.message()));
+  }
   if (absl::Status s = CheckClientFlags(f.client); !s.ok()) return bad(std::string(s.message()));
   if (f.target != "router" && f.target != "worker") return bad("--target: router or worker");
   if (f.api != "grpc" && f.api != "http") return bad("--api: grpc or http");
+  if (absl::Status s = RefuseTls(f.client, "--api http is plain HTTP (no HTTPS); use --api grpc");
+      f.api == "http" && !s.ok()) {
+    return bad(std::string(s.message()));
+  }
   if (f.api == "http" && f.target != "router") return bad("--api http needs --target router");
   if (f.http_threads < 1 || f.http_threads > 64) return bad("--http-threads: 1 .. 64");
   if (f.concurrency > 0 && f.rate > 0) return bad("give --concurrency or --rate, not both");
@@ -706,7 +716,8 @@ std::optional<Connection> Connect(const Flags& f) {
       if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
         host = host.substr(1, host.size() - 2);
       }
-      auto http = HttpStreamClient::Create(host, port, static_cast<int>(f.http_threads));
+      auto http =
+          HttpStreamClient::Create(host, port, static_cast<int>(f.http_threads), f.client.api_key);
       status = http.ok() ? (*http)->WaitConnectable(absl::Seconds(10)) : http.status();
       if (http.ok()) c.http = std::move(*http);
     }
@@ -747,7 +758,8 @@ int Run(int argc, char** argv) {
   const std::string load = bench::LoadText(rs);
   bench::PrintLatencies(rs, load, run.sent(), s);
   bench::PrintResults(rs, *procs, s);
-  if (!f.json.empty() && !bench::WriteJson(fs.Effective(), rs, load, run.sent(), *procs, s)) {
+  if (!f.json.empty() &&
+      !bench::WriteJson(RedactedEffective(fs), rs, load, run.sent(), *procs, s)) {
     return 1;
   }
   return s.errors.empty() ? 0 : 1;

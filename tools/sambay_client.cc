@@ -6,6 +6,8 @@
 //   sambay-client --ids 3,14,15 --max-new-tokens 16 --json      (one JSON object per message)
 //   sambay-client --health [--wait-ready 60]                    (readiness probe)
 //   sambay-client --info                                        (GetModelInfo as JSON)
+//   SAMBAY_API_KEY=KEY sambay-client --tls-ca ca.pem --tls-cert client.pem --tls-key client.key
+//       --prompt "Hello"                                        (TLS, mTLS and an API key)
 //
 // Default output: the text on stdout, flushed per message, then one newline; a summary line on
 // stderr. Errors: one line "sambay-client: error: CODE: message" on stderr. Exit codes: 0 OK,
@@ -413,17 +415,10 @@ std::string SummaryLine(const std::string& request_id, v1::FinishReason finish,
   return line;
 }
 
-void SetDeadline(grpc::ClientContext& ctx, double seconds) {
-  if (seconds > 0) {
-    ctx.set_deadline(std::chrono::system_clock::now() +
-                     std::chrono::microseconds(static_cast<int64_t>(seconds * 1e6)));
-  }
-}
-
 int RunGenerate(const Flags& f, const v1::GenerateRequest& req, v1::Generation::Stub& stub,
                 SignalCanceller& signals) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, f.client.timeout);
+  PrepareClientContext(f.client, &ctx);
   signals.Watch(&ctx);
   const auto t0 = std::chrono::steady_clock::now();
   std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader = stub.Generate(&ctx, req);
@@ -490,7 +485,7 @@ int RunHealth(const Flags& f, const std::shared_ptr<grpc::Channel>& channel,
   std::string state = "UNKNOWN";
   while (true) {
     grpc::ClientContext ctx;
-    SetDeadline(ctx, f.client.timeout > 0 ? f.client.timeout : 5.0);
+    PrepareClientContext(f.client, &ctx, 5.0);
     signals.Watch(&ctx);
     grpc::health::v1::HealthCheckRequest req;
     req.set_service(kReadinessService);
@@ -519,7 +514,7 @@ int RunHealth(const Flags& f, const std::shared_ptr<grpc::Channel>& channel,
 
 int RunInfo(const Flags& f, v1::Generation::Stub& stub, SignalCanceller& signals) {
   grpc::ClientContext ctx;
-  SetDeadline(ctx, f.client.timeout > 0 ? f.client.timeout : 10.0);
+  PrepareClientContext(f.client, &ctx, 10.0);
   signals.Watch(&ctx);
   v1::ModelInfo info;
   const grpc::Status s = stub.GetModelInfo(&ctx, v1::GetModelInfoRequest(), &info);
@@ -556,6 +551,10 @@ int Run(int argc, char** argv) {
     return kExitFlags;
   }
   const nlohmann::json set = fs.Effective()["set_by"];
+  if (absl::Status s = ApplySharedClientEnv(fs, &f.client); !s.ok()) {
+    PrintError(std::string(s.message()));
+    return kExitFlags;
+  }
   if (absl::Status s = CheckClientFlags(f.client); !s.ok()) {
     PrintError(std::string(s.message()));
     return kExitFlags;

@@ -66,6 +66,7 @@
 #include "common/grpc_status.h"
 #include "common/server_util.h"
 #include "common/status_macros.h"
+#include "common/tls.h"
 #include "engine/config.h"
 #include "engine/state.h"
 #include "engine/state_io.h"
@@ -89,6 +90,11 @@ ABSL_FLAG(std::string, worker_log, "",
           "file for the worker's stdout/stderr; default: a temporary file, removed at exit");
 ABSL_FLAG(double, startup_timeout, 900, "seconds to wait for the worker's port file");
 ABSL_FLAG(uint64_t, seed, 1, "seed of the synthetic state's random content");
+ABSL_FLAG(std::string, internal_tls_cert, "",
+          "with --internal-tls-key and --internal-tls-ca: the worker's port is mTLS and the bench "
+          "pushes over mTLS with this certificate (it needs the DNS SAN sambay-internal)");
+ABSL_FLAG(std::string, internal_tls_key, "", "key of --internal-tls-cert");
+ABSL_FLAG(std::string, internal_tls_ca, "", "the cluster CA of --internal-tls-cert");
 
 namespace sambay {
 namespace {
@@ -524,6 +530,12 @@ struct Options {
   size_t chunk_bytes = 0;
 };
 
+// The --internal-tls-* files (all empty: plaintext).
+TlsFiles InternalTlsFiles() {
+  return {absl::GetFlag(FLAGS_internal_tls_cert), absl::GetFlag(FLAGS_internal_tls_key),
+          absl::GetFlag(FLAGS_internal_tls_ca)};
+}
+
 absl::StatusOr<Options> ReadOptions() {
   Options o;
   o.model_dir = absl::GetFlag(FLAGS_model);
@@ -543,6 +555,9 @@ absl::StatusOr<Options> ReadOptions() {
     }
   }
   o.chunk_bytes = static_cast<size_t>(absl::GetFlag(FLAGS_chunk_bytes));
+  if (const TlsFiles tls = InternalTlsFiles(); !tls.empty()) {
+    SAMBAY_RETURN_IF_ERROR(CheckTlsFiles(tls, {.identity = true, .ca = true}, "--internal-tls"));
+  }
   return o;
 }
 
@@ -571,24 +586,32 @@ absl::StatusOr<std::unique_ptr<WorkerProcess>> StartWorker(const Options& o,
                                                            const WorkerFiles& files) {
   std::string bin = absl::GetFlag(FLAGS_worker_bin);
   if (bin.empty()) bin = SelfDir() + "/sambay-worker";
-  const std::vector<std::string> args = {"--model",
-                                         o.model_dir,
-                                         "--role",
-                                         "decode",
-                                         "--host",
-                                         "127.0.0.1",
-                                         "--port",
-                                         "0",
-                                         "--metrics-port",
-                                         "0",
-                                         "--port-file",
-                                         files.port_file,
-                                         "--max-context",
-                                         absl::StrCat(o.max_context),
-                                         "--state-memory-mib",
-                                         absl::StrCat(absl::GetFlag(FLAGS_state_memory_mib)),
-                                         "--lease-timeout",
-                                         absl::StrCat(absl::GetFlag(FLAGS_lease_timeout))};
+  std::vector<std::string> args = {"--model",
+                                   o.model_dir,
+                                   "--role",
+                                   "decode",
+                                   "--host",
+                                   "127.0.0.1",
+                                   "--port",
+                                   "0",
+                                   "--metrics-port",
+                                   "0",
+                                   "--port-file",
+                                   files.port_file,
+                                   "--max-context",
+                                   absl::StrCat(o.max_context),
+                                   "--state-memory-mib",
+                                   absl::StrCat(absl::GetFlag(FLAGS_state_memory_mib)),
+                                   "--lease-timeout",
+                                   absl::StrCat(absl::GetFlag(FLAGS_lease_timeout))};
+  const TlsFiles tls = InternalTlsFiles();
+  if (!tls.empty()) {
+    for (const std::string& a :
+         {std::string("--internal-tls-cert"), tls.cert, std::string("--internal-tls-key"), tls.key,
+          std::string("--internal-tls-ca"), tls.ca}) {
+      args.push_back(a);
+    }
+  }
   std::fprintf(stderr, "starting %s %s\n", bin.c_str(), absl::StrJoin(args, " ").c_str());
   return WorkerProcess::Start(bin, args, files.log_path);
 }
@@ -773,7 +796,12 @@ bool PrintChecks(const std::vector<Row>& rows, const Worst& worst,
 // The benchmark against the running worker at `address`; sets *exit_code (0 when both targets
 // pass, 2 when one fails).
 absl::Status Bench(const Options& o, const std::string& address, pid_t worker_pid, int* exit_code) {
-  auto channel = MakeChannel(address, RpcLimits{});
+  RpcLimits limits;
+  if (const TlsFiles tls = InternalTlsFiles(); !tls.empty()) {
+    limits.credentials = MakeTlsChannelCredentials(tls, absl::Seconds(60));
+    limits.tls_server_name = "sambay-internal";
+  }
+  auto channel = MakeChannel(address, limits);
   auto stub = pb::Worker::NewStub(channel);
   pb::WorkerInfo info;
   SAMBAY_ASSIGN_OR_RETURN(info, GetWorkerInfo(*stub, o));

@@ -20,6 +20,13 @@
 #   --worker-args "A"  extra flags for every worker, split on spaces (SAMBAY_CLUSTER_WORKER_ARGS)
 #   --router-args "A"  extra flags for the router, split on spaces (SAMBAY_CLUSTER_ROUTER_ARGS)
 #   --restart          restart a worker that exits, on its port (SAMBAY_CLUSTER_RESTART=1)
+#   --secure           TLS everywhere (SAMBAY_CLUSTER_SECURE=1): makes a throwaway CA and
+#                      certificates (7 days) and an API key file in WORKDIR/tls with openssl;
+#                      the router's public port wants TLS, a client certificate (mTLS) and the API
+#                      key; router and workers talk mTLS. WORKDIR/client.env holds the client's
+#                      settings (source it); --run exports them: SAMBAY_TLS_CA, SAMBAY_TLS_CERT,
+#                      SAMBAY_TLS_KEY, SAMBAY_API_KEY. Plaintext is the default, and then --run
+#                      removes any SAMBAY_TLS* variables from CMD's environment.
 #
 # Everything the script says goes to stderr; the --run command owns stdout. The router address is
 # also written to WORKDIR/router.address. While it serves (without --run), a worker that exits is
@@ -47,6 +54,7 @@ TIMEOUT="${SAMBAY_CLUSTER_TIMEOUT:-120}"
 WORKER_ARGS="${SAMBAY_CLUSTER_WORKER_ARGS:-}"
 ROUTER_ARGS="${SAMBAY_CLUSTER_ROUTER_ARGS:-}"
 RESTART="${SAMBAY_CLUSTER_RESTART:-0}"
+SECURE="${SAMBAY_CLUSTER_SECURE:-0}"
 readonly HOST=127.0.0.1
 readonly STOP_TIMEOUT=15
 RUN=0
@@ -77,6 +85,7 @@ while [[ $# -gt 0 ]]; do
     --worker-args) need_value "$@"; WORKER_ARGS="$2"; shift 2 ;;
     --router-args) need_value "$@"; ROUTER_ARGS="$2"; shift 2 ;;
     --restart) RESTART=1; shift ;;
+    --secure) SECURE=1; shift ;;
     --prefill=* | --decode=* | --both=* | --model=* | --bin=* | --port=* | --workdir=* | \
       --timeout=* | --worker-args=* | --router-args=*)
       set -- "${1%%=*}" "${1#*=}" "${@:2}" ;;
@@ -98,6 +107,7 @@ is_count "$DECODE" || usage_error "--decode: \"$DECODE\" is not a count"
 is_count "$BOTH" || usage_error "--both: \"$BOTH\" is not a count"
 if ! is_count "$PORT" || ((PORT > 65535)); then usage_error "--port: \"$PORT\" is not a port"; fi
 [[ "$RESTART" == 0 || "$RESTART" == 1 ]] || usage_error "SAMBAY_CLUSTER_RESTART: \"$RESTART\" is not 0 or 1"
+[[ "$SECURE" == 0 || "$SECURE" == 1 ]] || usage_error "SAMBAY_CLUSTER_SECURE: \"$SECURE\" is not 0 or 1"
 if ! is_count "$TIMEOUT" || ((TIMEOUT == 0)); then
   usage_error "--timeout: \"$TIMEOUT\" is not a number of seconds"
 fi
@@ -120,6 +130,64 @@ WORKDIR="$(cd "$WORKDIR" && pwd)"
 rm -f "$WORKDIR/router.address"
 read -r -a WORKER_EXTRA <<<"$WORKER_ARGS"
 read -r -a ROUTER_EXTRA <<<"$ROUTER_ARGS"
+
+# --secure: a throwaway CA and certificates in WORKDIR/tls (never in the checkout), ECDSA P-256,
+# valid TLS_DAYS days, and an API key file; keys and the key file are readable by the user only.
+readonly TLS_DAYS=7
+readonly INTERNAL_NAME=sambay-internal # the name every internal certificate carries (DNS SAN)
+TLS_DIR="$WORKDIR/tls"
+ossl() { # openssl ARGS..., its output in TLS_DIR/openssl.log; dies when it fails
+  openssl "$@" >>"$TLS_DIR/openssl.log" 2>&1 && return
+  tail -n 5 "$TLS_DIR/openssl.log" >&2
+  die "--secure: openssl $1 failed (log: $TLS_DIR/openssl.log)"
+}
+ec_key() { ossl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1"; }
+leaf_cert() { # NAME CN EXTENSIONS: NAME.key and NAME.pem signed by the CA
+  local name="$1" cn="$2" ext="$3"
+  ec_key "$TLS_DIR/$name.key"
+  ossl req -new -key "$TLS_DIR/$name.key" -subj "/CN=$cn" -out "$TLS_DIR/$name.csr"
+  printf '%b\n' "$ext" >"$TLS_DIR/$name.ext"
+  ossl x509 -req -in "$TLS_DIR/$name.csr" -CA "$TLS_DIR/ca.pem" -CAkey "$TLS_DIR/ca.key" \
+    -CAcreateserial -days "$TLS_DAYS" -sha256 -extfile "$TLS_DIR/$name.ext" -out "$TLS_DIR/$name.pem"
+  rm -f "$TLS_DIR/$name.csr" "$TLS_DIR/$name.ext"
+}
+make_tls() {
+  command -v openssl >/dev/null 2>&1 || die "--secure: openssl not found (apt-get install openssl)"
+  rm -rf "$TLS_DIR"
+  (umask 077 && mkdir "$TLS_DIR") || die "--secure: cannot create $TLS_DIR"
+  (
+    local key usage="basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature"
+    umask 077
+    ec_key "$TLS_DIR/ca.key"
+    ossl req -x509 -new -key "$TLS_DIR/ca.key" -subj "/CN=sambay local CA" -days "$TLS_DAYS" \
+      -sha256 -addext "basicConstraints=critical,CA:TRUE" \
+      -addext "keyUsage=critical,keyCertSign,cRLSign" -out "$TLS_DIR/ca.pem"
+    leaf_cert server localhost "$usage\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost"
+    leaf_cert internal "$INTERNAL_NAME" \
+      "$usage\nextendedKeyUsage=serverAuth,clientAuth\nsubjectAltName=DNS:$INTERNAL_NAME"
+    leaf_cert client sambay-client "$usage\nextendedKeyUsage=clientAuth"
+    key="$(openssl rand -hex 24)" || die "--secure: openssl rand failed"
+    echo "$key local" >"$TLS_DIR/api-keys"
+  ) || exit 1
+  API_KEY="$(cut -d' ' -f1 "$TLS_DIR/api-keys")"
+}
+INTERNAL_TLS=()
+PUBLIC_TLS=()
+CLIENT_TLS=()
+API_KEY=""
+if ((SECURE)); then
+  make_tls
+  INTERNAL_TLS=(--internal-tls-cert "$TLS_DIR/internal.pem" --internal-tls-key "$TLS_DIR/internal.key"
+    --internal-tls-ca "$TLS_DIR/ca.pem")
+  PUBLIC_TLS=(--tls-cert "$TLS_DIR/server.pem" --tls-key "$TLS_DIR/server.key"
+    --tls-client-ca "$TLS_DIR/ca.pem" --api-keys-file "$TLS_DIR/api-keys")
+  CLIENT_TLS=(--tls-ca "$TLS_DIR/ca.pem" --tls-cert "$TLS_DIR/client.pem" --tls-key "$TLS_DIR/client.key")
+  say "--secure: CA, certificates (valid $TLS_DAYS days) and the API key file in $TLS_DIR"
+fi
+# The clients' TLS variables (common/client_flags.h) are removed from what this script starts:
+# the servers (SAMBAY_TLS_CERT and SAMBAY_TLS_KEY are also the router's --tls-cert/--tls-key),
+# the readiness probe and the --run command, which gets them set with --secure.
+CLIENT_UNSET=(-u SAMBAY_TLS -u SAMBAY_TLS_CA -u SAMBAY_TLS_CERT -u SAMBAY_TLS_KEY -u SAMBAY_TLS_SERVER_NAME)
 
 # Every process is the leader of its own process group (setsid), so stopping one stops all it
 # started and Ctrl-C on the terminal reaches this script only.
@@ -200,7 +268,7 @@ launch() {
   local name="$1"
   shift
   rm -f "$WORKDIR/$name.port"
-  "${SETSID[@]}" "$@" --port-file "$WORKDIR/$name.port" \
+  "${SETSID[@]}" env "${CLIENT_UNSET[@]}" "$@" --port-file "$WORKDIR/$name.port" \
     >>"$WORKDIR/$name.stdout" 2>>"$WORKDIR/$name.log" </dev/null &
   LAUNCHED=$!
   STARTED_AT[$name]=$SECONDS
@@ -233,7 +301,7 @@ wait_port_file() {
 
 worker_cmd() { # ROLE PORT -> WORKER_CMD
   WORKER_CMD=("$BIN/sambay-worker" --model "$MODEL" --role "$1" --host "$HOST" --port "$2"
-    --metrics-port 0 "${WORKER_EXTRA[@]}")
+    --metrics-port 0 "${INTERNAL_TLS[@]}" "${WORKER_EXTRA[@]}")
 }
 
 worker_list() { # ROLE COUNT -> starts them; sets LIST to their names
@@ -278,32 +346,46 @@ ROUTER_FLAGS=(--model "$MODEL" --host "$HOST" --port "$PORT" --metrics-port 0 --
 ((${#PREFILL_ADDRS[@]} > 0)) && ROUTER_FLAGS+=(--prefill-workers "$(join_by_comma "${PREFILL_ADDRS[@]}")")
 ((${#DECODE_ADDRS[@]} > 0)) && ROUTER_FLAGS+=(--decode-workers "$(join_by_comma "${DECODE_ADDRS[@]}")")
 ((${#BOTH_ADDRS[@]} > 0)) && ROUTER_FLAGS+=(--workers "$(join_by_comma "${BOTH_ADDRS[@]}")")
-start router "$BIN/sambay-router" "${ROUTER_FLAGS[@]}" "${ROUTER_EXTRA[@]}"
+start router "$BIN/sambay-router" "${ROUTER_FLAGS[@]}" "${PUBLIC_TLS[@]}" "${INTERNAL_TLS[@]}" \
+  "${ROUTER_EXTRA[@]}"
 ROUTER_PID="${PIDS[-1]}"
 ROUTER_PORT="$(wait_port_file router "$ROUTER_PID")" || exit 1
 ADDRESS="$HOST:$ROUTER_PORT"
 
 # Readiness: health service sambay.v1.Generation SERVING (one prefill- and one decode-capable
 # worker healthy).
+PROBE=(env "${CLIENT_UNSET[@]}" "$BIN/sambay-client" --address "$ADDRESS" "${CLIENT_TLS[@]}" --health)
 deadline=$((SECONDS + TIMEOUT))
-until "$BIN/sambay-client" --address "$ADDRESS" --health --quiet --timeout 2 2>/dev/null; do
+until "${PROBE[@]}" --quiet --timeout 2 2>/dev/null; do
   if ! alive "$ROUTER_PID"; then
     echo "$SCRIPT: error: the router exited; last lines of $WORKDIR/router.log:" >&2
     tail -n 20 "$WORKDIR/router.log" >&2 || true
     exit 1
   fi
   if ((SECONDS >= deadline)); then
-    "$BIN/sambay-client" --address "$ADDRESS" --health --timeout 2 >&2 || true
+    "${PROBE[@]}" --timeout 2 >&2 || true
     die "the router at $ADDRESS is not ready after ${TIMEOUT}s (log: $WORKDIR/router.log)"
   fi
   sleep 0.2
 done
+# What a client needs: the address, and with --secure the TLS files and the API key (the key is
+# never printed; client.env is readable by the user only).
+CLIENT_ENV=(SAMBAY_ADDRESS="$ADDRESS")
+if ((SECURE)); then
+  CLIENT_ENV+=(SAMBAY_TLS_CA="$TLS_DIR/ca.pem" SAMBAY_TLS_CERT="$TLS_DIR/client.pem"
+    SAMBAY_TLS_KEY="$TLS_DIR/client.key" SAMBAY_API_KEY="$API_KEY")
+fi
+(
+  umask 077
+  for v in "${CLIENT_ENV[@]}"; do printf 'export %s=%q\n' "${v%%=*}" "${v#*=}"; done >"$WORKDIR/client.env"
+)
 echo "$ADDRESS" >"$WORKDIR/router.address"
 say "router ready at $ADDRESS (prefill: ${PREFILL_ADDRS[*]:-none}; decode: ${DECODE_ADDRS[*]:-none}; both: ${BOTH_ADDRS[*]:-none}); logs in $WORKDIR"
+((SECURE)) && say "TLS + client certificate + API key; for a client: source $WORKDIR/client.env"
 
 if ((RUN)); then
   rc=0
-  SAMBAY_ADDRESS="$ADDRESS" SAMBAY_CLUSTER_WORKDIR="$WORKDIR" "${CMD[@]}" || rc=$?
+  env "${CLIENT_UNSET[@]}" "${CLIENT_ENV[@]}" SAMBAY_CLUSTER_WORKDIR="$WORKDIR" "${CMD[@]}" || rc=$?
   exit "$rc"
 fi
 

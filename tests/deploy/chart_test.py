@@ -8,14 +8,14 @@ the worker Services, the model volume, drain timing, the ServiceMonitor, the Pro
 same rules as deploy/prometheus/alerts.yml) and the dashboard ConfigMap. The router's OpenAI HTTP
 API (router.http: --http-port, container and Service port "http") and its selectable probes
 (router.probes.type grpc|http) are checked for each setting. Invalid values files are rejected by
-values.schema.json.
+values.schema.json. The locked-down profile (TLS, API keys, health ports, egress, cert-manager) has
+its own tests in chart_secure_test.py; the checks here accept it (ci/secure-values.yaml).
 
 Usage: /usr/bin/python3 tests/deploy/chart_test.py --helm .tools/bin/helm [--bin build/bin]
        [unittest args]
 With --bin, every flag and SAMBAY_* variable the chart renders must be one the binaries list in
 --help.
 """
-import argparse
 import copy
 import glob
 import json
@@ -23,7 +23,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import tempfile
 import unittest
 
@@ -54,7 +53,7 @@ class ChartTest(unittest.TestCase):
     def test_ci_values_files_exist(self):
         names = [n for n, _ in values_cases()]
         for want in ("cpu-only-values.yaml", "gpu-tp2-values.yaml", "external-pvc-values.yaml",
-                     "monitoring-values.yaml"):
+                     "monitoring-values.yaml", "secure-values.yaml"):
             self.assertIn(want, names)
 
     def test_lint_strict(self):
@@ -93,15 +92,7 @@ class ChartTest(unittest.TestCase):
         ]
         for sets in variants:
             with self.subTest(sets=sets):
-                override = {}
-                for s in sets:
-                    key, value = s.split("=", 1)
-                    node = override
-                    parts = key.split(".")
-                    for p in parts[:-1]:
-                        node = node.setdefault(p, {})
-                    node[parts[-1]] = yaml.safe_load(value)
-                values = merge(self.defaults, override)
+                values = merge(self.defaults, sets_to_values(sets))
                 self.check_objects(self.helm.render(sets=sets), values)
 
     def router_objects(self, sets=()):
@@ -250,7 +241,11 @@ class ChartTest(unittest.TestCase):
                     self.assertIn(e["name"][len("SAMBAY_"):].lower().replace("_", "-"), known)
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}
         http = component == "router" and v["http"]["enabled"]
-        self.assertEqual(set(ports), {"grpc", "metrics"} | ({"http"} if http else set()))
+        health = health_port(component, values)
+        self.assertEqual(set(ports), {"grpc", "metrics"} | ({"http"} if http else set()) |
+                         ({"health"} if health else set()))
+        self.assertEqual(ports.get("health"), health)
+        self.assertEqual(f.get("health-port"), str(health) if health else None)
         if http:
             self.assertEqual(ports["http"], v["http"]["port"])
             self.assertEqual(int(f["http-port"]), ports["http"])
@@ -309,9 +304,10 @@ class ChartTest(unittest.TestCase):
         for key in ("runtimeClassName", "priorityClassName"):
             self.assertEqual(ps.get(key, ""), v[key], key)
 
-        # Native gRPC probes on the gRPC port: startup and liveness on "", readiness on the
-        # component's readiness service. The router's can be HTTP GETs on its http port instead:
-        # startup and liveness /health, readiness /ready.
+        # Native gRPC probes on the gRPC port (the health port when the gRPC port has TLS):
+        # startup and liveness on "", readiness on the component's readiness service. The
+        # router's can be HTTP GETs on its http port instead: startup and liveness /health,
+        # readiness /ready.
         if component == "router" and v["probes"]["type"] == "http":
             for probe, path in (("startupProbe", "/health"), ("livenessProbe", "/health"),
                                 ("readinessProbe", "/ready")):
@@ -324,7 +320,8 @@ class ChartTest(unittest.TestCase):
             for probe, service in (("startupProbe", ""), ("livenessProbe", ""),
                                    ("readinessProbe", READINESS[component])):
                 p = c[probe]
-                self.assertEqual(p["grpc"], {"port": ports["grpc"], "service": service}, probe)
+                self.assertEqual(p["grpc"], {"port": health or ports["grpc"], "service": service},
+                                 probe)
                 self.assertNotIn("httpGet", p)
                 self.assertNotIn("exec", p)
         for probe, key in (("startupProbe", "startup"), ("readinessProbe", "readiness"),
@@ -457,9 +454,14 @@ class ChartTest(unittest.TestCase):
                 if other != c:
                     self.assertFalse(matches(np["spec"]["podSelector"]["matchLabels"],
                                              pods[other]["metadata"]["labels"]))
-            self.assertEqual(np["spec"]["policyTypes"], ["Ingress"])
+            egress = np_values.get("egress", {}).get("enabled", False)
+            self.assertEqual(np["spec"]["policyTypes"],
+                             ["Ingress"] + (["Egress"] if egress else []))
+            self.assertEqual("egress" in np["spec"], egress)
             rules = np["spec"]["ingress"]
             allowed_ports = {p["port"] for r in rules for p in r["ports"]}
+            # Health ports get kubelet traffic only, which comes from the node: no rule.
+            cports.pop("health", None)
             # The router's HTTP port (when on) is public like its gRPC port: the same rule.
             self.assertEqual(allowed_ports, set(cports.values()))
             if "http" in cports:
@@ -546,6 +548,8 @@ class ChartTest(unittest.TestCase):
             self.assertEqual(len(selected), len(services), "every component is scraped")
             for ep in sm["spec"]["endpoints"]:
                 self.assertEqual(ep["path"], "/metrics")
+                self.assertEqual(ep["scheme"],
+                                 "https" if values["metrics"]["tls"]["enabled"] else "http")
                 self.assertEqual(ep["interval"], values["serviceMonitor"]["interval"])
                 for s in selected:
                     self.assertIn(ep["port"], [p["name"] for p in s["spec"]["ports"]])
@@ -700,15 +704,5 @@ class ChartTest(unittest.TestCase):
         self.assertIn("%s-prefill.%s.svc.cluster.local:50051" % (FULLNAME, NAMESPACE), notes)
 
 
-def main():
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--helm", default=chart_util.HELM)
-    parser.add_argument("--bin", help="folder of sambay-router and sambay-worker")
-    args, rest = parser.parse_known_args()
-    chart_util.HELM = os.path.abspath(args.helm)
-    chart_util.BIN = os.path.abspath(args.bin) if args.bin else None
-    unittest.main(argv=[sys.argv[0]] + rest, verbosity=2)
-
-
 if __name__ == "__main__":
-    main()
+    chart_util.main()

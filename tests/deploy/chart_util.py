@@ -1,7 +1,8 @@
-"""Helpers of tests/deploy/chart_test.py: the chart's paths and constants, a helm runner,
-values merging, rendered-object lookups and the binaries' --help flags.
+"""Helpers of tests/deploy/chart_test.py and chart_secure_test.py: the chart's paths and
+constants, a helm runner, values merging, rendered-object lookups, the binaries' --help flags and
+the locked-down profile's expectations (health ports, Secret mounts).
 
-HELM and BIN are set by chart_test.main() from its arguments."""
+HELM and BIN are set by main() from the arguments."""
 import argparse
 import copy
 import glob
@@ -116,6 +117,31 @@ def by_kind(docs, kind):
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
 
 
+def sets_to_values(sets):
+    """["a.b=1", "c=x"] -> {"a": {"b": 1}, "c": "x"} (values as --set gives them)."""
+    override = {}
+    for s in sets:
+        key, value = s.split("=", 1)
+        node = override
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+    return override
+
+
+def health_port(component, values):
+    """The port a component's gRPC probes use when the port they would probe has TLS (the
+    kubelet cannot do TLS): the router's with router.tls and gRPC probes, the workers' with
+    internalTLS; None when they probe the main port."""
+    v = values[component]
+    if component == "router":
+        on = v["tls"]["enabled"] and v["probes"]["type"] == "grpc"
+    else:
+        on = values["internalTLS"]["enabled"]
+    return v["healthPort"] if on else None
+
+
 def values_cases():
     files = sorted(glob.glob(os.path.join(CHART, "ci", "*-values.yaml")))
     return [("default", None)] + [(os.path.basename(f), f) for f in files]
@@ -130,6 +156,13 @@ ALERTS = ("SambayHighTimeToFirstToken", "SambayHighInterTokenLatency", "SambayRe
           "SambayStateMemoryHigh", "SambayMigrations", "SambayWorkerDown")
 
 
+# Where the chart mounts each Secret volume (read-only) in the containers.
+SECRET_DIRS = {"tls": "/etc/sambay/tls", "client-ca": "/etc/sambay/client-ca",
+               "api-keys": "/etc/sambay/api-keys", "internal-tls": "/etc/sambay/internal-tls",
+               "metrics-tls": "/etc/sambay/metrics-tls",
+               "metrics-token": "/etc/sambay/metrics-token"}
+
+
 def leaf_paths(values, prefix=""):
     """Dotted paths of the values a user sets; objects in FREE_FORM count as one value."""
     out = []
@@ -140,3 +173,16 @@ def leaf_paths(values, prefix=""):
         else:
             out.append(path)
     return out
+
+
+def main():
+    """Runs the unittest classes of __main__: --helm (default .tools/bin/helm) and --bin (the
+    folder of sambay-router and sambay-worker, to check the rendered flags) set HELM and BIN."""
+    global HELM, BIN
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--helm", default=HELM)
+    parser.add_argument("--bin", help="folder of sambay-router and sambay-worker")
+    args, rest = parser.parse_known_args()
+    HELM = os.path.abspath(args.helm)
+    BIN = os.path.abspath(args.bin) if args.bin else None
+    unittest.main(module="__main__", argv=[sys.argv[0]] + rest, verbosity=2)

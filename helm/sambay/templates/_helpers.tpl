@@ -105,6 +105,9 @@ Arguments: (dict "root" $ "v" <component values>). */}}
 {{- $_ := set $a "prometheus.io/scrape" "true" }}
 {{- $_ := set $a "prometheus.io/port" (toString .v.metricsPort) }}
 {{- $_ := set $a "prometheus.io/path" "/metrics" }}
+{{- if .root.Values.metrics.tls.enabled }}
+{{- $_ := set $a "prometheus.io/scheme" "https" }}
+{{- end }}
 {{- end }}
 {{- $a = merge (deepCopy (.v.podAnnotations | default dict)) $a }}
 {{- if $a -}}
