@@ -77,9 +77,14 @@ absl::Status CheckIdentity(const TlsFiles& files, const std::string& cert_flag,
   std::string pem;
   if (absl::Status s = ReadFile(key_flag, files.key, &pem); !s.ok()) return s;
   BioPtr bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  KeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, nullptr, nullptr));
+  // No password callback: an encrypted key is refused, never prompted for.
+  pem_password_cb* no_password = [](char*, int, int, void*) { return 0; };
+  KeyPtr key(PEM_read_bio_PrivateKey(bio.get(), nullptr, no_password, nullptr));
   ERR_clear_error();
-  if (key == nullptr) return Bad(key_flag, files.key, "no PEM private key in the file");
+  if (key == nullptr) {
+    return Bad(key_flag, files.key,
+               "no PEM private key in the file (an encrypted key is not supported)");
+  }
   if (X509_check_private_key(chain.front().get(), key.get()) != 1) {
     ERR_clear_error();
     return Bad(key_flag, files.key,

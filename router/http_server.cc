@@ -9,11 +9,13 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <thread>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/log.h"
 #include "common/mutex.h"
+#include "router/http_tls.h"
 
 namespace sambay {
 namespace {
@@ -21,7 +23,11 @@ namespace {
 namespace beast = boost::beast;
 namespace http = beast::http;
 namespace net = boost::asio;
+namespace ssl = net::ssl;
 using tcp = net::ip::tcp;
+// The two transports: Connection is instantiated for each (no indirection per read or write).
+using PlainStream = beast::tcp_stream;
+using TlsStream = HttpTlsStream;
 
 // An OpenAI-shaped error body for the errors the server answers itself.
 std::string ErrorJson(const std::string& message, const char* type = "invalid_request_error") {
@@ -34,7 +40,21 @@ std::chrono::steady_clock::duration Chrono(absl::Duration d) {
   return absl::ToChronoNanoseconds(d);
 }
 
-class Connection;
+// Errors that end a connection without a response: the client left or sent nothing in time, or
+// the TLS layer failed (nothing can be written through it then).
+bool ClientLeft(const beast::error_code& ec) {
+  return ec == http::error::end_of_stream || ec == net::error::eof || ec == beast::error::timeout ||
+         ec == net::error::operation_aborted || ec == net::error::connection_reset ||
+         IsTlsError(ec);
+}
+
+// What the server keeps of each connection, whatever its transport.
+class ConnectionBase {
+ public:
+  virtual ~ConnectionBase() = default;
+  // Closes the connection on its strand.
+  virtual void PostClose() = 0;
+};
 
 // What every connection shares with the server.
 struct Shared {
@@ -45,23 +65,32 @@ struct Shared {
   Mutex mu;
   // Set (under mu) once the threads stop: nothing is posted to the strands after it.
   bool stopped ABSL_GUARDED_BY(mu) = false;
-  std::map<Connection*, std::weak_ptr<Connection>> live ABSL_GUARDED_BY(mu);
+  std::map<ConnectionBase*, std::weak_ptr<ConnectionBase>> live ABSL_GUARDED_BY(mu);
 };
 
 // One client connection: reads requests one after another and runs one exchange at a time.
-// Everything below runs on the connection's strand.
-class Connection : public std::enable_shared_from_this<Connection> {
+// Everything below runs on the connection's strand. Over TLS (TlsStream) it first completes the
+// handshake; every read and write then goes through the TLS stream, and every timer, cancel and
+// close through the TCP stream below it (Tcp()).
+template <class Stream>
+class Connection final : public ConnectionBase,
+                         public std::enable_shared_from_this<Connection<Stream>> {
  public:
-  Connection(tcp::socket socket, std::shared_ptr<Shared> shared)
-      : stream_(std::move(socket)), shared_(std::move(shared)) {
+  static constexpr bool kTls = std::is_same_v<Stream, TlsStream>;
+
+  // `tls`: the context of a TLS connection (held until it closes); null for plaintext.
+  Connection(tcp::socket socket, std::shared_ptr<Shared> shared, std::shared_ptr<ssl::context> tls)
+      : tls_(std::move(tls)),
+        stream_(MakeStream(std::move(socket), tls_.get())),
+        shared_(std::move(shared)) {
     beast::error_code ec;
-    const tcp::endpoint ep = stream_.socket().remote_endpoint(ec);
+    const tcp::endpoint ep = Tcp().socket().remote_endpoint(ec);
     if (!ec) {
       peer_ = ep.address().is_v6() ? absl::StrCat("ipv6:[", ep.address().to_string(), "]")
                                    : absl::StrCat("ipv4:", ep.address().to_string());
     }
   }
-  ~Connection() {
+  ~Connection() override {
     {
       MutexLock lock(&shared_->mu);
       shared_->live.erase(this);
@@ -70,14 +99,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   void Start(bool reject) {
-    Post([self = shared_from_this(), reject] {
-      if (reject) {
-        self->keep_alive_ = false;
-        self->WriteError(http::status::service_unavailable,
-                         "the router has too many open HTTP connections: retry later");
-        return;
+    Post([self = this->shared_from_this(), reject] {
+      if constexpr (kTls) {
+        self->Handshake(reject);
+      } else {
+        self->Begin(reject);
       }
-      self->ReadHeader();
     });
   }
   // Runs `fn` on the connection's strand.
@@ -93,12 +120,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
     Post(std::move(fn));
     return true;
   }
+  void PostClose() override {
+    Post([self = this->shared_from_this()] { self->Close(); });
+  }
   void Close() {
     if (closed_) return;
     closed_ = true;
     beast::error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
-    stream_.close();
+    Tcp().socket().shutdown(tcp::socket::shutdown_both, ec);
+    Tcp().close();
     ClientGone();
   }
   const std::string& peer() const { return peer_; }
@@ -115,7 +145,39 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
  private:
+  static Stream MakeStream(tcp::socket socket, ssl::context* tls) {
+    if constexpr (kTls) {
+      return Stream(std::move(socket), *tls);
+    } else {
+      return Stream(std::move(socket));
+    }
+  }
+  // The TCP stream: timeouts, cancel, close, and the socket.
+  beast::tcp_stream& Tcp() { return beast::get_lowest_layer(stream_); }
   bool Current(uint64_t id) const { return in_exchange_ && id == exchange_id_; }
+  // The first response or request read of a connection (after the handshake, over TLS).
+  void Begin(bool reject) {
+    if (reject) {
+      keep_alive_ = false;
+      WriteError(http::status::service_unavailable,
+                 "the router has too many open HTTP connections: retry later");
+      return;
+    }
+    ReadHeader();
+  }
+  void Handshake(bool reject) {
+    // Bounded like a request's header: a client that sends nothing, or stalls mid-handshake, is
+    // cut off. A failed handshake (plaintext HTTP, an untrusted client certificate) just closes.
+    AsyncTlsAccept(stream_, shared_->options.header_timeout,
+                   [self = this->shared_from_this(), reject](beast::error_code ec) {
+                     if (!ec) return self->Begin(reject);
+                     if (LogEnabled(LogLevel::kDebug)) {
+                       Log(LogLevel::kDebug, "http", "TLS handshake failed",
+                           {{"peer", self->peer_}, {"error", ec.message()}});
+                     }
+                     self->Close();
+                   });
+  }
   void ReadHeader();
   void OnHeader(beast::error_code ec);
   // The error a well-formed header still gets (413, 400), or none.
@@ -125,7 +187,36 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void RunHandler(const std::shared_ptr<HttpExchange>& exchange);
   void WatchForClose();
   void OnReadable(beast::error_code ec);
+  // The close watch over TLS. The socket's readability says nothing there (a record may hold no
+  // data, or half of it): the watch reads through the TLS stream, into buffer_ (a pipelined
+  // request is kept for later; nothing else reads buffer_ while a response is being made).
+  void WatchTls() {
+    const size_t limit = PipelineLimit();
+    if (buffer_.size() > limit) return Close();
+    watching_ = true;
+    const size_t room = std::min<size_t>(limit + 1 - buffer_.size(), 16 << 10);
+    stream_.async_read_some(buffer_.prepare(room),
+                            [self = this->shared_from_this()](beast::error_code ec, size_t n) {
+                              self->OnTlsWatch(ec, n);
+                            });
+  }
+  void OnTlsWatch(beast::error_code ec, size_t n) {
+    watching_ = false;
+    buffer_.commit(n);
+    if (closed_) return;
+    if (ec && ec != net::error::operation_aborted) return Close();  // EOF, reset, a TLS error
+    if (std::exchange(resume_, false)) return ResumeTls();          // the response ended meanwhile
+    if (ec) return Close();
+    WatchTls();
+  }
   void ResponseEnded(bool ok);
+  // After a TLS response: the next request, or close_notify (the response is complete: an
+  // HTTP/1.0 stream ends with the close) and the close.
+  void ResumeTls() {
+    if (keep_alive_) return ReadHeader();
+    AsyncTlsCloseNotify(stream_, shared_->options.write_timeout,
+                        [self = this->shared_from_this()] { self->Close(); });
+  }
   void WriteError(http::status status, const std::string& message);
   void WriteResponse(int status, const std::string& type, std::string body,
                      const HttpHeaders& headers, std::function<void(bool)> done);
@@ -146,14 +237,22 @@ class Connection : public std::enable_shared_from_this<Connection> {
     if (on_gone_) std::exchange(on_gone_, nullptr)();
   }
   // Bounds the next write (a client that does not read is cut off: the write fails).
-  void ExpireWrite() { stream_.expires_after(Chrono(shared_->options.write_timeout)); }
+  void ExpireWrite() { Tcp().expires_after(Chrono(shared_->options.write_timeout)); }
+  // Bytes a client may send ahead while its response is being made.
+  size_t PipelineLimit() const {
+    return std::max(shared_->options.max_header_bytes, shared_->options.max_pipelined_bytes);
+  }
 
-  beast::tcp_stream stream_;
+  const std::shared_ptr<ssl::context> tls_;  // before stream_, which uses it
+  Stream stream_;
   std::shared_ptr<Shared> shared_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::string peer_;
   bool keep_alive_ = true, closed_ = false;
+  // TLS: the close watch is a read in flight (no other read may start before it completes), and
+  // the response ended while it was (its completion goes on with the connection).
+  bool watching_ = false, resume_ = false;
   // The exchange in progress (a response being made).
   bool in_exchange_ = false, gone_called_ = false, head_sent_ = false;
   bool head_request_ = false;  // HEAD: the response carries no body
@@ -164,9 +263,11 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::unique_ptr<http::response_serializer<http::empty_body>> head_writer_;
 };
 
+template <class Stream>
 class Exchange final : public HttpExchange {
  public:
-  Exchange(std::shared_ptr<Connection> conn, uint64_t id, http::request<http::string_body> req)
+  Exchange(std::shared_ptr<Connection<Stream>> conn, uint64_t id,
+           http::request<http::string_body> req)
       : conn_(std::move(conn)),
         id_(id),
         method_(req.method_string()),
@@ -184,32 +285,22 @@ class Exchange final : public HttpExchange {
 
   void Respond(int status, const std::string& type, std::string body, HttpHeaders headers,
                std::function<void(bool)> done) override {
-    auto fn = std::make_shared<std::function<void(bool)>>(std::move(done));
-    if (conn_->PostUnlessStopped([c = conn_, id = id_, status, type, body = std::move(body),
-                                  headers = std::move(headers), fn]() mutable {
-          c->Respond(id, status, type, std::move(body), std::move(headers), std::move(*fn));
-        })) {
-      return;
-    }
-    if (*fn) (*fn)(false);
+    Call(std::move(done), [status, type, body = std::move(body), headers = std::move(headers)](
+                              Connection<Stream>& c, uint64_t id, Done d) mutable {
+      c.Respond(id, status, type, std::move(body), std::move(headers), std::move(d));
+    });
   }
   void Send(const std::string& type, std::string data, std::function<void(bool)> done) override {
-    auto fn = std::make_shared<std::function<void(bool)>>(std::move(done));
-    if (conn_->PostUnlessStopped([c = conn_, id = id_, type, data = std::move(data), fn]() mutable {
-          c->Send(id, type, std::move(data), std::move(*fn));
-        })) {
-      return;
-    }
-    if (*fn) (*fn)(false);
+    Call(std::move(done),
+         [type, data = std::move(data)](Connection<Stream>& c, uint64_t id, Done d) mutable {
+           c.Send(id, type, std::move(data), std::move(d));
+         });
   }
   void End(std::string data, std::function<void(bool)> done) override {
-    auto fn = std::make_shared<std::function<void(bool)>>(std::move(done));
-    if (conn_->PostUnlessStopped([c = conn_, id = id_, data = std::move(data), fn]() mutable {
-          c->End(id, std::move(data), std::move(*fn));
-        })) {
-      return;
-    }
-    if (*fn) (*fn)(false);
+    Call(std::move(done),
+         [data = std::move(data)](Connection<Stream>& c, uint64_t id, Done d) mutable {
+           c.End(id, std::move(data), std::move(d));
+         });
   }
   void OnClientGone(std::function<void()> fn) override {
     conn_->PostUnlessStopped([c = conn_, id = id_, fn = std::move(fn)]() mutable {
@@ -221,26 +312,41 @@ class Exchange final : public HttpExchange {
   }
 
  private:
-  const std::shared_ptr<Connection> conn_;
+  using Done = std::function<void(bool)>;
+  // Runs `op(connection, id, done)` on the connection's strand; done(false) at once once the
+  // server stopped.
+  template <class Op>
+  void Call(Done done, Op op) {
+    auto fn = std::make_shared<Done>(std::move(done));
+    if (conn_->PostUnlessStopped([c = conn_, id = id_, fn, op = std::move(op)]() mutable {
+          op(*c, id, std::move(*fn));
+        })) {
+      return;
+    }
+    if (*fn) (*fn)(false);
+  }
+
+  const std::shared_ptr<Connection<Stream>> conn_;
   const uint64_t id_;
   const std::string method_, target_;
   http::request<http::string_body> req_;
 };
 
-void Connection::ReadHeader() {
+template <class Stream>
+void Connection<Stream>::ReadHeader() {
   if (closed_) return;
   parser_.emplace();
   parser_->header_limit(static_cast<uint32_t>(shared_->options.max_header_bytes));
   parser_->body_limit(static_cast<uint64_t>(shared_->options.max_body_bytes));
-  stream_.expires_after(Chrono(shared_->options.header_timeout));
+  Tcp().expires_after(Chrono(shared_->options.header_timeout));
   http::async_read_header(
       stream_, buffer_, *parser_,
-      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnHeader(ec); });
+      [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnHeader(ec); });
 }
 
-void Connection::OnHeader(beast::error_code ec) {
-  if (ec == http::error::end_of_stream || ec == net::error::eof || ec == beast::error::timeout ||
-      ec == net::error::operation_aborted || ec == net::error::connection_reset) {
+template <class Stream>
+void Connection<Stream>::OnHeader(beast::error_code ec) {
+  if (ClientLeft(ec)) {
     Close();  // the client left, or sent nothing in time (idle or slow-loris)
     return;
   }
@@ -266,7 +372,7 @@ void Connection::OnHeader(beast::error_code ec) {
   if (beast::iequals(parser_->get()[http::field::expect], "100-continue")) {
     auto cont = std::make_shared<http::response<http::empty_body>>(http::status::continue_, 11);
     http::async_write(stream_, *cont,
-                      [self = shared_from_this(), cont](beast::error_code wec, size_t) {
+                      [self = this->shared_from_this(), cont](beast::error_code wec, size_t) {
                         if (wec) return self->Close();
                         self->ReadBody();
                       });
@@ -275,7 +381,8 @@ void Connection::OnHeader(beast::error_code ec) {
   ReadBody();
 }
 
-bool Connection::RejectHeader() {
+template <class Stream>
+bool Connection<Stream>::RejectHeader() {
   const auto& req = parser_->get();
   const auto length = parser_->content_length();
   if (length && *length > static_cast<uint64_t>(shared_->options.max_body_bytes)) {
@@ -299,15 +406,17 @@ bool Connection::RejectHeader() {
   return false;
 }
 
-void Connection::ReadBody() {
-  stream_.expires_after(Chrono(shared_->options.body_timeout));
-  http::async_read(stream_, buffer_, *parser_,
-                   [self = shared_from_this()](beast::error_code ec, size_t) { self->OnBody(ec); });
+template <class Stream>
+void Connection<Stream>::ReadBody() {
+  Tcp().expires_after(Chrono(shared_->options.body_timeout));
+  http::async_read(
+      stream_, buffer_, *parser_,
+      [self = this->shared_from_this()](beast::error_code ec, size_t) { self->OnBody(ec); });
 }
 
-void Connection::OnBody(beast::error_code ec) {
-  if (ec == beast::error::timeout || ec == net::error::eof || ec == http::error::end_of_stream ||
-      ec == net::error::operation_aborted || ec == net::error::connection_reset) {
+template <class Stream>
+void Connection<Stream>::OnBody(beast::error_code ec) {
+  if (ClientLeft(ec)) {
     Close();
     return;
   }
@@ -324,20 +433,22 @@ void Connection::OnBody(beast::error_code ec) {
     return;
   }
   if (shared_->stopping.load()) return Close();
-  stream_.expires_never();
+  Tcp().expires_never();
   in_exchange_ = true;
   gone_called_ = false;
   head_sent_ = false;
   head_request_ = parser_->get().method() == http::verb::head;
   unframed_ = parser_->get().version() < 11;
   const uint64_t id = ++exchange_id_;
-  auto exchange = std::make_shared<Exchange>(shared_from_this(), id, parser_->release());
+  auto exchange =
+      std::make_shared<Exchange<Stream>>(this->shared_from_this(), id, parser_->release());
   parser_.reset();
   WatchForClose();
   RunHandler(exchange);
 }
 
-void Connection::RunHandler(const std::shared_ptr<HttpExchange>& exchange) {
+template <class Stream>
+void Connection<Stream>::RunHandler(const std::shared_ptr<HttpExchange>& exchange) {
   // An exception must not unwind through Asio: it would end the thread, and the process.
   std::string what;
   try {
@@ -354,46 +465,54 @@ void Connection::RunHandler(const std::shared_ptr<HttpExchange>& exchange) {
                     ErrorJson("internal error while handling the request", "server_error"));
 }
 
-void Connection::WatchForClose() {
-  // While a response is being made, the client sends nothing: readable means EOF, an error, or a
-  // pipelined request (kept in buffer_ for later).
-  stream_.socket().async_wait(tcp::socket::wait_read,
-                              [self = shared_from_this(), id = exchange_id_](beast::error_code ec) {
-                                if (!self->Current(id) || self->closed_) return;
-                                self->OnReadable(ec);
-                              });
+template <class Stream>
+void Connection<Stream>::WatchForClose() {
+  if constexpr (kTls) {
+    WatchTls();
+  } else {
+    // While a response is being made, the client sends nothing: readable means EOF, an error, or
+    // a pipelined request (kept in buffer_ for later).
+    Tcp().socket().async_wait(tcp::socket::wait_read, [self = this->shared_from_this(),
+                                                       id = exchange_id_](beast::error_code ec) {
+      if (!self->Current(id) || self->closed_) return;
+      self->OnReadable(ec);
+    });
+  }
 }
 
-void Connection::OnReadable(beast::error_code ec) {
+template <class Stream>
+void Connection<Stream>::OnReadable(beast::error_code ec) {
   if (ec) return Close();
   beast::error_code rec;
-  const size_t n = stream_.socket().available(rec);
+  const size_t n = Tcp().socket().available(rec);
   if (rec || n == 0) return Close();
-  const size_t limit =
-      std::max(shared_->options.max_header_bytes, shared_->options.max_pipelined_bytes);
   // A client that floods a connection whose response it waits for: its bytes would pile up here.
-  if (buffer_.size() + n > limit) return Close();
+  if (buffer_.size() + n > PipelineLimit()) return Close();
   auto buf = buffer_.prepare(n);
-  const size_t got = stream_.socket().read_some(buf, rec);
+  const size_t got = Tcp().socket().read_some(buf, rec);
   if (rec) return Close();
   buffer_.commit(got);
   WatchForClose();
 }
 
-void Connection::ResponseEnded(bool ok) {
+template <class Stream>
+void Connection<Stream>::ResponseEnded(bool ok) {
   Ending();
   head_.reset();
   head_writer_.reset();
-  if (!ok || !keep_alive_ || closed_) {
-    Close();
-    return;
+  // Over TLS, a connection that does not stay open sends close_notify first (ResumeTls).
+  if (!ok || closed_ || (!kTls && !keep_alive_)) return Close();
+  if constexpr (kTls) {
+    if (!watching_) return ResumeTls();
+    resume_ = true;  // the watch's completion goes on: no read may start before it is done
   }
   beast::error_code ec;
-  stream_.socket().cancel(ec);  // the close watch
-  ReadHeader();
+  Tcp().socket().cancel(ec);  // the close watch
+  if constexpr (!kTls) ReadHeader();
 }
 
-void Connection::WriteError(http::status status, const std::string& message) {
+template <class Stream>
+void Connection<Stream>::WriteError(http::status status, const std::string& message) {
   // A response of its own (so that ResponseEnded closes cleanly); no exchange handle matches it.
   in_exchange_ = true;
   head_sent_ = false;
@@ -402,8 +521,9 @@ void Connection::WriteError(http::status status, const std::string& message) {
   WriteResponse(static_cast<int>(status), "application/json", ErrorJson(message), {}, nullptr);
 }
 
-void Connection::Respond(uint64_t id, int status, const std::string& type, std::string body,
-                         HttpHeaders headers, std::function<void(bool)> done) {
+template <class Stream>
+void Connection<Stream>::Respond(uint64_t id, int status, const std::string& type, std::string body,
+                                 HttpHeaders headers, std::function<void(bool)> done) {
   if (!Current(id) || closed_ || head_sent_) {
     // A stream already began: it cannot end properly any more.
     if (Current(id) && !closed_) Close();
@@ -413,8 +533,9 @@ void Connection::Respond(uint64_t id, int status, const std::string& type, std::
   WriteResponse(status, type, std::move(body), headers, std::move(done));
 }
 
-void Connection::WriteResponse(int status, const std::string& type, std::string body,
-                               const HttpHeaders& headers, std::function<void(bool)> done) {
+template <class Stream>
+void Connection<Stream>::WriteResponse(int status, const std::string& type, std::string body,
+                                       const HttpHeaders& headers, std::function<void(bool)> done) {
   auto res =
       std::make_shared<http::response<http::string_body>>(static_cast<http::status>(status), 11);
   res->set(http::field::content_type, type);
@@ -429,16 +550,17 @@ void Connection::WriteResponse(int status, const std::string& type, std::string 
   ExpireWrite();
   http::async_write(
       stream_, *res,
-      [self = shared_from_this(), res, done = std::move(done)](beast::error_code ec, size_t) {
-        self->stream_.expires_never();
+      [self = this->shared_from_this(), res, done = std::move(done)](beast::error_code ec, size_t) {
+        self->Tcp().expires_never();
         self->Ending();
         if (done) done(!ec);
         self->ResponseEnded(!ec);
       });
 }
 
-void Connection::Send(uint64_t id, const std::string& type, std::string data,
-                      std::function<void(bool)> done) {
+template <class Stream>
+void Connection<Stream>::Send(uint64_t id, const std::string& type, std::string data,
+                              std::function<void(bool)> done) {
   if (!Current(id) || closed_) {
     if (done) done(false);
     return;
@@ -451,8 +573,9 @@ void Connection::Send(uint64_t id, const std::string& type, std::string data,
   WriteHead(type, std::move(chunk), std::move(done));
 }
 
-void Connection::WriteHead(const std::string& type, std::shared_ptr<std::string> first,
-                           std::function<void(bool)> done) {
+template <class Stream>
+void Connection<Stream>::WriteHead(const std::string& type, std::shared_ptr<std::string> first,
+                                   std::function<void(bool)> done) {
   head_sent_ = true;
   // HTTP/1.0 has no chunked coding: the data goes out as it is, and the close ends it.
   if (unframed_) keep_alive_ = false;
@@ -464,9 +587,9 @@ void Connection::WriteHead(const std::string& type, std::shared_ptr<std::string>
   head_writer_ = std::make_unique<http::response_serializer<http::empty_body>>(*head_);
   ExpireWrite();
   http::async_write_header(stream_, *head_writer_,
-                           [self = shared_from_this(), first, done = std::move(done)](
+                           [self = this->shared_from_this(), first, done = std::move(done)](
                                beast::error_code ec, size_t) mutable {
-                             self->stream_.expires_never();
+                             self->Tcp().expires_never();
                              if (ec) {
                                if (done) done(false);
                                self->Close();
@@ -476,7 +599,8 @@ void Connection::WriteHead(const std::string& type, std::shared_ptr<std::string>
                            });
 }
 
-void Connection::End(uint64_t id, std::string data, std::function<void(bool)> done) {
+template <class Stream>
+void Connection<Stream>::End(uint64_t id, std::string data, std::function<void(bool)> done) {
   if (!Current(id) || closed_ || !head_sent_) {
     const bool close = Current(id) && !closed_;
     if (Current(id)) Ending();
@@ -487,11 +611,12 @@ void Connection::End(uint64_t id, std::string data, std::function<void(bool)> do
   WriteChunk(std::make_shared<std::string>(std::move(data)), true, std::move(done));
 }
 
-void Connection::WriteChunk(std::shared_ptr<std::string> data, bool last,
-                            std::function<void(bool)> done) {
-  auto finish = [self = shared_from_this(), data, last, done = std::move(done)](
+template <class Stream>
+void Connection<Stream>::WriteChunk(std::shared_ptr<std::string> data, bool last,
+                                    std::function<void(bool)> done) {
+  auto finish = [self = this->shared_from_this(), data, last, done = std::move(done)](
                     beast::error_code ec, size_t) mutable {
-    self->stream_.expires_never();
+    self->Tcp().expires_never();
     if (ec) {
       if (last) self->Ending();
       if (done) done(false);
@@ -516,7 +641,8 @@ void Connection::WriteChunk(std::shared_ptr<std::string> data, bool last,
   }
 }
 
-void Connection::WriteLast(std::function<void(bool)> done) {
+template <class Stream>
+void Connection<Stream>::WriteLast(std::function<void(bool)> done) {
   if (unframed_ || head_request_) {
     Ending();
     if (done) done(true);
@@ -525,17 +651,18 @@ void Connection::WriteLast(std::function<void(bool)> done) {
   }
   auto tail = std::make_shared<http::chunk_last<>>();
   ExpireWrite();
-  net::async_write(
-      stream_, *tail,
-      [self = shared_from_this(), tail, done = std::move(done)](beast::error_code ec, size_t) {
-        self->stream_.expires_never();
-        self->Ending();
-        if (done) done(!ec);
-        self->ResponseEnded(!ec);
-      });
+  net::async_write(stream_, *tail,
+                   [self = this->shared_from_this(), tail, done = std::move(done)](
+                       beast::error_code ec, size_t) {
+                     self->Tcp().expires_never();
+                     self->Ending();
+                     if (done) done(!ec);
+                     self->ResponseEnded(!ec);
+                   });
 }
 
-void Connection::SetGoneCallback(uint64_t id, std::function<void()> fn) {
+template <class Stream>
+void Connection<Stream>::SetGoneCallback(uint64_t id, std::function<void()> fn) {
   if (!Current(id)) return;  // the response ended: the client did not go away before it
   if (closed_ || gone_called_) {
     gone_called_ = true;
@@ -543,6 +670,18 @@ void Connection::SetGoneCallback(uint64_t id, std::function<void()> fn) {
     return;
   }
   on_gone_ = std::move(fn);
+}
+
+// Opens a connection on `socket` (`tls`: its context, for a TlsStream).
+template <class Stream>
+void OpenConnection(tcp::socket socket, const std::shared_ptr<Shared>& shared, bool reject,
+                    std::shared_ptr<ssl::context> tls) {
+  auto conn = std::make_shared<Connection<Stream>>(std::move(socket), shared, std::move(tls));
+  {
+    MutexLock lock(&shared->mu);
+    shared->live.emplace(conn.get(), conn);
+  }
+  conn->Start(reject);
 }
 
 }  // namespace
@@ -573,7 +712,8 @@ class HttpServer::Impl {
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work_;
   tcp::acceptor acceptor_;  // and accept_timer_: on one strand
   net::steady_timer accept_timer_;
-  bool accept_failing_ = false;  // on the acceptor's strand
+  bool accept_failing_ = false;           // on the acceptor's strand
+  std::unique_ptr<HttpTlsContexts> tls_;  // HTTPS only; set by Start
   std::shared_ptr<Shared> shared_;
   std::vector<std::thread> threads_;
   bool stopped_ = false;
@@ -584,6 +724,11 @@ absl::StatusOr<int> HttpServer::Impl::Start() {
   beast::error_code ec;
   const auto address = net::ip::make_address(o.host, ec);
   if (ec) return absl::InvalidArgumentError(absl::StrCat("--host: not an IP address: ", o.host));
+  if (!o.tls_cert_file.empty() || !o.tls_key_file.empty() || !o.tls_client_ca_file.empty()) {
+    auto tls = HttpTlsContexts::Create(o);
+    if (!tls.ok()) return tls.status();
+    tls_ = *std::move(tls);
+  }
   const tcp::endpoint ep(address, static_cast<unsigned short>(o.port));
   acceptor_.open(ep.protocol(), ec);
   if (!ec) acceptor_.set_option(net::socket_base::reuse_address(true), ec);
@@ -627,24 +772,23 @@ void HttpServer::Impl::OnAccept(beast::error_code ec, tcp::socket socket) {
   beast::error_code nec;
   socket.set_option(tcp::no_delay(true), nec);
   const bool reject = shared_->connections.fetch_add(1) >= shared_->options.max_connections;
-  auto conn = std::make_shared<Connection>(std::move(socket), shared_);
-  {
-    MutexLock lock(&shared_->mu);
-    shared_->live.emplace(conn.get(), conn);
+  if (tls_) {
+    OpenConnection<TlsStream>(std::move(socket), shared_, reject, tls_->Current());
+  } else {
+    OpenConnection<PlainStream>(std::move(socket), shared_, reject, nullptr);
   }
-  conn->Start(reject);
   Accept();
 }
 
 void HttpServer::Impl::CloseAll() {
-  std::vector<std::shared_ptr<Connection>> open;
+  std::vector<std::shared_ptr<ConnectionBase>> open;
   {
     MutexLock lock(&shared_->mu);
     for (auto& [p, w] : shared_->live) {
       if (auto c = w.lock()) open.push_back(std::move(c));
     }
   }
-  for (auto& c : open) c->Post([c] { c->Close(); });
+  for (auto& c : open) c->PostClose();
 }
 
 void HttpServer::Impl::Stop() {

@@ -10,13 +10,28 @@
 // request answered with a 500; the server keeps serving. Out of file descriptors, accepting
 // pauses between tries (it does not spin).
 //
+// HTTPS: with tls_cert_file and tls_key_file set, the listener speaks only TLS (1.2 or later,
+// no renegotiation; Boost.Asio SSL on OpenSSL, router/http_tls.h); with tls_client_ca_file also
+// set, only to clients that present a certificate signed by that CA. The handshake must complete
+// within header_timeout (a client that sends nothing, or stalls mid-handshake, is cut off like a
+// slow-loris one); a failed handshake (plaintext HTTP on the TLS port, an untrusted or missing
+// client certificate) closes the connection without a response. Every limit above holds over
+// TLS (a connection beyond max_connections gets its 503 after the handshake), HttpExchange
+// behaves the same, and a connection that closes after a response sends close_notify first (an
+// HTTP/1.0 stream is seen to be complete). The files are checked for changes at most once per
+// tls_reload, when a connection is accepted: new connections use the new files, open ones keep
+// theirs, and files that do not load leave the previous ones in use (with a warning). Plaintext
+// and TLS connections are one template instantiated per stream type: no indirection per read or
+// write.
+//
 // HttpExchange is the handler's view of one request: a complete response (Respond), or a
 // streamed one (Send ... End, chunked transfer encoding), plus a callback when the client goes
 // away before the response ended (the connection is watched for EOF while streaming).
 //
-// Ownership: the server owns its threads and listener; connections and exchanges are reference-
-// counted (an exchange keeps its connection alive until the response ended). Stop() closes the
-// listener and every connection and joins the threads.
+// Ownership: the server owns its threads, listener and TLS contexts; connections and exchanges
+// are reference-counted (an exchange keeps its connection alive until the response ended; a TLS
+// connection keeps the context it started with). Stop() closes the listener and every connection
+// and joins the threads.
 // Thread-safety: HttpExchange's methods may be called from any thread (they post to the
 // connection's strand); callbacks run on the server's threads. Start/Stop from one thread.
 #ifndef SAMBAY_ROUTER_HTTP_SERVER_H_
@@ -74,14 +89,20 @@ struct HttpServerOptions {
   int threads = 1;
   size_t max_header_bytes = 16 << 10;
   int64_t max_body_bytes = 4 << 20;
-  int max_connections = 4096;                         // beyond: 503 and close
-  absl::Duration header_timeout = absl::Seconds(10);  // also the keep-alive idle limit
+  int max_connections = 4096;  // beyond: 503 and close
+  // Also the keep-alive idle limit, and the limit of a TLS handshake.
+  absl::Duration header_timeout = absl::Seconds(10);
   absl::Duration body_timeout = absl::Seconds(30);
   // Longest one write of a response may take (a client that does not read is cut off).
   absl::Duration write_timeout = absl::Seconds(30);
   // Bytes a client may send ahead (pipelined) while its response is being made; beyond, the
   // connection is closed. At least max_header_bytes.
   size_t max_pipelined_bytes = 64 << 10;
+  // HTTPS (see the top of this file): PEM files. cert and key: both or neither; client_ca needs
+  // both, and makes a client certificate signed by one of its certificates mandatory.
+  std::string tls_cert_file, tls_key_file, tls_client_ca_file;
+  // How often, at most, the TLS files are checked for changes; zero or less: never.
+  absl::Duration tls_reload = absl::Seconds(60);
 };
 
 class HttpServer {
@@ -91,7 +112,10 @@ class HttpServer {
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
 
-  // Binds and starts serving; returns the bound port ("--http-port: ..." errors).
+  // Binds and starts serving; returns the bound port. Errors: INVALID_ARGUMENT "--host: ..." and,
+  // for the TLS files (checked before binding), "--tls-cert: ...", "--tls-key: ...",
+  // "--tls-client-ca: ..." (unreadable, not PEM, key mismatch, certificate out of its validity);
+  // UNAVAILABLE "--http-port: ..." when the port cannot be bound.
   absl::StatusOr<int> Start();
   // Stops accepting, closes every connection and joins the threads. Every `done` of an
   // exchange runs (false once stopped). Idempotent.

@@ -349,6 +349,11 @@ absl::StatusOr<std::unique_ptr<HttpServer>> StartHttp(const Flags& f, const Rout
   // A backstop: a flow cuts a slow client itself at --write-timeout-seconds (reason slow_client);
   // the listener's own limit covers the responses no flow watches.
   ho.write_timeout = absl::Seconds(f.write_timeout_seconds) + absl::Seconds(5);
+  // The public port's certificate (and client CA) serve the HTTP API too.
+  ho.tls_cert_file = f.tls_cert;
+  ho.tls_key_file = f.tls_key;
+  ho.tls_client_ca_file = f.tls_client_ca;
+  ho.tls_reload = absl::Seconds(f.server.tls_reload_seconds);
   auto server = std::make_unique<HttpServer>(
       ho, [a = api->get()](std::shared_ptr<HttpExchange> ex) { a->Handle(std::move(ex)); });
   auto port = server->Start();

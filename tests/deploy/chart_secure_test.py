@@ -78,7 +78,8 @@ class SecureChartTest(unittest.TestCase):
     # ---- flags ----------------------------------------------------------------------------------
 
     def test_secure_profile_lints(self):
-        for sets in ((), ("router.http.enabled=true", "router.probes.type=http")):
+        for sets in ((), ("router.http.enabled=true", "router.probes.type=http",
+                          "router.tls.clientCA.enabled=false")):
             with self.subTest(sets=sets):
                 args = ["lint", "--strict", CHART, "--namespace", NAMESPACE, "-f", SECURE]
                 for s in sets:
@@ -225,8 +226,10 @@ class SecureChartTest(unittest.TestCase):
             # A health port value alone changes nothing.
             (("router.healthPort=7001", "prefill.healthPort=7002"), False,
              {"router": 50050, "prefill": 50051, "decode": 50051}),
-            # HTTP probes stay on the HTTP port (plaintext): no health port for the router.
-            (("router.http.enabled=true", "router.probes.type=http"), True,
+            # HTTP probes stay on the HTTP port (HTTPS with the router's TLS; no client CA, since
+            # the kubelet has no client certificate): no health port for the router.
+            (("router.http.enabled=true", "router.probes.type=http",
+              "router.tls.clientCA.enabled=false"), True,
              {"router": None, "prefill": 50052, "decode": 50052}),
         ]
         main_ports = {"router": 50050, "prefill": 50051, "decode": 50051}
@@ -240,7 +243,8 @@ class SecureChartTest(unittest.TestCase):
                                             ("livenessProbe", "/health"),
                                             ("readinessProbe", "/ready")):
                             self.assertEqual(container[probe]["httpGet"],
-                                             {"path": path, "port": 8000, "scheme": "HTTP"})
+                                             {"path": path, "port": 8000,
+                                              "scheme": "HTTPS" if secure else "HTTP"})
                         self.assertNotIn("health-port", f)
                         self.assertNotIn("health", ports)
                         continue
@@ -517,10 +521,14 @@ class SecureChartTest(unittest.TestCase):
         self.assertIn("gRPC reflection is off", notes)
         self.assertNotIn("WARNING", notes)
         notes = self.notes("router.http.enabled=true")
-        self.assertIn("WARNING: the HTTP API (router.http.enabled) has no TLS: API keys sent to "
-                      "it cross the network in the clear, and it checks no client certificates",
-                      notes)
+        self.assertNotIn("WARNING", notes)  # the HTTP port takes the router's TLS
+        self.assertIn("curl -s https://127.0.0.1:", notes)
         self.assertIn('-H "Authorization: Bearer $SAMBAY_API_KEY"', notes)
+        notes = self.notes("router.http.enabled=true", "router.tls.enabled=false",
+                           "router.tls.certManager.enabled=false",
+                           "router.tls.clientCA.enabled=false")
+        self.assertIn("WARNING: the HTTP API (router.http.enabled) is plain HTTP without "
+                      "router.tls.enabled: API keys", notes)
 
     # ---- contradictions -------------------------------------------------------------------------
 
@@ -554,6 +562,10 @@ class SecureChartTest(unittest.TestCase):
              "metrics.tls.existingSecret=m"): "metrics.tls.serverName is required",
             ("networkPolicy.enabled=false", "networkPolicy.egress.enabled=true"):
                 "networkPolicy.egress.enabled needs networkPolicy.enabled",
+            ("router.tls.enabled=true", "router.tls.existingSecret=x",
+             "router.tls.clientCA.enabled=true", "router.http.enabled=true",
+             "router.probes.type=http"):
+                "the kubelet has no client certificate for the HTTPS port",
             ("router.tls.enabled=true", "router.tls.existingSecret=x", "router.healthPort=8000"):
                 "router.healthPort (8000) is already one of the router's ports",
             ("internalTLS.enabled=true", "internalTLS.existingSecret=x", "decode.healthPort=9400"):

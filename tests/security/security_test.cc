@@ -458,5 +458,38 @@ TEST(SecurityTest, MetricsEndpointWithTlsAndToken) {
   EXPECT_EQ(status_of((*router)->metrics_port(), "https", "wrong"), "401");
 }
 
+// The HTTP API speaks HTTPS with the public port's certificate and client CA.
+TEST(SecurityTest, HttpApiServesHttpsWithThePublicCertificate) {
+  if (std::system("command -v curl >/dev/null 2>&1") != 0) GTEST_SKIP() << "no curl";
+  ScratchDir scratch;
+  Pki pki(scratch.path());
+  auto worker = Worker::Start("both", {}, scratch.path(), "w");
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  auto port = FreePort();
+  ASSERT_TRUE(port.ok());
+  auto router = Router::Start({"--workers", (*worker)->address(), "--tls-cert", pki.Cert("server"),
+                               "--tls-key", pki.Key("server"), "--tls-client-ca",
+                               pki.Path("ca.crt"), "--http-port", absl::StrCat(*port)},
+                              scratch.path(), "router", 1);
+  ASSERT_TRUE(router.ok()) << router.status();
+  auto code = [&](const std::string& scheme, const std::string& client) {
+    std::string cmd = absl::StrCat("curl -s -o /dev/null -w '%{http_code}' --max-time 5 --cacert ",
+                                   pki.Path("ca.crt"));
+    if (!client.empty()) {
+      absl::StrAppend(&cmd, " --cert ", pki.Cert(client), " --key ", pki.Key(client));
+    }
+    absl::StrAppend(&cmd, " ", scheme, "://127.0.0.1:", *port, "/v1/models");
+    FILE* p = popen(cmd.c_str(), "r");
+    char buf[16] = {0};
+    const size_t n = p != nullptr ? std::fread(buf, 1, sizeof buf - 1, p) : 0;
+    if (p != nullptr) pclose(p);
+    return std::string(buf, n);
+  };
+  EXPECT_EQ(code("https", "client"), "200") << (*router)->Logs();
+  EXPECT_EQ(code("https", ""), "000") << "no client certificate";
+  EXPECT_EQ(code("https", "stranger"), "000") << "another CA's certificate";
+  EXPECT_EQ(code("http", "client"), "000") << "plaintext";
+}
+
 }  // namespace
 }  // namespace sambay::testing

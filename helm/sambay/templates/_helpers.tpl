@@ -153,7 +153,7 @@ Arguments: (dict "p" <probe values> "port" N "path" P). */}}
 httpGet:
   path: {{ .path }}
   port: {{ .port }}
-  scheme: HTTP
+  scheme: {{ .scheme | default "HTTP" }}
 periodSeconds: {{ .p.periodSeconds }}
 timeoutSeconds: {{ .p.timeoutSeconds }}
 failureThreshold: {{ .p.failureThreshold }}
