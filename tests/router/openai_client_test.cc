@@ -134,8 +134,7 @@ TEST(OpenAiClient, SdkAuthenticationErrorWithApiKeys) {
   const int port = StartWithHttp(c, {"--api-keys-file", keys_file}, &started);
   ASSERT_STARTED(started);
   setenv("SAMBAY_API_KEY", key.c_str(), 1);
-  const ScriptResult r =
-      RunClientScript({"auth", absl::StrCat("http://127.0.0.1:", port, "/v1")});
+  const ScriptResult r = RunClientScript({"auth", absl::StrCat("http://127.0.0.1:", port, "/v1")});
   unsetenv("SAMBAY_API_KEY");
   EXPECT_EQ(r.exit_code, 0) << r.output << "\n" << c.Logs();
   EXPECT_TRUE(absl::StrContains(r.output, "all auth checks passed")) << r.output;
