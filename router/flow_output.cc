@@ -142,6 +142,7 @@ void RequestFlow::End() {
   if (started_)
     Log(status_.ok() ? LogLevel::kDebug : LogLevel::kWarning, "router", "request ended",
         {{"request_id", req_.request_id},
+         {"owner", req_.owner},
          {"status", status_.ToString()},
          {"tokens", generated_.size()},
          {"seconds", absl::ToDoubleSeconds(absl::Now() - received_)}});

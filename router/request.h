@@ -39,6 +39,8 @@ struct PreparedRequest {
   std::vector<std::string> stop_strings;
   bool logprobs = false;
   int top_logprobs = 0;
+  // Who made it, for logs and Abort: "key:NAME" with API keys, else the peer (set on admission).
+  std::string owner;
 };
 
 // `random_seed` is used when the request has no seed (the router picks one so a migrated

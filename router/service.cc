@@ -141,6 +141,7 @@ void GenerationService::Admit(const std::shared_ptr<RequestFlow>& flow, Preparat
   {
     MutexLock lock(&mu_);
     // Under mu_: FlowGone reads the request id SetPrepared writes.
+    prepared.request->owner = caller;
     flow->SetPrepared(*std::move(prepared.request));
     flows_.emplace(rid, FlowRef{flow.get(), flow, std::move(caller)});
     if (draining_) {

@@ -136,9 +136,9 @@ TEST(ApiKeysTest, AnotherOwnerCannotAbortARequest) {
   ScratchDir scratch;
   auto worker = Worker::Start("both", {}, scratch.path(), "w");
   ASSERT_TRUE(worker.ok()) << worker.status();
-  auto router = Router::Start(
-      {"--workers", (*worker)->address(), "--api-keys-file", WriteKeys(scratch.path())},
-      scratch.path(), "router", 1);
+  auto router = Router::Start({"--workers", (*worker)->address(), "--api-keys-file",
+                               WriteKeys(scratch.path()), "--log-level", "debug"},
+                              scratch.path(), "router", 1);
   ASSERT_TRUE(router.ok()) << router.status();
   Router& r = **router;
   Metadata alice = Bearer(kAlice);
@@ -166,6 +166,12 @@ TEST(ApiKeysTest, AnotherOwnerCannotAbortARequest) {
   EXPECT_TRUE(abort_as(kAlice));
   const StreamResult& res = stream.Wait();
   EXPECT_EQ(res.finish, pb::FINISH_REASON_ABORT) << res.Describe();
+  // The log names the owner, never the key.
+  ASSERT_TRUE(WaitFor([&] { return absl::StrContains(r.Logs(), "\"owner\":\"key:alice\""); },
+                      absl::Seconds(5)))
+      << r.Logs();
+  EXPECT_FALSE(absl::StrContains(r.Logs(), kAlice));
+  EXPECT_FALSE(absl::StrContains(r.Logs(), kBob));
 }
 
 // The HTTP API: 401 with WWW-Authenticate and an OpenAI error without the key, with a wrong key
