@@ -67,6 +67,8 @@ build-asan/bin/worker_tests --gtest_brief=1
 # The router and client tests start the sanitized sambay-router (and workers) the same way.
 build-asan/bin/router_tests --gtest_brief=1
 build-asan/bin/client_tests --gtest_brief=1
+# TLS, mTLS and API keys (tests/security/): the sanitized servers with OpenSSL in the path.
+build-asan/bin/security_tests --gtest_brief=1
 
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 stage "Fuzz: replay corpora + $FUZZ_SECONDS s per target"
