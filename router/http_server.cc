@@ -771,6 +771,9 @@ void HttpServer::Impl::OnAccept(beast::error_code ec, tcp::socket socket) {
   // client acknowledges the previous one (a delayed ACK: ~40 ms), so tokens arrive in bursts.
   beast::error_code nec;
   socket.set_option(tcp::no_delay(true), nec);
+  if (shared_->options.send_buffer_bytes > 0) {
+    socket.set_option(net::socket_base::send_buffer_size(shared_->options.send_buffer_bytes), nec);
+  }
   const bool reject = shared_->connections.fetch_add(1) >= shared_->options.max_connections;
   if (tls_) {
     OpenConnection<TlsStream>(std::move(socket), shared_, reject, tls_->Current());

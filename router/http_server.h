@@ -98,6 +98,11 @@ struct HttpServerOptions {
   // Bytes a client may send ahead (pipelined) while its response is being made; beyond, the
   // connection is closed. At least max_header_bytes.
   size_t max_pipelined_bytes = 64 << 10;
+  // The kernel send buffer of each connection (SO_SNDBUF; 0 = the kernel's autotuning, up to
+  // net.ipv4.tcp_wmem's maximum, often 4 MiB). Bounded, a client that reads nothing pins at most
+  // this much kernel memory, and its stream stalls (and is cut by the write timeout) after this
+  // much instead of after megabytes.
+  int send_buffer_bytes = 256 << 10;
   // HTTPS (see the top of this file): PEM files. cert and key: both or neither; client_ca needs
   // both, and makes a client certificate signed by one of its certificates mandatory.
   std::string tls_cert_file, tls_key_file, tls_client_ca_file;

@@ -231,14 +231,6 @@ inline double CpuSeconds(pid_t pid) {
          static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
-// The kernel's largest TCP send buffer (tcp_wmem's max), or -1.
-inline int64_t TcpWmemMax() {
-  std::ifstream f("/proc/sys/net/ipv4/tcp_wmem");
-  int64_t lo = 0, def = 0, hi = -1;
-  f >> lo >> def >> hi;
-  return hi;
-}
-
 }  // namespace sambay::testing
 
 #endif  // SAMBAY_TESTS_ROUTER_HTTP_RAW_H_
