@@ -42,6 +42,10 @@ TEST(ProcessTest, SignalAndEnvironment) {
   ASSERT_TRUE(p.ok()) << p.status();
   EXPECT_TRUE((*p)->Running());
   EXPECT_FALSE((*p)->WaitExit(absl::Milliseconds(50)).has_value());
+  // The shell has run its echo before it is signalled (a loaded machine may not have started it).
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while ((*p)->ReadStdout().empty() && absl::Now() < deadline)
+    absl::SleepFor(absl::Milliseconds(10));
   ASSERT_TRUE((*p)->Signal(SIGTERM));
   std::optional<int> st = (*p)->WaitExit(absl::Seconds(10));
   ASSERT_TRUE(st.has_value());
