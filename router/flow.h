@@ -243,6 +243,7 @@ class RequestFlow : public std::enable_shared_from_this<RequestFlow> {
   ClientWriter out_{client_.get(), &write_tag_, &finish_tag_};  // writes to the client
   grpc::Alarm alarm_;
   bool ticking_ = false;    // the alarm is set (counted in server_pending_)
+  bool cut_off_ = false;    // SlowClient ran (once: the write in flight may outlive a tick)
   int server_pending_ = 0;  // server-side operations started and not yet returned
   bool accepted_ = false, server_cancelled_ = false;
   PreparedRequest req_;

@@ -70,6 +70,10 @@ void RequestFlow::Queue(const pb::GenerateResponse& msg) {
 }
 
 void RequestFlow::SlowClient(const std::string& why) {
+  // Once: after the cut, the write in flight returns only when the cancel reaches it, and a tick
+  // (or another queued message) may come first.
+  if (cut_off_) return;
+  cut_off_ = true;
   status_ = absl::ResourceExhaustedError(absl::StrCat("the client reads too slowly: ", why));
   metrics_.Failure("slow_client", client_->api());
   Log(LogLevel::kWarning, "router", "client cut off",
