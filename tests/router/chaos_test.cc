@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/tsan.h"
 #include "gtest/gtest.h"
 #include "tests/router/router_harness.h"
 
@@ -100,8 +101,15 @@ TEST(RouterChaos, DecodeWorkerStoppedUnder16Streams) {
       absl::Seconds(15)))
       << c.Logs();
   const double resumed_after = absl::ToDoubleSeconds(absl::Now() - stopped);
-  EXPECT_LT(resumed_after, 5.0) << "streams of the stopped worker took " << resumed_after
-                                << " s to move";
+  // 2 s of stall timeout + 1 s of probing + re-prefilling 16 streams; ThreadSanitizer's
+  // instrumented servers re-prefill several times slower (a CI run saw 5.9 s).
+#ifdef SAMBAY_TSAN_ENABLED
+  constexpr double kResumeBound = 10.0;
+#else
+  constexpr double kResumeBound = 5.0;
+#endif
+  EXPECT_LT(resumed_after, kResumeBound)
+      << "streams of the stopped worker took " << resumed_after << " s to move";
   RecordProperty("resumed_after_ms", static_cast<int>(resumed_after * 1000));
   EXPECT_EQ(WorkerUp(c.router(), victim_address), 0) << c.router().Logs();
   // A new request does not go to the stopped worker.
